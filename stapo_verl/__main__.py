@@ -1,0 +1,3 @@
+from stapo_verl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Typed config for the STAPO / 20-Entropy policy losses, validated when verl builds it.
+
+Select it in Hydra with
+``actor_rollout_ref.actor.policy_loss._target_=stapo_verl.config.TokenMaskPolicyLossConfig``
+(the recipe's algorithm files do this). verl converts the actor section with
+``omega_conf_to_dataclass`` in the driver and in every worker, so a bad value fails at startup.
+"""
+
+from __future__ import annotations
+
+import verl  # noqa: F401  isort: skip  (first: see stapo_verl/verl_hook.py)
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from verl.workers.config import PolicyLossConfig
+
+FIELD_PREFIX = "actor_rollout_ref.actor.policy_loss"
+STATS_SOURCES = ("current", "old")
+TOP_ENTROPY_SCOPES = ("mini_batch", "micro_batch")
+MASKED_LOSS_MODES = ("stapo", "entropy20")
+
+
+def _check_range(name: str, value, low: float, high: float, low_open: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"{FIELD_PREFIX}.{name} must be a number in {interval}, got {value!r}")
+
+
+def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{FIELD_PREFIX}.{name} must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass
+class TokenMaskPolicyLossConfig(PolicyLossConfig):
+    """verl's ``PolicyLossConfig`` plus the fields of ``loss_mode`` ``stapo`` and ``entropy20``.
+
+    Args:
+        stats_source: where p_t and H_t come from. ``current``: pi_theta at the start of each
+            mini-batch update, from a no-grad forward pass over the mini-batch (the paper's
+            definition; costs one extra forward per mini-batch). ``old``: the old-log-prob pass
+            verl already runs each step (exact for the first mini-batch, free).
+        tau_prob: S2T probability cut-off tau_p (absolute), in (0, 1].
+        entropy_quantile: S2T entropy cut-off as the q-quantile of the candidates' entropies
+            over the mini-batch, in (0, 1]. Set to null to use ``entropy_threshold``.
+        entropy_threshold: S2T absolute entropy cut-off in nats (>= 0), instead of the quantile.
+        top_entropy_ratio: 20-Entropy fraction of valid tokens that keep a gradient, in (0, 1].
+        top_entropy_scope: ``mini_batch`` (global top-k over the mini-batch and all DP ranks) or
+            ``micro_batch`` (top-k within each micro-batch, as the 80/20 authors' verl fork).
+    """
+
+    stats_source: str = "current"
+    tau_prob: float = 0.002
+    entropy_quantile: Optional[float] = 0.75
+    entropy_threshold: Optional[float] = None
+    top_entropy_ratio: float = 0.2
+    top_entropy_scope: str = "mini_batch"
+
+    def __post_init__(self):
+        _check_choice("stats_source", self.stats_source, STATS_SOURCES)
+        _check_range("tau_prob", self.tau_prob, 0.0, 1.0, low_open=True)
+        if (self.entropy_quantile is None) == (self.entropy_threshold is None):
+            raise ValueError(
+                f"{FIELD_PREFIX}: set exactly one of entropy_quantile (q in (0, 1]) and entropy_threshold "
+                f"(nats, >= 0); got entropy_quantile={self.entropy_quantile!r}, "
+                f"entropy_threshold={self.entropy_threshold!r}"
+            )
+        if self.entropy_quantile is not None:
+            _check_range("entropy_quantile", self.entropy_quantile, 0.0, 1.0, low_open=True)
+        else:
+            _check_range("entropy_threshold", self.entropy_threshold, 0.0, math.inf, low_open=False)
+        _check_range("top_entropy_ratio", self.top_entropy_ratio, 0.0, 1.0, low_open=True)
+        _check_choice("top_entropy_scope", self.top_entropy_scope, TOP_ENTROPY_SCOPES)
+        if self.loss_mode in MASKED_LOSS_MODES:
+            # A plugin that failed to load inside `import verl` is only logged at DEBUG level:
+            # surface it here, where every process builds this config.
+            from stapo_verl.plugin import require_installed
+
+            require_installed()

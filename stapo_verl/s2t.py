@@ -1,0 +1,177 @@
+"""Token masks for STAPO (S2T) and 20-Entropy: pure tensor functions, no verl runtime.
+
+Every per-token argument shares one layout: a padded ``(batch, response_len)`` tensor or the
+flat ``values()`` of verl's jagged response tensors (any shape works, as long as all agree).
+``response_mask`` marks valid response tokens. Thresholds are mini-batch-global: when a
+``group`` (torch.distributed process group) is given, the quantile or top-k is taken over the
+tokens of every rank in it, so each rank gets the same threshold.
+
+References: PAPER.md section 1 (S2T) and section 4 (20-Entropy, arXiv 2506.01939).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class S2TMask:
+    """Result of :func:`s2t_spurious_mask` (all masks are bool, shaped like the inputs)."""
+
+    spurious_mask: torch.Tensor  # silenced tokens: candidates with entropy < tau_entropy
+    candidate_mask: torch.Tensor  # valid, advantage > 0, prob < tau_prob
+    tau_entropy: Optional[float]  # None in quantile mode when no rank has a candidate
+
+
+@dataclass
+class TopEntropyMask:
+    """Result of :func:`top_entropy_keep_mask`."""
+
+    keep_mask: torch.Tensor  # tokens that keep their gradient
+    entropy_threshold: Optional[float]  # smallest kept entropy (mini-batch scope); None if no valid token
+
+
+def _is_distributed(group) -> bool:
+    return group is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def global_sum(value: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum a tensor over the ranks of ``group`` (identity without one)."""
+    if _is_distributed(group):
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)
+    return value
+
+
+def gather_values(values: torch.Tensor, group=None) -> torch.Tensor:
+    """Concatenate 1-D tensors of different lengths from every rank of ``group``."""
+    if not _is_distributed(group):
+        return values
+    world = dist.get_world_size(group)
+    size = torch.tensor([values.numel()], device=values.device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, dtype=values.dtype, device=values.device)
+    padded[: values.numel()] = values
+    chunks = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(chunks, padded, group=group)
+    return torch.cat([chunk[: int(s.item())] for chunk, s in zip(chunks, sizes)])
+
+
+def quantile(values: torch.Tensor, q: float) -> float:
+    """q-quantile of a 1-D tensor with linear interpolation, as ``torch.quantile`` computes it.
+
+    Sorting instead of ``torch.quantile``, which refuses inputs above 2**24 elements.
+    """
+    if values.numel() == 0:
+        raise ValueError("quantile of an empty tensor")
+    ordered = torch.sort(values.double()).values
+    position = q * (ordered.numel() - 1)
+    lo = math.floor(position)
+    hi = min(lo + 1, ordered.numel() - 1)
+    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (position - lo))
+
+
+def keep_count(num_valid: int, ratio: float) -> int:
+    """Number of tokens 20-Entropy keeps out of ``num_valid``: ceil(ratio * num_valid).
+
+    The product is rounded to 9 decimals first so that e.g. 0.2 * 15 = 3.0000000000000004 keeps 3.
+    """
+    return min(num_valid, math.ceil(round(ratio * num_valid, 9)))
+
+
+def s2t_spurious_mask(
+    log_prob: torch.Tensor,
+    entropy: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    tau_prob: float = 0.002,
+    entropy_quantile: Optional[float] = 0.75,
+    entropy_threshold: Optional[float] = None,
+    group=None,
+) -> S2TMask:
+    """The S2T rule: which tokens are spurious (silenced).
+
+    candidate_t = valid_t and A_t > 0 and p_t < tau_prob, with p_t = exp(log_prob_t)
+    tau_entropy = entropy_quantile-quantile of H over the candidates of all ranks
+                  (or the absolute ``entropy_threshold`` when that is given instead)
+    spurious_t  = candidate_t and H_t < tau_entropy
+
+    Args:
+        log_prob: log pi(y_t) of the sampled token, any shape S.
+        entropy: policy entropy H_t at each position, shape S.
+        advantages: A_t, shape S.
+        response_mask: valid tokens, shape S (bool or 0/1).
+        tau_prob: probability cut-off, in (0, 1].
+        entropy_quantile: q in (0, 1]; exactly one of it and ``entropy_threshold`` is set.
+        entropy_threshold: absolute entropy cut-off (nats), >= 0.
+        group: process group spanning the mini-batch's data-parallel ranks, or None.
+    """
+    if (entropy_quantile is None) == (entropy_threshold is None):
+        raise ValueError("set exactly one of entropy_quantile and entropy_threshold")
+    valid = response_mask.bool()
+    candidate = valid & (advantages > 0) & (torch.exp(log_prob.float()) < tau_prob)
+    candidate_entropy = entropy.float()[candidate]
+    if entropy_threshold is not None:
+        tau_entropy: Optional[float] = float(entropy_threshold)
+    else:
+        pooled = gather_values(candidate_entropy, group)
+        tau_entropy = quantile(pooled, entropy_quantile) if pooled.numel() > 0 else None
+    spurious = torch.zeros_like(candidate)
+    if tau_entropy is not None:
+        spurious = candidate & (entropy.float() < tau_entropy)
+    return S2TMask(spurious_mask=spurious, candidate_mask=candidate, tau_entropy=tau_entropy)
+
+
+def top_entropy_keep_mask(
+    entropy: torch.Tensor,
+    response_mask: torch.Tensor,
+    ratio: float = 0.2,
+    segment_ids: Optional[torch.Tensor] = None,
+    group=None,
+) -> TopEntropyMask:
+    """20-Entropy: keep only the highest-entropy valid tokens (any advantage sign).
+
+    Keeps the ``keep_count(n, ratio)`` highest-entropy tokens of each scope: the whole mini-batch
+    over all ranks of ``group`` by default, or, with ``segment_ids`` (an integer id per token,
+    e.g. the micro-batch index), each segment of this rank separately. Tokens tied with the
+    smallest kept entropy are all kept, so ties can keep a few more than the count.
+    """
+    valid = response_mask.bool()
+    values = entropy.float()
+    if segment_ids is None:
+        pooled = gather_values(values[valid], group)
+        k = keep_count(pooled.numel(), ratio)
+        if k == 0:
+            return TopEntropyMask(keep_mask=torch.zeros_like(valid), entropy_threshold=None)
+        threshold = float(torch.topk(pooled, k).values[-1])
+        return TopEntropyMask(keep_mask=valid & (values >= threshold), entropy_threshold=threshold)
+    keep = torch.zeros_like(valid)
+    for segment in torch.unique(segment_ids[valid]).tolist():
+        in_segment = valid & (segment_ids == segment)
+        segment_values = values[in_segment]
+        threshold = torch.topk(segment_values, keep_count(segment_values.numel(), ratio)).values[-1]
+        keep |= in_segment & (values >= threshold)
+    return TopEntropyMask(keep_mask=keep, entropy_threshold=None)
+
+
+def assert_finite(name: str, values: torch.Tensor, response_mask: torch.Tensor, group=None) -> None:
+    """Raise on every rank of ``group`` if a statistic is NaN/inf on a valid token of any rank.
+
+    A NaN entropy compares False everywhere and would silently drop the token from the mask
+    decision; we refuse to train on that instead. The count is global so that no rank is left
+    waiting in a collective while another raises.
+    """
+    bad = (~torch.isfinite(values.float())) & response_mask.bool()
+    count = int(global_sum(bad.sum(), group))
+    if count:
+        raise FloatingPointError(
+            f"stapo-verl: {count} valid response token(s) have a non-finite {name}; "
+            "refusing to build the token mask (check the model's logits / log-probs)."
+        )

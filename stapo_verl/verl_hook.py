@@ -1,0 +1,287 @@
+"""The glue into verl's actor worker: the one place that touches verl's runtime.
+
+verl 0.9 trains one mini-batch per ``TrainingWorker.train_batch`` call; the engine then counts
+the mini-batch's loss tokens over all DP ranks (``batch_num_tokens``, from ``loss_mask``) and
+runs the loss per micro-batch. S2T needs mini-batch-global decisions, so
+:class:`TokenMaskTrainingWorker` (installed as ``ActorRolloutRefWorker.actor_worker_cls``, the
+attribute verl provides to swap the actor's inner worker) builds the token mask once per
+mini-batch, before the engine counts tokens:
+
+1. statistics p_t, H_t: ``current`` = a no-grad forward of pi_theta over the mini-batch through
+   verl's own log-prob path (``infer_batch``, the code of the old-log-prob pass); ``old`` = the
+   old-log-prob pass's ``old_log_probs`` and ``entropy`` already in the update batch;
+2. the mask (:mod:`stapo_verl.s2t`), with thresholds gathered over the DP group;
+3. silenced tokens are zeroed in ``response_mask`` and ``loss_mask`` (they stay in the forward
+   pass; ``attention_mask`` is untouched), so verl's own ``agg_loss`` renormalises over the kept
+   tokens for every ``loss_agg_mode``, exactly, whatever the micro-batch split.
+
+The loss function is wrapped so the registered ``stapo``/``entropy20`` losses run only on a
+masked mini-batch, and so the mask metrics travel verl's metric path.
+"""
+
+from __future__ import annotations
+
+# `import verl` first: if this module is the first to load verl, verl's plugin loader imports
+# our other modules now, and they may only reach this (still empty) module through its name.
+import verl  # noqa: F401  isort: skip
+
+import logging
+from typing import Callable, Optional
+
+import torch
+from verl.utils import tensordict_utils as tu
+from verl.workers import engine_workers
+from verl.workers.engine.utils import prepare_micro_batches
+from verl.workers.utils.padding import no_padding_2_padding, response_from_nested
+
+from stapo_verl import config as stapo_config
+from stapo_verl import losses
+from stapo_verl.s2t import assert_finite, global_sum, s2t_spurious_mask, top_entropy_keep_mask
+
+logger = logging.getLogger("stapo_verl")
+
+# Non-tensor key that carries a mini-batch's mask metrics to its micro-batches' loss calls.
+MASK_METRICS_KEY = "stapo_token_mask_metrics"
+# Key of the old-log-prob pass's entropy in the update batch (verl's v1 trainer writes it).
+OLD_ENTROPY_KEY = "entropy"
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """Per-token values of a jagged (nested) or padded response tensor, as one 1-D tensor."""
+    return tensor.values() if tensor.is_nested else tensor.reshape(-1)
+
+
+def _unflat_like(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if like.is_nested:
+        lengths = like.offsets().diff()
+        # Without max_seqlen, to_padded_tensor pads every row to the total token count.
+        return torch.nested.nested_tensor_from_jagged(
+            flat, offsets=like.offsets(), min_seqlen=int(lengths.min()), max_seqlen=int(lengths.max())
+        )
+    return flat.view_as(like)
+
+
+def response_values(full_sequence: torch.Tensor, data) -> torch.Tensor:
+    """Response-token values (flat, aligned with ``_flat(data['response_mask'])``) of a model
+    output over whole sequences (a jagged tensor, as verl's engine returns it)."""
+    response_mask = data["response_mask"]
+    if response_mask.is_nested:
+        return response_from_nested(full_sequence, response_mask).values()
+    return no_padding_2_padding(full_sequence, data).reshape(-1)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, count: float, group) -> float:
+    return float(global_sum(values.double()[mask].sum(), group)) / count
+
+
+def apply_token_mask(
+    data,
+    policy_loss: "stapo_config.TokenMaskPolicyLossConfig",
+    current_stats: Optional[Callable[[], tuple[torch.Tensor, torch.Tensor]]] = None,
+    micro_batch_ids: Optional[Callable[[], torch.Tensor]] = None,
+    group=None,
+) -> dict[str, float]:
+    """Zero the tokens that lose their gradient in ``data``'s ``response_mask``/``loss_mask``.
+
+    Args:
+        data: one mini-batch of this rank (TensorDict, verl's no-padding or padded layout).
+        policy_loss: the actor's policy-loss config (``loss_mode`` stapo or entropy20).
+        current_stats: returns flat (log_prob, entropy) of the current policy per response
+            token; called only for ``stats_source=current``.
+        micro_batch_ids: returns the micro-batch index of each response token (flat); called
+            only for 20-Entropy with ``top_entropy_scope=micro_batch``.
+        group: the data-parallel process group (None on one rank).
+
+    Returns:
+        Mini-batch-global metrics (identical on every rank).
+    """
+    loss_mode = policy_loss.loss_mode
+    valid = _flat(data["response_mask"]).bool()
+    if policy_loss.stats_source == "current":
+        log_prob, entropy = current_stats()
+    else:
+        if OLD_ENTROPY_KEY not in data.keys():
+            raise KeyError(
+                f"stats_source=old needs the old-log-prob pass's entropy in the update batch under "
+                f"'{OLD_ENTROPY_KEY}' (verl's v1 trainer, trainer.use_v1=true, keeps it); this batch has "
+                f"{sorted(data.keys())}. Use actor_rollout_ref.actor.policy_loss.stats_source=current."
+            )
+        log_prob, entropy = _flat(data["old_log_probs"]), _flat(data[OLD_ENTROPY_KEY])
+    log_prob, entropy = log_prob.to(valid.device), entropy.to(valid.device)
+    if log_prob.shape != valid.shape or entropy.shape != valid.shape:
+        raise ValueError(
+            f"token statistics do not line up with response_mask: log_prob {tuple(log_prob.shape)}, "
+            f"entropy {tuple(entropy.shape)}, response tokens {tuple(valid.shape)}"
+        )
+    assert_finite("entropy", entropy, valid, group)
+
+    num_valid = float(global_sum(valid.sum(), group))
+    denominator = max(num_valid, 1.0)
+    if loss_mode == "stapo":
+        assert_finite("log_prob", log_prob, valid, group)
+        s2t = s2t_spurious_mask(
+            log_prob,
+            entropy,
+            _flat(data["advantages"]).to(valid.device),
+            valid,
+            tau_prob=policy_loss.tau_prob,
+            entropy_quantile=policy_loss.entropy_quantile,
+            entropy_threshold=policy_loss.entropy_threshold,
+            group=group,
+        )
+        keep = valid & ~s2t.spurious_mask
+        num_candidates = float(global_sum(s2t.candidate_mask.sum(), group))
+        num_silenced = float(global_sum(s2t.spurious_mask.sum(), group))
+        metrics = {
+            "s2t/valid_tokens": num_valid,
+            "s2t/candidates": num_candidates,
+            "s2t/silenced": num_silenced,
+            "s2t/candidate_frac": num_candidates / denominator,
+            "s2t/silenced_frac": num_silenced / denominator,
+        }
+        if s2t.tau_entropy is not None:
+            metrics["s2t/tau_entropy"] = s2t.tau_entropy
+        if num_silenced > 0:
+            silenced = s2t.spurious_mask
+            metrics["s2t/silenced_prob_mean"] = _masked_mean(log_prob.exp(), silenced, num_silenced, group)
+            metrics["s2t/silenced_entropy_mean"] = _masked_mean(entropy, silenced, num_silenced, group)
+    elif loss_mode == "entropy20":
+        micro_scope = policy_loss.top_entropy_scope == "micro_batch"
+        top = top_entropy_keep_mask(
+            entropy,
+            valid,
+            ratio=policy_loss.top_entropy_ratio,
+            segment_ids=micro_batch_ids().to(valid.device) if micro_scope else None,
+            group=group,
+        )
+        keep = top.keep_mask
+        num_kept = float(global_sum(keep.sum(), group))
+        metrics = {"entropy20/kept_tokens": num_kept, "entropy20/kept_frac": num_kept / denominator}
+        if top.entropy_threshold is not None:
+            metrics["entropy20/entropy_threshold"] = top.entropy_threshold
+    else:
+        raise ValueError(
+            f"loss_mode {loss_mode!r} has no token mask; expected one of {list(stapo_config.MASKED_LOSS_MODES)}"
+        )
+
+    if num_valid > 0 and not bool(global_sum(keep.sum(), group)):
+        logger.warning("stapo-verl: %s silenced every token of this mini-batch; it contributes no gradient", loss_mode)
+    for key in ("response_mask", "loss_mask"):
+        if key not in data.keys():
+            continue
+        mask = data[key]
+        flat = _flat(mask)
+        if flat.shape != keep.shape:
+            raise ValueError(f"{key} is not aligned with response_mask ({tuple(flat.shape)} vs {tuple(keep.shape)})")
+        data[key] = _unflat_like(torch.where(keep.to(flat.device), flat, torch.zeros_like(flat)), mask)
+    return metrics
+
+
+def with_token_mask(loss_fn: Callable) -> Callable:
+    """Wrap the actor's loss (``partial(ppo_loss, config=...)``) for the masked loss modes."""
+
+    def loss_with_token_mask(**kwargs):
+        config = kwargs.get("config", getattr(loss_fn, "keywords", {}).get("config"))
+        loss_mode = config.policy_loss.get("loss_mode", "vanilla") if config is not None else None
+        if loss_mode not in stapo_config.MASKED_LOSS_MODES or "model_output" not in kwargs:
+            return loss_fn(**kwargs)  # other losses, and verl's logits-processor calls, pass through
+        mask_metrics = tu.get_non_tensor_data(data=kwargs["data"], key=MASK_METRICS_KEY, default=None)
+        if mask_metrics is None:
+            raise RuntimeError(f"loss_mode={loss_mode}: this micro-batch carries no token mask from the worker hook")
+        if tu.get_non_tensor_data(data=kwargs["data"], key="batch_num_tokens", default=None) == 0:
+            # Every token of the mini-batch was silenced: no gradient, and a finite loss instead
+            # of verl's 0/0 under token-mean.
+            return (_flat(kwargs["model_output"]["log_probs"]) * 0.0).sum(), dict(mask_metrics)
+        with losses.token_mask_applied(loss_mode):
+            loss, metrics = loss_fn(**kwargs)
+        metrics.update(mask_metrics)
+        return loss, metrics
+
+    return loss_with_token_mask
+
+
+class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
+    """verl's ``TrainingWorker`` that applies the STAPO / 20-Entropy mask per mini-batch."""
+
+    policy_loss = None  # the actor's policy-loss config, known once verl sets the loss function
+
+    def set_loss_fn(self, loss_fn):
+        config = getattr(loss_fn, "keywords", {}).get("config")
+        policy_loss = getattr(config, "policy_loss", None)
+        if policy_loss is not None and policy_loss.get("loss_mode") in stapo_config.MASKED_LOSS_MODES:
+            if not isinstance(policy_loss, stapo_config.TokenMaskPolicyLossConfig):
+                raise TypeError(
+                    f"loss_mode={policy_loss.loss_mode} needs actor_rollout_ref.actor.policy_loss._target_="
+                    f"stapo_verl.config.TokenMaskPolicyLossConfig (got {type(policy_loss).__name__})"
+                )
+            self.policy_loss = policy_loss
+        super().set_loss_fn(with_token_mask(loss_fn))
+
+    def train_batch(self, data):
+        if self.policy_loss is not None:
+            metrics = apply_token_mask(
+                data,
+                self.policy_loss,
+                current_stats=lambda: self._current_policy_stats(data),
+                micro_batch_ids=lambda: self._micro_batch_ids(data),
+                group=self.engine.get_data_parallel_group(),
+            )
+            tu.assign_non_tensor(data, **{MASK_METRICS_KEY: metrics})
+        return super().train_batch(data)
+
+    def _current_policy_stats(self, data) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-prob and entropy of pi_theta on this mini-batch, via verl's log-prob pass."""
+        probe = data.copy()  # shallow: the inference flags must not leak into the training call
+        tu.assign_non_tensor(probe, calculate_entropy=True, compute_loss=False)
+        output = self.infer_batch(probe)
+        if output is None:
+            raise RuntimeError("stats_source=current needs model outputs on every rank (no pipeline parallelism)")
+        return response_values(tu.get(output, "log_probs"), data), response_values(tu.get(output, "entropy"), data)
+
+    def _micro_batch_ids(self, data) -> torch.Tensor:
+        """Micro-batch index of each response token, as verl's engine will split this mini-batch."""
+        probe = data.copy()
+        # The same defaults TrainingWorker.train_batch gives the engine (kept if already set).
+        defaults = dict(
+            use_dynamic_bsz=self.engine_config.use_dynamic_bsz,
+            max_token_len_per_gpu=self.engine_config.max_token_len_per_gpu,
+            micro_batch_size_per_gpu=self.engine_config.micro_batch_size_per_gpu,
+            sp_size=getattr(self.engine, "ulysses_sequence_parallel_size", 1),
+        )
+        tu.assign_non_tensor(probe, **{k: v for k, v in defaults.items() if k not in probe.keys()})
+        return micro_batch_ids(probe, self.engine.get_data_parallel_group())
+
+
+def micro_batch_ids(data, group=None) -> torch.Tensor:
+    """Micro-batch index of each response token under verl's ``prepare_micro_batches`` split."""
+    micro_batches, indices = prepare_micro_batches(data=data, dp_group=group, same_micro_num_in_dp=True)
+    row_ids = torch.empty(len(data), dtype=torch.long)
+    if indices is None:  # fixed micro-batch size: consecutive chunks
+        start = 0
+        for i, micro_batch in enumerate(micro_batches):
+            row_ids[start : start + len(micro_batch)] = i
+            start += len(micro_batch)
+    else:
+        for i, rows in enumerate(indices):
+            row_ids[torch.as_tensor(rows, dtype=torch.long)] = i
+    response_mask = data["response_mask"]
+    if response_mask.is_nested:
+        return row_ids.repeat_interleave(response_mask.offsets().diff().cpu())
+    return row_ids[:, None].expand(response_mask.shape).reshape(-1)
+
+
+def install_worker_hook() -> None:
+    """Make verl's ActorRolloutRefWorker use :class:`TokenMaskTrainingWorker` (idempotent)."""
+    current = engine_workers.ActorRolloutRefWorker.actor_worker_cls
+    if current is TokenMaskTrainingWorker:
+        return
+    if current is not engine_workers.TrainingWorker:
+        raise RuntimeError(
+            f"ActorRolloutRefWorker.actor_worker_cls is already replaced by {current.__module__}."
+            f"{current.__qualname__}; stapo-verl cannot install its token-mask hook on top of it"
+        )
+    engine_workers.ActorRolloutRefWorker.actor_worker_cls = TokenMaskTrainingWorker
+
+
+# Importing this module installs the hook, as importing stapo_verl.losses registers the losses.
+install_worker_hook()

@@ -1,0 +1,57 @@
+"""Two data-parallel ranks (gloo on CPU): thresholds and renormalisation are mini-batch-global.
+
+Each rank holds half of a mini-batch. The masks must equal those computed on the whole
+mini-batch in one process, and the DP-averaged gradient (what FSDP applies) must equal the
+one-process gradient.
+"""
+
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import MiniBatch, actor_config, run_minibatch
+
+from stapo_verl.verl_hook import _flat
+
+CASES = {
+    "stapo": dict(loss_mode="stapo", tau_prob=0.05, stats_source="old"),
+    "entropy20": dict(loss_mode="entropy20", top_entropy_ratio=0.2, stats_source="old"),
+}
+N_SEQS, WORLD = 8, 2
+
+
+def _rank_main(rank, store, out_dir, case):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    batch = MiniBatch(seed=21, n_seqs=N_SEQS)
+    rows = list(range(rank * N_SEQS // WORLD, (rank + 1) * N_SEQS // WORLD))
+    data = batch.tensordict(global_batch_size=N_SEQS, rows=rows)
+    data, output = run_minibatch(
+        batch, actor_config(**CASES[case]), micro_batch_size=2, data=data, group=dist.group.WORLD
+    )
+    torch.save(
+        {"keep": _flat(data["response_mask"]).bool(), "grad": batch.theta.grad, "metrics": output["metrics"]},
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_two_ranks_match_one_process(case, process_group):
+    out_dir = tempfile.mkdtemp()
+    mp.spawn(_rank_main, args=(os.path.join(out_dir, "store"), out_dir, case), nprocs=WORLD, join=True)
+    ranks = [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+
+    batch = MiniBatch(seed=21, n_seqs=N_SEQS)
+    data, output = run_minibatch(batch, actor_config(**CASES[case]), micro_batch_size=2)
+    keep = _flat(data["response_mask"]).bool()
+    assert 0 < int(keep.sum()) < keep.numel()
+    assert torch.equal(torch.cat([r["keep"] for r in ranks]), keep)
+    dp_mean_grad = sum(r["grad"] for r in ranks) / WORLD  # FSDP averages gradients over ranks
+    assert torch.allclose(dp_mean_grad, batch.theta.grad, rtol=1e-9, atol=1e-15)
+    for key in ("s2t/silenced", "s2t/tau_entropy", "entropy20/kept_tokens", "entropy20/entropy_threshold"):
+        if key in output["metrics"]:  # global metrics: the same number on every rank
+            assert all(r["metrics"][key][0] == pytest.approx(output["metrics"][key][0]) for r in ranks)
