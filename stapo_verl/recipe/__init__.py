@@ -1,0 +1,8 @@
+"""Hydra configs for verl's main_ppo: ``config/stapo_trainer.yaml`` with groups ``algorithm`` and ``model``."""
+
+import os
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+CONFIG_NAME = "stapo_trainer"
+METHODS = ("stapo", "grpo", "entropy20", "justrl")
+MODELS = ("qwen3_1.7b", "qwen3_8b", "qwen3_14b")
