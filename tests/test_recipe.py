@@ -24,6 +24,7 @@ SHARED = [
     "actor_rollout_ref.actor.calculate_entropy", "actor_rollout_ref.rollout.name", "actor_rollout_ref.rollout.n",
     "actor_rollout_ref.rollout.temperature", "actor_rollout_ref.rollout.top_p",
     "actor_rollout_ref.rollout.tensor_model_parallel_size", "trainer.test_freq", "trainer.total_training_steps",
+    "reward.custom_reward_function.path", "reward.custom_reward_function.reward_kwargs.grader",
 ]  # fmt: skip
 
 # What each method sets (PAPER.md sections 3-4).
@@ -70,6 +71,17 @@ def test_methods_differ_only_where_the_paper_says(configs):
     # the default is STAPO on the 1.7B model; the experiment name says which run is which
     assert compose().actor_rollout_ref.actor.policy_loss.loss_mode == "stapo"
     assert configs["grpo"].trainer.experiment_name == "grpo_qwen3_1.7b"
+
+
+def test_reward_is_the_dapo_rule_reward(configs):
+    """verl loads the recipe's reward function the way its reward loop does."""
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    for cfg in configs.values():
+        assert cfg.reward.custom_reward_function.reward_kwargs.grader == "dapo"
+    score = get_custom_reward_fn(configs["stapo"])
+    assert score(data_source="DAPO-17k", solution_str="so \\boxed{34}", ground_truth="34", extra_info={})["score"] == 1.0
+    assert score(data_source="DAPO-17k", solution_str="so \\boxed{35}", ground_truth="34", extra_info={})["score"] == -1.0
 
 
 def test_the_papers_shared_recipe(configs):

@@ -1,0 +1,209 @@
+"""Math rewards for verl: ``compute_score`` with two graders, safe in Ray workers and threads.
+
+Use through verl's custom reward function::
+
+    reward.custom_reward_function.path=<this file>   (stapo-verl config-path prints the recipe's)
+    reward.custom_reward_function.name=compute_score
+    +reward.reward_kwargs.grader=dapo                 # or math_verify
+
+Graders:
+
+- ``dapo`` (the paper's training reward): the content of the response's last ``\\boxed{}``,
+  normalised with verl's DAPO normaliser (``math_dapo.normalize_final_answer``), must equal the
+  normalised ground truth: +1, else -1. Unlike verl's ``strict_box_verify`` it searches the whole
+  response (verl only looks at its last 100 characters, which misses answers longer than ~90
+  characters) and normalises both sides.
+- ``math_verify``: symbolic equivalence with math-verify (1 / 0), the default for evaluation.
+  math-verify's own timeouts use ``signal.alarm``, which only works in a process's main thread,
+  and a stuck sympy call cannot be interrupted from another thread. So it runs in a helper
+  process (in its main thread, with math-verify's timeouts on) that is killed and restarted when
+  a call exceeds ``hard_timeout_s``: no call blocks the caller longer than that.
+
+``compute_score`` never raises on model output: malformed input scores as wrong.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import threading
+from typing import Any, Optional
+
+logger = logging.getLogger("stapo_verl")
+
+GRADERS = ("dapo", "math_verify")
+# Longest boxed answer a grader looks at; gold answers in the six benchmarks are < 220 chars.
+MAX_ANSWER_CHARS = 1000
+# Deepest brace nesting math_verify will try to parse (gold answers: <= 3). Power towers and the
+# like cost sympy seconds each and are never a right answer.
+MAX_BRACE_DEPTH = 12
+# math_verify reads the response from this many characters before its last \boxed{}, or, without
+# one, only this many trailing characters.
+CONTEXT_BEFORE_BOX_CHARS = 100
+UNBOXED_TAIL_CHARS = 2000
+# math-verify's own per-step timeouts inside the helper process (seconds).
+MATH_VERIFY_STEP_TIMEOUT_S = 1
+# How long a new helper process may take to import math-verify and sympy.
+HELPER_START_TIMEOUT_S = 300
+
+
+def strip_boxed(answer: str) -> str:
+    """``\\boxed{x}`` -> ``x`` (AIME24's ground truths are stored boxed); other strings unchanged."""
+    from verl.utils.reward_score.math_dapo import last_boxed_only_string, remove_boxed
+
+    answer = answer.strip()
+    boxed = last_boxed_only_string(answer) if answer.startswith("\\boxed{") else None
+    return remove_boxed(boxed) if boxed is not None and len(boxed) == len(answer) else answer
+
+
+def last_boxed_answer(text: str) -> Optional[str]:
+    """Content of the last ``\\boxed{...}`` in ``text`` (None if absent, unbalanced or too long)."""
+    from verl.utils.reward_score.math_dapo import last_boxed_only_string, remove_boxed
+
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    # bounded scan: an answer longer than MAX_ANSWER_CHARS is not an answer
+    boxed = last_boxed_only_string(text[start : start + len("\\boxed{") + MAX_ANSWER_CHARS + 1])
+    return remove_boxed(boxed) if boxed is not None else None
+
+
+def dapo_score(solution: str, ground_truth: str) -> dict[str, Any]:
+    from verl.utils.reward_score.math_dapo import normalize_final_answer
+
+    pred = last_boxed_answer(solution)
+    correct = pred is not None and normalize_final_answer(pred) == normalize_final_answer(strip_boxed(ground_truth))
+    return {"score": 1.0 if correct else -1.0, "acc": bool(correct), "pred": pred}
+
+
+# ---------------------------------------------------------------- math_verify in a helper process
+
+
+def _math_verify_main(conn) -> None:
+    """Helper process loop: (solution, ground_truth) -> (correct, pred) with math-verify."""
+    from math_verify import parse, verify
+
+    conn.send("ready")  # imports done: the caller's time bound starts with the first call
+    while True:
+        try:
+            solution, ground_truth = conn.recv()
+        except EOFError:
+            return
+        try:
+            gold = parse(f"\\boxed{{{ground_truth}}}", parsing_timeout=MATH_VERIFY_STEP_TIMEOUT_S)
+            pred = parse(solution, parsing_timeout=MATH_VERIFY_STEP_TIMEOUT_S)
+            correct = bool(gold and pred and verify(gold, pred, timeout_seconds=MATH_VERIFY_STEP_TIMEOUT_S))
+            reply = (correct, str(pred[-1]) if pred else None)
+        except BaseException:  # math-verify's own timeout, sympy errors, recursion: wrong
+            reply = (False, None)
+        conn.send(reply)
+
+
+class _HelperProcess:
+    """One helper process, restarted after a timeout or a crash. Thread-safe (one call at a time)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._process = None
+        self._conn = None
+
+    def _start(self) -> None:
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            # forkserver, not fork: forking a process that runs threads (Ray, tokenizers) can
+            # deadlock. Preloading math-verify there makes a restart after a timeout cheap.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["math_verify"])
+        else:
+            context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_math_verify_main, args=(child,), daemon=True)
+        self._process.start()
+        child.close()
+        if not (self._conn.poll(HELPER_START_TIMEOUT_S) and self._conn.recv() == "ready"):
+            self.stop()
+            raise RuntimeError(f"math_verify helper process did not start within {HELPER_START_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.join()
+            self._conn.close()
+        self._process = self._conn = None
+
+    def call(self, solution: str, ground_truth: str, hard_timeout_s: float) -> Optional[tuple[bool, Optional[str]]]:
+        """(correct, pred), or None when the call ran past ``hard_timeout_s`` or the helper died."""
+        with self._lock:
+            if self._process is None or not self._process.is_alive():
+                self.stop()
+                self._start()
+            try:
+                self._conn.send((solution, ground_truth))
+                if self._conn.poll(hard_timeout_s):
+                    return self._conn.recv()
+            except (EOFError, OSError):
+                pass
+            self.stop()  # stuck or dead: the next call starts a fresh one
+            return None
+
+
+_helper = _HelperProcess()
+atexit.register(_helper.stop)
+
+
+def brace_depth(text: str) -> int:
+    depth = deepest = 0
+    for char in text:
+        if char == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == "}":
+            depth -= 1
+    return deepest
+
+
+def math_verify_score(solution: str, ground_truth: str, hard_timeout_s: float = 10.0) -> dict[str, Any]:
+    boxed = last_boxed_answer(solution)
+    if boxed is not None and brace_depth(boxed) > MAX_BRACE_DEPTH:
+        return {"score": 0.0, "acc": False, "pred": None, "timed_out": False}
+    # Only the end of the response, from a little before the last box: math-verify parses every
+    # math span it finds, so a long response costs time for nothing. (The box alone is not
+    # enough: math-verify reads `$\\boxed{x}$` and `\\boxed{x}` differently for some tuples.)
+    box_start = solution.rfind("\\boxed{")
+    start = len(solution) - UNBOXED_TAIL_CHARS if boxed is None else box_start - CONTEXT_BEFORE_BOX_CHARS
+    text = solution[max(0, start) :]
+    result = _helper.call(text, strip_boxed(ground_truth), hard_timeout_s)
+    correct, pred = result if result is not None else (False, None)
+    return {"score": 1.0 if correct else 0.0, "acc": correct, "pred": pred, "timed_out": result is None}
+
+
+def compute_score(
+    data_source: Any = None,
+    solution_str: Any = "",
+    ground_truth: Any = "",
+    extra_info: Any = None,
+    grader: str = "dapo",
+    hard_timeout_s: float = 10.0,
+    **_: Any,
+) -> dict[str, Any]:
+    """verl's custom-reward signature; returns {"score", "acc", "pred", ...}.
+
+    Args:
+        data_source, extra_info: unused (accepted because verl passes them).
+        solution_str: the decoded response.
+        ground_truth: the reference answer (a plain string; a ``\\boxed{}`` wrapper is removed).
+        grader: ``dapo`` (+1 / -1) or ``math_verify`` (1 / 0).
+        hard_timeout_s: math_verify only: the longest a call may block.
+    """
+    if grader not in GRADERS:
+        # a configuration error, not model output: fail loudly
+        raise ValueError(f"reward grader must be one of {list(GRADERS)}, got {grader!r}")
+    solution = solution_str if isinstance(solution_str, str) else ""
+    gold = ground_truth if isinstance(ground_truth, str) else str(ground_truth)
+    try:
+        if grader == "dapo":
+            return dapo_score(solution, gold)
+        return math_verify_score(solution, gold, hard_timeout_s)
+    except Exception:  # never let a model output crash a week of training, but say so
+        logger.exception("stapo-verl reward: grader %s failed on a response; scoring it as wrong", grader)
+        return {"score": -1.0 if grader == "dapo" else 0.0, "acc": False, "pred": None}

@@ -1,0 +1,104 @@
+"""The preprocess CLI: shared/data files -> verl parquet, read back by verl's RLHFDataset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from stapo_verl.data import TEMPLATES, BadRowError, clean_ground_truth, convert_file, repair_latex_escapes
+
+SHARED_DATA = os.environ.get(
+    "STAPO_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+)
+BENCHMARKS = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minerva": 272, "olympiadbench": 674}
+
+
+def shared(name: str) -> str:
+    path = os.path.join(SHARED_DATA, name)
+    if not os.path.exists(path):
+        pytest.fail(f"shared data not found at {path} (set STAPO_SHARED_DATA)")
+    return path
+
+
+def test_cli_converts_the_six_benchmarks(tmp_path):
+    inputs = [shared(f"{name}.parquet") for name in BENCHMARKS]
+    result = subprocess.run(
+        [sys.executable, "-m", "stapo_verl.data", *inputs, "--split", "test", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for name, rows in BENCHMARKS.items():
+        frame = pd.read_parquet(tmp_path / f"{name}.parquet")
+        assert len(frame) == rows and f"{name}.parquet: {rows} rows" in result.stdout
+        assert frame.extra_info.map(lambda e: e["id"]).is_unique
+        assert all(p[0]["content"].endswith(TEMPLATES["boxed"].format(problem="").strip()) for p in frame.prompt)
+    aime24 = pd.read_parquet(tmp_path / "aime24.parquet")
+    assert aime24.reward_model[0]["ground_truth"] == "204"  # stored as \boxed{204} upstream
+    aime25 = pd.read_parquet(tmp_path / "aime25.parquet")
+    assert "\\frac{\\log_k" in aime25.prompt[18][0]["content"]  # a form feed upstream
+    assert "3 with repaired LaTeX escapes" in result.stdout
+
+
+def test_training_set_round_trips_through_verls_dataset(tmp_path):
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from stapo_verl.tiny import byte_tokenizer
+
+    report = convert_file(shared("dapo_math_17k.parquet"), str(tmp_path), split="train")
+    assert report.rows == 17917 and not report.skipped
+    assert report.repaired_rows > 600  # the ~650 rows with \x0c etc.
+    config = OmegaConf.create(
+        {"max_prompt_length": 100000, "filter_overlong_prompts": False, "cache_dir": str(tmp_path / "cache")}
+    )
+    dataset = RLHFDataset(data_files=report.output, tokenizer=byte_tokenizer(), config=config)
+    assert len(dataset) == 17917
+    item = dataset[0]
+    assert item["data_source"] == "DAPO-17k" and item["reward_model"]["ground_truth"] == "34"
+    assert "Please reason step by step" in item["raw_prompt"][0]["content"]
+
+
+def test_malformed_rows_are_named_or_skipped_and_counted(tmp_path):
+    rows = [
+        {"problem": "1+1?", "answer": "2"},
+        {"problem": "", "answer": "3"},
+        {"problem": "2+2?", "answer": None},
+        {"problem": "3+3?", "answer": ["6", "7"]},
+        {"question": "4+4?", "final_answer": ["8"]},
+        {"problem": "5+5?", "answer": 10},
+    ]
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(BadRowError, match=r"mixed\.jsonl: row 1: empty or missing problem"):
+        convert_file(str(source), str(tmp_path / "out"), split="train")
+    result = subprocess.run(
+        [sys.executable, "-m", "stapo_verl.data", str(source), "--out-dir", str(tmp_path / "out"), "--skip-bad"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "3 rows, 3 skipped" in result.stdout and "skipped 3 malformed row(s) in all" in result.stdout
+    assert "row 3: answer is a list of 2 items" in result.stdout
+    out = pd.read_parquet(tmp_path / "out" / "mixed.parquet")
+    assert out.reward_model.map(lambda r: r["ground_truth"]).tolist() == ["2", "8", "10"]
+    assert out.extra_info.map(lambda e: e["id"]).tolist() == ["mixed-0", "mixed-4", "mixed-5"]
+
+
+def test_bad_cli_input_is_a_clear_error(tmp_path):
+    source = tmp_path / "x.jsonl"
+    source.write_text(json.dumps({"problem": "", "answer": "1"}))
+    result = subprocess.run(
+        [sys.executable, "-m", "stapo_verl.data", str(source), "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1 and "x.jsonl: row 0: empty or missing problem" in result.stderr
+
+
+def test_escape_repair_and_gold_cleaning():
+    assert repair_latex_escapes("form \x0crac{m}{n} and $\triangle ABC$") == ("form \\frac{m}{n} and $\\triangle ABC$", 2)
+    assert repair_latex_escapes("have\tequal\tperimeters") == ("have\tequal\tperimeters", 0)  # real tabs stay
+    assert clean_ground_truth("\\boxed{204}") == "204"
+    assert clean_ground_truth("$69$,$84$") == "69,84"
+    assert clean_ground_truth("\\$5") == "\\$5"
