@@ -19,7 +19,21 @@ from verl.workers.config import PolicyLossConfig
 FIELD_PREFIX = "actor_rollout_ref.actor.policy_loss"
 STATS_SOURCES = ("current", "old")
 TOP_ENTROPY_SCOPES = ("mini_batch", "micro_batch")
-MASKED_LOSS_MODES = ("stapo", "entropy20")
+# token_mask kinds: s2t (STAPO), top_entropy (20-Entropy), random (silences as many valid tokens
+# as S2T would, chosen uniformly: the control for "any 0.01% mask would do").
+TOKEN_MASKS = ("s2t", "top_entropy", "random")
+# The mask each masked loss mode implies, and the masks it accepts (random: the S2T control).
+MASKED_LOSS_MODES = {"stapo": ("s2t", "random"), "entropy20": ("top_entropy",)}
+S2T_ADVANTAGE_SIGNS = ("positive", "any")
+
+
+def token_mask_kind(policy_loss) -> Optional[str]:
+    """The mask the worker hook applies for this policy-loss config (None: no hook)."""
+    explicit = policy_loss.get("token_mask")
+    if explicit is not None:
+        return explicit
+    allowed = MASKED_LOSS_MODES.get(policy_loss.get("loss_mode"))
+    return allowed[0] if allowed else None
 
 
 def _check_range(name: str, value, low: float, high: float, low_open: bool) -> None:
@@ -51,6 +65,17 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
         top_entropy_ratio: 20-Entropy fraction of valid tokens that keep a gradient, in (0, 1].
         top_entropy_scope: ``mini_batch`` (global top-k over the mini-batch and all DP ranks) or
             ``micro_batch`` (top-k within each micro-batch, as the 80/20 authors' verl fork).
+        token_mask: the mask, when it is not the one ``loss_mode`` implies: ``s2t``,
+            ``top_entropy`` or ``random`` (the control); with any other verl loss (``gspo``,
+            ``cispo``, ``clip_cov``, ...) it puts that mask under that loss.
+        s2t_advantage_sign: S2T candidates need ``positive`` advantages (paper) or ``any``
+            non-zero one (ablation: negative-advantage tokens silenced too).
+        random_mask_seed: seed of the ``random`` control (mixed with the mini-batch's content).
+        diagnostics: log per-group token statistics (probability, entropy, gradient-norm bound,
+            entropy-change covariance) for silenced vs kept tokens.
+        dump_dir: if set, every ``dump_every`` mini-batch updates each rank appends up to
+            ``dump_max_tokens`` silenced tokens, decoded with ``dump_context_tokens`` tokens of
+            context on each side, to ``<dump_dir>/silenced_tokens.rank<r>.jsonl``.
     """
 
     stats_source: str = "current"
@@ -59,6 +84,14 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
     entropy_threshold: Optional[float] = None
     top_entropy_ratio: float = 0.2
     top_entropy_scope: str = "mini_batch"
+    token_mask: Optional[str] = None
+    s2t_advantage_sign: str = "positive"
+    random_mask_seed: int = 0
+    diagnostics: bool = True
+    dump_dir: Optional[str] = None
+    dump_every: int = 50
+    dump_max_tokens: int = 200
+    dump_context_tokens: int = 8
 
     def __post_init__(self):
         _check_choice("stats_source", self.stats_source, STATS_SOURCES)
@@ -75,7 +108,20 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
             _check_range("entropy_threshold", self.entropy_threshold, 0.0, math.inf, low_open=False)
         _check_range("top_entropy_ratio", self.top_entropy_ratio, 0.0, 1.0, low_open=True)
         _check_choice("top_entropy_scope", self.top_entropy_scope, TOP_ENTROPY_SCOPES)
-        if self.loss_mode in MASKED_LOSS_MODES:
+        _check_choice("s2t_advantage_sign", self.s2t_advantage_sign, S2T_ADVANTAGE_SIGNS)
+        for name in ("dump_every", "dump_max_tokens", "dump_context_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "dump_context_tokens" else 1):
+                raise ValueError(f"{FIELD_PREFIX}.{name} must be an integer >= {0 if name == 'dump_context_tokens' else 1}, got {value!r}")
+        if self.token_mask is not None:
+            _check_choice("token_mask", self.token_mask, TOKEN_MASKS)
+            allowed = MASKED_LOSS_MODES.get(self.loss_mode)
+            if allowed is not None and self.token_mask not in allowed:
+                raise ValueError(
+                    f"{FIELD_PREFIX}.token_mask={self.token_mask} contradicts loss_mode={self.loss_mode} "
+                    f"(accepted: {list(allowed)}); use loss_mode=vanilla to put this mask under plain GRPO"
+                )
+        if token_mask_kind(self) is not None:
             # A plugin that failed to load inside `import verl` is only logged at DEBUG level:
             # surface it here, where every process builds this config.
             from stapo_verl.plugin import require_installed

@@ -24,15 +24,15 @@ from typing import Any, Optional
 import torch
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, register_policy_loss
 
-# True while the worker hook runs verl's loss on a mini-batch whose mask it has applied.
-# A context variable rather than an argument: verl's policy-loss signature is fixed.
+# The kind of mask the worker hook applied to the mini-batch verl's loss is running on (None:
+# none). A context variable rather than an argument: verl's policy-loss signature is fixed.
 _token_mask_applied: ContextVar[Optional[str]] = ContextVar("stapo_verl_token_mask_applied", default=None)
 
 
 @contextmanager
-def token_mask_applied(loss_mode: str):
-    """Declare that ``response_mask`` already carries ``loss_mode``'s token mask."""
-    token = _token_mask_applied.set(loss_mode)
+def token_mask_applied(kind: str):
+    """Declare that ``response_mask`` already carries a token mask of this kind."""
+    token = _token_mask_applied.set(kind)
     try:
         yield
     finally:
@@ -53,10 +53,9 @@ def _clipped_objective_on_kept_tokens(loss_mode: str):
 
         ``response_mask`` must already exclude the masked tokens (see module docstring).
         """
-        applied = _token_mask_applied.get()
-        if applied != loss_mode:
+        if _token_mask_applied.get() is None:
             raise RuntimeError(
-                f"policy loss '{loss_mode}' was called without its token mask (active mask: {applied!r}). "
+                f"policy loss '{loss_mode}' was called without its token mask. "
                 "The stapo-verl worker hook must run it: check that `import verl` loads the 'stapo' plugin "
                 "(`python -m stapo_verl check`) and that the actor uses verl's ActorRolloutRefWorker."
             )

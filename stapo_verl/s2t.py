@@ -175,3 +175,66 @@ def assert_finite(name: str, values: torch.Tensor, response_mask: torch.Tensor, 
             f"stapo-verl: {count} valid response token(s) have a non-finite {name}; "
             "refusing to build the token mask (check the model's logits / log-probs)."
         )
+
+
+def random_silence_like(reference_mask: torch.Tensor, response_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The random control: as many silenced tokens as ``reference_mask`` has, chosen uniformly
+    among the valid tokens (on this rank; per rank the counts match, so globally they do too)."""
+    valid_positions = torch.nonzero(response_mask.bool().reshape(-1)).squeeze(1)
+    count = int(reference_mask.sum())
+    order = torch.randperm(valid_positions.numel(), generator=generator)[:count].to(valid_positions.device)
+    silenced = torch.zeros(response_mask.numel(), dtype=torch.bool, device=response_mask.device)
+    silenced[valid_positions[order]] = True
+    return silenced.view(response_mask.shape)
+
+
+def logit_grad_norm(prob: torch.Tensor, sum_pi_squared: torch.Tensor) -> torch.Tensor:
+    """||d log pi(y) / d logits|| = sqrt(1 - 2 p_y + sum_v pi_v^2) at each position (PAPER.md s.2).
+
+    Low p with a peaked distribution (large sum pi^2, low entropy) gives the largest push.
+    """
+    return torch.sqrt(torch.clamp(1.0 - 2.0 * prob.double() + sum_pi_squared.double(), min=0.0))
+
+
+def token_group_stats(
+    log_prob: torch.Tensor,
+    entropy: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    silenced: torch.Tensor,
+    sum_pi_squared: Optional[torch.Tensor] = None,
+    group=None,
+) -> dict[str, float]:
+    """Mini-batch-global statistics of the silenced and the kept tokens.
+
+    For each group G (keys ``{G}/...``): ``tokens``, ``prob_mean``, ``entropy_mean``,
+    ``positive_adv_frac``, ``grad_norm_bound_mean`` (when ``sum_pi_squared`` is given) and
+    ``entropy_cov`` = sum_{t in G} (log p_t - mean log p)(A_t - mean A) / N_valid, G's share of the
+    token-level Cov(log pi, A); the first-order entropy change of an update is about
+    -lr * Cov(log pi, A) (the analysis verl's clip_cov / kl_cov losses come from), so a positive
+    share means the group's gradient lowers entropy.
+    """
+    valid = response_mask.bool()
+    log_prob, advantages = log_prob.double(), advantages.double()
+    n_valid = float(global_sum(valid.sum(), group))
+    if n_valid == 0:
+        return {}
+    mean_log_prob = float(global_sum(log_prob[valid].sum(), group)) / n_valid
+    mean_advantage = float(global_sum(advantages[valid].sum(), group)) / n_valid
+    centered_product = (log_prob - mean_log_prob) * (advantages - mean_advantage)
+    per_token = {
+        "prob_mean": log_prob.exp(),
+        "entropy_mean": entropy.double(),
+        "positive_adv_frac": (advantages > 0).double(),
+    }
+    if sum_pi_squared is not None:
+        per_token["grad_norm_bound_mean"] = logit_grad_norm(log_prob.exp(), sum_pi_squared)
+    stats = {}
+    for name, members in (("silenced", valid & silenced.bool()), ("kept", valid & ~silenced.bool())):
+        count = float(global_sum(members.sum(), group))
+        stats[f"{name}/tokens"] = count
+        stats[f"{name}/entropy_cov"] = float(global_sum(centered_product[members].sum(), group)) / n_valid
+        if count > 0:
+            for key, values in per_token.items():
+                stats[f"{name}/{key}"] = float(global_sum(values[members].sum(), group)) / count
+    return stats

@@ -26,6 +26,7 @@ from __future__ import annotations
 import verl  # noqa: F401  isort: skip
 
 import logging
+import os
 from typing import Callable, Optional
 
 import torch
@@ -36,7 +37,15 @@ from verl.workers.utils.padding import no_padding_2_padding, response_from_neste
 
 from stapo_verl import config as stapo_config
 from stapo_verl import losses
-from stapo_verl.s2t import assert_finite, global_sum, s2t_spurious_mask, top_entropy_keep_mask
+from stapo_verl.dump import append_jsonl, silenced_token_records
+from stapo_verl.s2t import (
+    assert_finite,
+    global_sum,
+    random_silence_like,
+    s2t_spurious_mask,
+    token_group_stats,
+    top_entropy_keep_mask,
+)
 
 logger = logging.getLogger("stapo_verl")
 
@@ -70,35 +79,35 @@ def response_values(full_sequence: torch.Tensor, data) -> torch.Tensor:
     return no_padding_2_padding(full_sequence, data).reshape(-1)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor, count: float, group) -> float:
-    return float(global_sum(values.double()[mask].sum(), group)) / count
-
-
 def apply_token_mask(
     data,
     policy_loss: "stapo_config.TokenMaskPolicyLossConfig",
-    current_stats: Optional[Callable[[], tuple[torch.Tensor, torch.Tensor]]] = None,
+    current_stats: Optional[Callable[[], tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]] = None,
     micro_batch_ids: Optional[Callable[[], torch.Tensor]] = None,
     group=None,
+    dump: Optional[Callable[..., None]] = None,
 ) -> dict[str, float]:
     """Zero the tokens that lose their gradient in ``data``'s ``response_mask``/``loss_mask``.
 
     Args:
         data: one mini-batch of this rank (TensorDict, verl's no-padding or padded layout).
-        policy_loss: the actor's policy-loss config (``loss_mode`` stapo or entropy20).
-        current_stats: returns flat (log_prob, entropy) of the current policy per response
-            token; called only for ``stats_source=current``.
+        policy_loss: the actor's policy-loss config; ``token_mask_kind`` says which mask.
+        current_stats: returns flat (log_prob, entropy, sum_pi_squared or None) of the current
+            policy per response token; called only for ``stats_source=current``.
         micro_batch_ids: returns the micro-batch index of each response token (flat); called
             only for 20-Entropy with ``top_entropy_scope=micro_batch``.
         group: the data-parallel process group (None on one rank).
+        dump: if given, called as dump(silenced, log_prob, entropy, advantages) (flat tensors).
 
     Returns:
         Mini-batch-global metrics (identical on every rank).
     """
-    loss_mode = policy_loss.loss_mode
+    kind = stapo_config.token_mask_kind(policy_loss)
+    if kind is None:
+        raise ValueError(f"loss_mode {policy_loss.loss_mode!r} with token_mask=null has no token mask")
     valid = _flat(data["response_mask"]).bool()
     if policy_loss.stats_source == "current":
-        log_prob, entropy = current_stats()
+        log_prob, entropy, sum_pi_squared = current_stats()
     else:
         if OLD_ENTROPY_KEY not in data.keys():
             raise KeyError(
@@ -107,6 +116,8 @@ def apply_token_mask(
                 f"{sorted(data.keys())}. Use actor_rollout_ref.actor.policy_loss.stats_source=current."
             )
         log_prob, entropy = _flat(data["old_log_probs"]), _flat(data[OLD_ENTROPY_KEY])
+        # present when actor.calculate_sum_pi_squared=true
+        sum_pi_squared = _flat(data["sum_pi_squared"]) if "sum_pi_squared" in data.keys() else None
     log_prob, entropy = log_prob.to(valid.device), entropy.to(valid.device)
     if log_prob.shape != valid.shape or entropy.shape != valid.shape:
         raise ValueError(
@@ -114,24 +125,29 @@ def apply_token_mask(
             f"entropy {tuple(entropy.shape)}, response tokens {tuple(valid.shape)}"
         )
     assert_finite("entropy", entropy, valid, group)
+    advantages = _flat(data["advantages"]).to(valid.device)
 
     num_valid = float(global_sum(valid.sum(), group))
     denominator = max(num_valid, 1.0)
-    if loss_mode == "stapo":
+    if kind in ("s2t", "random"):
         assert_finite("log_prob", log_prob, valid, group)
         s2t = s2t_spurious_mask(
             log_prob,
             entropy,
-            _flat(data["advantages"]).to(valid.device),
+            advantages if policy_loss.s2t_advantage_sign == "positive" else advantages.abs(),
             valid,
             tau_prob=policy_loss.tau_prob,
             entropy_quantile=policy_loss.entropy_quantile,
             entropy_threshold=policy_loss.entropy_threshold,
             group=group,
         )
-        keep = valid & ~s2t.spurious_mask
+        silenced = s2t.spurious_mask
+        if kind == "random":
+            rank = torch.distributed.get_rank(group) if group is not None else 0
+            seed = policy_loss.random_mask_seed + 1_000_003 * int(valid.sum()) + 7919 * rank
+            silenced = random_silence_like(silenced, valid, torch.Generator().manual_seed(seed))
         num_candidates = float(global_sum(s2t.candidate_mask.sum(), group))
-        num_silenced = float(global_sum(s2t.spurious_mask.sum(), group))
+        num_silenced = float(global_sum(silenced.sum(), group))
         metrics = {
             "s2t/valid_tokens": num_valid,
             "s2t/candidates": num_candidates,
@@ -141,11 +157,7 @@ def apply_token_mask(
         }
         if s2t.tau_entropy is not None:
             metrics["s2t/tau_entropy"] = s2t.tau_entropy
-        if num_silenced > 0:
-            silenced = s2t.spurious_mask
-            metrics["s2t/silenced_prob_mean"] = _masked_mean(log_prob.exp(), silenced, num_silenced, group)
-            metrics["s2t/silenced_entropy_mean"] = _masked_mean(entropy, silenced, num_silenced, group)
-    elif loss_mode == "entropy20":
+    else:
         micro_scope = policy_loss.top_entropy_scope == "micro_batch"
         top = top_entropy_keep_mask(
             entropy,
@@ -154,18 +166,27 @@ def apply_token_mask(
             segment_ids=micro_batch_ids().to(valid.device) if micro_scope else None,
             group=group,
         )
-        keep = top.keep_mask
-        num_kept = float(global_sum(keep.sum(), group))
+        silenced = valid & ~top.keep_mask
+        num_kept = float(global_sum(top.keep_mask.sum(), group))
         metrics = {"entropy20/kept_tokens": num_kept, "entropy20/kept_frac": num_kept / denominator}
         if top.entropy_threshold is not None:
             metrics["entropy20/entropy_threshold"] = top.entropy_threshold
-    else:
-        raise ValueError(
-            f"loss_mode {loss_mode!r} has no token mask; expected one of {list(stapo_config.MASKED_LOSS_MODES)}"
-        )
+    keep = valid & ~silenced
+
+    groups = token_group_stats(
+        log_prob, entropy, advantages, valid, silenced,
+        sum_pi_squared.to(valid.device) if sum_pi_squared is not None else None, group,
+    )  # fmt: skip
+    if kind != "top_entropy" and "silenced/prob_mean" in groups:
+        metrics["s2t/silenced_prob_mean"] = groups["silenced/prob_mean"]
+        metrics["s2t/silenced_entropy_mean"] = groups["silenced/entropy_mean"]
+    if policy_loss.diagnostics:
+        metrics.update({f"token_mask/{key}": value for key, value in groups.items()})
+    if dump is not None:
+        dump(silenced, log_prob, entropy, advantages)
 
     if num_valid > 0 and not bool(global_sum(keep.sum(), group)):
-        logger.warning("stapo-verl: %s silenced every token of this mini-batch; it contributes no gradient", loss_mode)
+        logger.warning("stapo-verl: the %s mask silenced every token of this mini-batch; no gradient", kind)
     for key in ("response_mask", "loss_mask"):
         if key not in data.keys():
             continue
@@ -182,17 +203,17 @@ def with_token_mask(loss_fn: Callable) -> Callable:
 
     def loss_with_token_mask(**kwargs):
         config = kwargs.get("config", getattr(loss_fn, "keywords", {}).get("config"))
-        loss_mode = config.policy_loss.get("loss_mode", "vanilla") if config is not None else None
-        if loss_mode not in stapo_config.MASKED_LOSS_MODES or "model_output" not in kwargs:
-            return loss_fn(**kwargs)  # other losses, and verl's logits-processor calls, pass through
+        kind = stapo_config.token_mask_kind(config.policy_loss) if config is not None else None
+        if kind is None or "model_output" not in kwargs:
+            return loss_fn(**kwargs)  # unmasked losses, and verl's logits-processor calls, pass through
         mask_metrics = tu.get_non_tensor_data(data=kwargs["data"], key=MASK_METRICS_KEY, default=None)
         if mask_metrics is None:
-            raise RuntimeError(f"loss_mode={loss_mode}: this micro-batch carries no token mask from the worker hook")
+            raise RuntimeError(f"token_mask={kind}: this micro-batch carries no token mask from the worker hook")
         if tu.get_non_tensor_data(data=kwargs["data"], key="batch_num_tokens", default=None) == 0:
             # Every token of the mini-batch was silenced: no gradient, and a finite loss instead
             # of verl's 0/0 under token-mean.
             return (_flat(kwargs["model_output"]["log_probs"]) * 0.0).sum(), dict(mask_metrics)
-        with losses.token_mask_applied(loss_mode):
+        with losses.token_mask_applied(kind):
             loss, metrics = loss_fn(**kwargs)
         metrics.update(mask_metrics)
         return loss, metrics
@@ -204,11 +225,12 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
     """verl's ``TrainingWorker`` that applies the STAPO / 20-Entropy mask per mini-batch."""
 
     policy_loss = None  # the actor's policy-loss config, known once verl sets the loss function
+    mask_updates = 0  # mini-batches masked so far (for dump_every)
 
     def set_loss_fn(self, loss_fn):
         config = getattr(loss_fn, "keywords", {}).get("config")
         policy_loss = getattr(config, "policy_loss", None)
-        if policy_loss is not None and policy_loss.get("loss_mode") in stapo_config.MASKED_LOSS_MODES:
+        if policy_loss is not None and stapo_config.token_mask_kind(policy_loss) is not None:
             if not isinstance(policy_loss, stapo_config.TokenMaskPolicyLossConfig):
                 raise TypeError(
                     f"loss_mode={policy_loss.loss_mode} needs actor_rollout_ref.actor.policy_loss._target_="
@@ -225,18 +247,48 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
                 current_stats=lambda: self._current_policy_stats(data),
                 micro_batch_ids=lambda: self._micro_batch_ids(data),
                 group=self.engine.get_data_parallel_group(),
+                dump=self._silenced_token_dump(data),
             )
             tu.assign_non_tensor(data, **{MASK_METRICS_KEY: metrics})
         return super().train_batch(data)
 
-    def _current_policy_stats(self, data) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-prob and entropy of pi_theta on this mini-batch, via verl's log-prob pass."""
+    def _current_policy_stats(self, data) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Log-prob, entropy and (for diagnostics) sum pi^2 of pi_theta on this mini-batch, via
+        verl's log-prob pass."""
         probe = data.copy()  # shallow: the inference flags must not leak into the training call
-        tu.assign_non_tensor(probe, calculate_entropy=True, compute_loss=False)
+        # verl cannot compute sum pi^2 with its fused kernels
+        want_sum_pi_squared = self.policy_loss.diagnostics and not self.engine_config.use_fused_kernels
+        tu.assign_non_tensor(
+            probe, calculate_entropy=True, calculate_sum_pi_squared=want_sum_pi_squared, compute_loss=False
+        )
         output = self.infer_batch(probe)
         if output is None:
             raise RuntimeError("stats_source=current needs model outputs on every rank (no pipeline parallelism)")
-        return response_values(tu.get(output, "log_probs"), data), response_values(tu.get(output, "entropy"), data)
+        sum_pi_squared = response_values(tu.get(output, "sum_pi_squared"), data) if want_sum_pi_squared else None
+        return (
+            response_values(tu.get(output, "log_probs"), data),
+            response_values(tu.get(output, "entropy"), data),
+            sum_pi_squared,
+        )
+
+    def _silenced_token_dump(self, data) -> Optional[Callable[..., None]]:
+        """The dump callback for this mini-batch, every ``dump_every`` updates (else None)."""
+        self.mask_updates += 1
+        config = self.policy_loss
+        if config.dump_dir is None or (self.mask_updates - 1) % config.dump_every:
+            return None
+        tokenizer = getattr(self.model_config, "tokenizer", None)
+        if tokenizer is None:
+            raise RuntimeError("policy_loss.dump_dir is set but the actor's model config has no tokenizer")
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        path = os.path.join(config.dump_dir, f"silenced_tokens.rank{rank}.jsonl")
+
+        update = self.mask_updates
+
+        def dump(silenced, log_prob, entropy, advantages):
+            write_silenced_tokens(path, data, silenced, log_prob, entropy, advantages, tokenizer.decode, config, update)
+
+        return dump
 
     def _micro_batch_ids(self, data) -> torch.Tensor:
         """Micro-batch index of each response token, as verl's engine will split this mini-batch."""
@@ -250,6 +302,20 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
         )
         tu.assign_non_tensor(probe, **{k: v for k, v in defaults.items() if k not in probe.keys()})
         return micro_batch_ids(probe, self.engine.get_data_parallel_group())
+
+
+def write_silenced_tokens(path, data, silenced, log_prob, entropy, advantages, decode, config, update: int) -> None:
+    """Append up to ``config.dump_max_tokens`` decoded silenced tokens of ``data`` to ``path``."""
+    responses = data["responses"]
+    if responses.is_nested:
+        lengths = responses.offsets().diff()
+    else:
+        lengths = torch.full((responses.shape[0],), responses.shape[1], dtype=torch.long)
+    records = silenced_token_records(
+        _flat(responses).cpu(), lengths.cpu(), silenced.cpu(), log_prob.cpu(), entropy.cpu(), advantages.cpu(),
+        decode, config.dump_context_tokens, config.dump_max_tokens,
+    )  # fmt: skip
+    append_jsonl(path, records, update=update)
 
 
 def micro_batch_ids(data, group=None) -> torch.Tensor:

@@ -97,9 +97,9 @@ class MiniBatch:
         return data
 
     def current_stats(self):
-        """(log_prob, entropy) of the 'current policy', flat in response order."""
+        """(log_prob, entropy, sum_pi_squared) of the 'current policy', flat in response order."""
         log_prob = torch.cat([self.response_values(self.theta.detach(), i) for i in range(len(self.seq_lens))])
-        return log_prob, torch.cat(self.entropy)
+        return log_prob, torch.cat(self.entropy), None
 
 
 class TinyEngine:

@@ -23,6 +23,8 @@ def test_defaults_are_the_papers():
         ("top_entropy_ratio", 0.0, r"policy_loss\.top_entropy_ratio must be a number in \(0\.0, 1\.0\]"),
         ("stats_source", "new", r"policy_loss\.stats_source must be one of \['current', 'old'\], got 'new'"),
         ("top_entropy_scope", "batch", r"top_entropy_scope must be one of \['mini_batch', 'micro_batch'\]"),
+        ("s2t_advantage_sign", "negative", r"s2t_advantage_sign must be one of \['positive', 'any'\]"),
+        ("dump_every", 0, r"policy_loss\.dump_every must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_values_name_the_field_and_range(field, value, message):

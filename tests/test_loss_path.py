@@ -274,7 +274,9 @@ def test_current_stats_come_from_verls_log_prob_pass():
         return tu.get_tensordict({"log_probs": nested(batch.theta.detach()), "entropy": nested(entropy_full)})
 
     worker.infer_batch = infer_batch
-    log_prob, entropy = worker._current_policy_stats(data)
-    assert calls == [True] and "calculate_entropy" not in data.keys()
+    worker.policy_loss = actor_config("stapo", diagnostics=False).policy_loss
+    worker.engine_config = mock.Mock(use_fused_kernels=False)
+    log_prob, entropy, sum_pi_squared = worker._current_policy_stats(data)
+    assert calls == [True] and "calculate_entropy" not in data.keys() and sum_pi_squared is None
     assert torch.equal(log_prob, batch.current_stats()[0])
     assert torch.equal(entropy, torch.cat([batch.response_values(entropy_full, i) for i in range(3)]))
