@@ -15,8 +15,9 @@ mini-batch, before the engine counts tokens:
    pass; ``attention_mask`` is untouched), so verl's own ``agg_loss`` renormalises over the kept
    tokens for every ``loss_agg_mode``, exactly, whatever the micro-batch split.
 
-The loss function is wrapped so the registered ``stapo``/``entropy20`` losses run only on a
-masked mini-batch, and so the mask metrics travel verl's metric path.
+``token_mask`` puts the same mask under any verl loss (``gspo``, ``cispo``, ...). The loss
+function is wrapped so the registered ``stapo``/``entropy20`` losses run only on a masked
+mini-batch, and so the mask metrics and diagnostics travel verl's metric path.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def apply_token_mask(
 
 
 def with_token_mask(loss_fn: Callable) -> Callable:
-    """Wrap the actor's loss (``partial(ppo_loss, config=...)``) for the masked loss modes."""
+    """Wrap the actor's loss (``partial(ppo_loss, config=...)``) for configs with a token mask."""
 
     def loss_with_token_mask(**kwargs):
         config = kwargs.get("config", getattr(loss_fn, "keywords", {}).get("config"))
@@ -282,7 +283,6 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
             raise RuntimeError("policy_loss.dump_dir is set but the actor's model config has no tokenizer")
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         path = os.path.join(config.dump_dir, f"silenced_tokens.rank{rank}.jsonl")
-
         update = self.mask_updates
 
         def dump(silenced, log_prob, entropy, advantages):
