@@ -50,7 +50,9 @@ def train_command(method: str, model: str, overrides: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stapo-verl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="stapo-verl", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check", help="verify that `import verl` registers the STAPO losses and worker hook")
     commands.add_parser("config-path", help="print the directory of the Hydra configs")

@@ -109,10 +109,10 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
         _check_range("top_entropy_ratio", self.top_entropy_ratio, 0.0, 1.0, low_open=True)
         _check_choice("top_entropy_scope", self.top_entropy_scope, TOP_ENTROPY_SCOPES)
         _check_choice("s2t_advantage_sign", self.s2t_advantage_sign, S2T_ADVANTAGE_SIGNS)
-        for name in ("dump_every", "dump_max_tokens", "dump_context_tokens"):
+        for name, minimum in (("dump_every", 1), ("dump_max_tokens", 1), ("dump_context_tokens", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "dump_context_tokens" else 1):
-                raise ValueError(f"{FIELD_PREFIX}.{name} must be an integer >= {0 if name == 'dump_context_tokens' else 1}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{FIELD_PREFIX}.{name} must be an integer >= {minimum}, got {value!r}")
         if self.token_mask is not None:
             _check_choice("token_mask", self.token_mask, TOKEN_MASKS)
             allowed = MASKED_LOSS_MODES.get(self.loss_mode)

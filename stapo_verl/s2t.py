@@ -177,7 +177,9 @@ def assert_finite(name: str, values: torch.Tensor, response_mask: torch.Tensor, 
         )
 
 
-def random_silence_like(reference_mask: torch.Tensor, response_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_silence_like(
+    reference_mask: torch.Tensor, response_mask: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """The random control: as many silenced tokens as ``reference_mask`` has, chosen uniformly
     among the valid tokens (on this rank; per rank the counts match, so globally they do too)."""
     valid_positions = torch.nonzero(response_mask.bool().reshape(-1)).squeeze(1)

@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import HAND_CASE, MiniBatch, actor_config, actor_loss_fn, run_minibatch
+from conftest import HAND_CASE, MiniBatch, actor_config, run_minibatch
 from verl.utils import tensordict_utils as tu
 
 from stapo_verl.losses import token_mask_applied

@@ -4,12 +4,17 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
 from conftest import HAND_ADVANTAGE, HAND_ENTROPY, HAND_PROB, HAND_SILENCED, HAND_VALID
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stapo_verl.s2t import assert_finite, keep_count, quantile, s2t_spurious_mask, top_entropy_keep_mask
-
+from stapo_verl.s2t import (
+    assert_finite,
+    keep_count,
+    quantile,
+    s2t_spurious_mask,
+    top_entropy_keep_mask,
+)
 
 
 def test_hand_computed_s2t_mask():
