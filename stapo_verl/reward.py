@@ -162,10 +162,18 @@ def brace_depth(text: str) -> int:
     return deepest
 
 
+def wrong_answer(grader: str) -> dict[str, Any]:
+    """The result for an answer that is wrong without grading, with the keys the grader always
+    returns (verl's reward managers collect every key per sample: they must not vary)."""
+    if grader == "dapo":
+        return {"score": -1.0, "acc": False, "pred": None}
+    return {"score": 0.0, "acc": False, "pred": None, "timed_out": False}
+
+
 def math_verify_score(solution: str, ground_truth: str, hard_timeout_s: float = 10.0) -> dict[str, Any]:
     boxed = last_boxed_answer(solution)
     if boxed is not None and brace_depth(boxed) > MAX_BRACE_DEPTH:
-        return {"score": 0.0, "acc": False, "pred": None, "timed_out": False}
+        return wrong_answer("math_verify")
     # Only the end of the response, from a little before the last box: math-verify parses every
     # math span it finds, so a long response costs time for nothing. (The box alone is not
     # enough: math-verify reads `$\\boxed{x}$` and `\\boxed{x}` differently for some tuples.)
@@ -206,4 +214,4 @@ def compute_score(
         return math_verify_score(solution, gold, hard_timeout_s)
     except Exception:  # never let a model output crash a week of training, but say so
         logger.exception("stapo-verl reward: grader %s failed on a response; scoring it as wrong", grader)
-        return {"score": -1.0 if grader == "dapo" else 0.0, "acc": False, "pred": None}
+        return wrong_answer(grader)

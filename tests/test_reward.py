@@ -166,6 +166,21 @@ def test_works_in_a_ray_task():
     assert [r["acc"] for r in results] == [True, True]
 
 
+@pytest.mark.parametrize("grader, grade", [("dapo", "dapo_score"), ("math_verify", "math_verify_score")])
+def test_result_keys_never_vary(grader, grade, caplog):
+    """verl collects every returned key per sample: a grader failure must keep the same keys."""
+    from unittest import mock
+
+    import stapo_verl.reward as reward
+
+    normal = compute_score("x", "\\boxed{1}", "1", grader=grader)
+    deep = compute_score("x", "\\boxed{" + "{" * 20 + "1" + "}" * 20 + "}", "1", grader=grader)
+    with mock.patch.object(reward, grade, side_effect=RecursionError("boom")):
+        failed = compute_score("x", "\\boxed{1}", "1", grader=grader)
+    assert set(failed) == set(deep) == set(normal) and not failed["acc"]
+    assert "failed on a response" in caplog.text
+
+
 def test_grader_semantics():
     assert compute_score("x", "\\boxed{1/2}", "\\frac{1}{2}", grader="dapo")["score"] == -1.0  # strict: string match
     assert compute_score("x", "\\boxed{1/2}", "\\frac{1}{2}", grader="math_verify")["score"] == 1.0  # symbolic
