@@ -38,6 +38,7 @@ from verl.workers.utils.padding import no_padding_2_padding, response_from_neste
 
 from stapo_verl import config as stapo_config
 from stapo_verl import losses
+from stapo_verl.cpu.platform import init_process_group_on_cpu
 from stapo_verl.dump import append_jsonl, silenced_token_records
 from stapo_verl.s2t import (
     assert_finite,
@@ -227,6 +228,10 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
 
     policy_loss = None  # the actor's policy-loss config, known once verl sets the loss function
     mask_updates = 0  # mini-batches masked so far (for dump_every)
+
+    def __init__(self, config):
+        init_process_group_on_cpu()  # no-op unless VERL_PLATFORM=cpu
+        super().__init__(config)
 
     def set_loss_fn(self, loss_fn):
         config = getattr(loss_fn, "keywords", {}).get("config")

@@ -1,0 +1,237 @@
+"""``rollout.name=hf``: a rollout backend for verl 0.9.1 that serves generation with HF transformers.
+
+verl's rollouts are servers (vLLM/SGLang/TRT-LLM) that verl's agent loop calls through
+``RolloutReplicaRegistry``; none of them runs without a GPU. This one does, for the tiny CPU
+preset and tests. Two pieces, following verl's hybrid (colocated) mode:
+
+- :class:`HFGenerationServer`: one Ray actor per replica holding an HF model copy. Requests that
+  arrive together are generated as one left-padded batch (``model.generate``). Token-in,
+  token-out like vLLM: the response ids end with EOS when generation stopped there, and
+  ``log_probs`` are the raw model log-probabilities of the sampled tokens.
+- :class:`HFServerAdapter`: the ``BaseRollout`` inside each trainer worker. verl's weight sync
+  (``checkpoint_engine.backend=naive``) hands it the actor's parameters; the replica's first rank
+  ships them to its server through Ray's object store.
+
+Single-turn text only (no images, tools or LoRA); sleep/wake are no-ops (nothing to offload).
+"""
+
+from __future__ import annotations
+
+import verl  # noqa: F401  isort: skip  (first: the plugin registers the cpu platform)
+import asyncio
+import logging
+import threading
+from typing import Any, Generator, Optional
+
+import ray
+import torch
+from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.replica import RolloutReplica, TokenOutput
+
+logger = logging.getLogger("stapo_verl")
+
+BATCH_WAIT_S = 0.02  # gather the agent loop's concurrent requests into one batch
+
+
+def server_name(replica_rank: int, name_suffix: str = "") -> str:
+    return f"stapo_hf_server_{replica_rank}{name_suffix}"
+
+
+def sampling_key(sampling_params: dict[str, Any], max_tokens: int) -> tuple:
+    """Requests with equal keys can share one ``generate`` call."""
+    top_k = int(sampling_params.get("top_k", -1) or -1)
+    return (
+        float(sampling_params.get("temperature", 1.0)),
+        float(sampling_params.get("top_p", 1.0)),
+        top_k if top_k > 0 else -1,
+        max_tokens,
+    )
+
+
+def cut_at_eos(token_ids: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+    """Tokens up to and including the first EOS, and whether one was found."""
+    for i, token in enumerate(token_ids):
+        if token in eos_ids:
+            return token_ids[: i + 1], True
+    return token_ids, False
+
+
+class HFGenerationServer:
+    """The replica's generation server (a Ray actor; async methods share one event loop)."""
+
+    def __init__(self, config: Any, model_config: Any, replica_rank: int):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from verl.utils.fs import copy_to_local
+
+        self.config = config
+        self.replica_rank = replica_rank
+        path = copy_to_local(model_config.path)  # a DictConfig here, as verl's replicas receive it
+        self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
+        self.eos_ids = set(eos)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        self.global_steps: Optional[int] = None
+        self._pending: list[tuple[list[int], dict[str, Any], int, asyncio.Future]] = []
+        self._drain_task: Optional[asyncio.Task] = None
+        self._model_lock = threading.Lock()  # generation and weight loads never overlap
+        torch.manual_seed(int(getattr(config, "seed", 0) or 0) + replica_rank)
+
+    def max_tokens(self, prompt_len: int, sampling_params: dict[str, Any]) -> int:
+        # as verl's vLLM server: at most response_length, and within prompt + response length
+        limit = min(self.config.response_length, self.config.prompt_length + self.config.response_length - prompt_len)
+        requested = sampling_params.get("max_tokens", sampling_params.get("max_new_tokens"))
+        return max(1, min(limit, int(requested)) if requested is not None else limit)
+
+    async def generate(
+        self,
+        request_id: str,
+        *,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        image_data: Any = None,
+        video_data: Any = None,
+        **kwargs: Any,
+    ) -> TokenOutput:
+        if image_data is not None or video_data is not None or kwargs.get("audio_data") is not None:
+            raise ValueError("rollout.name=hf generates text only; this request carries images, video or audio")
+        future = asyncio.get_running_loop().create_future()
+        prompt_ids = [int(t) for t in prompt_ids]
+        max_tokens = self.max_tokens(len(prompt_ids), sampling_params)
+        self._pending.append((prompt_ids, dict(sampling_params), max_tokens, future))
+        if self._drain_task is None or self._drain_task.done():
+            self._drain_task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            await asyncio.sleep(BATCH_WAIT_S)
+            first_key = sampling_key(self._pending[0][1], self._pending[0][2])
+            batch = [r for r in self._pending if sampling_key(r[1], r[2]) == first_key]
+            self._pending = [r for r in self._pending if sampling_key(r[1], r[2]) != first_key]
+            try:
+                outputs = await asyncio.to_thread(self._generate_batch, [r[0] for r in batch], batch[0][1], batch[0][2])
+            except Exception as exc:
+                for request in batch:
+                    request[3].set_exception(exc)
+                continue
+            for request, output in zip(batch, outputs, strict=True):
+                request[3].set_result(output)
+
+    @torch.no_grad()
+    def _generate_batch(
+        self, prompts: list[list[int]], sampling_params: dict[str, Any], max_tokens: int
+    ) -> list[TokenOutput]:
+        temperature, top_p, top_k, _ = sampling_key(sampling_params, max_tokens)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            attention_mask[row, width - len(prompt) :] = 1
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k if top_k > 0 else 0}
+        with self._model_lock:
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_tokens,
+                eos_token_id=sorted(self.eos_ids),
+                pad_token_id=self.pad_id,
+                return_dict_in_generate=True,
+                output_logits=True,
+                **(sampling if temperature > 0 else {"do_sample": False}),
+            )
+        new_tokens = out.sequences[:, width:]
+        log_probs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # raw model distribution
+        token_log_probs = log_probs.gather(-1, new_tokens[:, : log_probs.shape[1], None]).squeeze(-1)
+        want_log_probs = bool(sampling_params.get("logprobs"))
+        outputs = []
+        for row in range(len(prompts)):
+            token_ids, stopped = cut_at_eos(new_tokens[row].tolist(), self.eos_ids)
+            outputs.append(
+                TokenOutput(
+                    token_ids=token_ids,
+                    log_probs=token_log_probs[row, : len(token_ids)].tolist() if want_log_probs else None,
+                    stop_reason="completed" if stopped else "length",
+                    extra_fields={"global_steps": self.global_steps},
+                )
+            )
+        return outputs
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
+        """Load the actor's weights; every model weight must be covered (tied ones excepted)."""
+        with self._model_lock:
+            result = self.model.load_state_dict(state_dict, strict=False)
+        tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
+        missing = [key for key in result.missing_keys if key not in tied]
+        if result.unexpected_keys or missing:
+            raise RuntimeError(
+                f"hf rollout weight sync: unexpected keys {result.unexpected_keys[:5]}, missing keys {missing[:5]}"
+            )
+        self.global_steps = global_steps
+        return len(state_dict)
+
+    # The replica's control calls: nothing is offloaded or cached between requests.
+    async def wake_up(self) -> None: ...
+    async def sleep(self) -> None: ...
+    async def clear_kv_cache(self) -> None: ...
+    async def release_kv_cache(self) -> None: ...
+    async def resume_kv_cache(self) -> None: ...
+    async def abort_all_requests(self, reject_request: bool = False) -> None: ...
+    async def resume_generation(self) -> None: ...
+    async def start_profile(self, **kwargs: Any) -> None: ...
+    async def stop_profile(self) -> None: ...
+
+
+class HFReplica(RolloutReplica):
+    """One HF generation server per replica, on the local node (hybrid and standalone modes)."""
+
+    async def launch_servers(self) -> None:
+        name = server_name(self.replica_rank, self.name_suffix)
+        server = (
+            ray.remote(HFGenerationServer)
+            .options(name=name, num_cpus=0, max_concurrency=self.max_concurrency)
+            .remote(self.config, self.model_config, self.replica_rank)
+        )
+        await server.wake_up.remote()  # raises here if the model does not load
+        self.servers = [server]
+        self._server_handle = server
+        self._server_address = f"hf://{name}"
+
+    def rollout_worker_use_gpu(self) -> bool:
+        return False
+
+
+class HFServerAdapter(BaseRollout):
+    """The rollout object in each hybrid trainer worker: forwards weight syncs to its server."""
+
+    def __init__(self, config: Any, model_config: Any, device_mesh: Any, *args: Any, **kwargs: Any):
+        super().__init__(config, model_config, device_mesh)
+        rollout_world_size = (
+            self.config.tensor_model_parallel_size
+            * self.config.data_parallel_size
+            * self.config.pipeline_model_parallel_size
+        )
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self.replica_rank, local_rank = divmod(rank, rollout_world_size)
+        self.is_leader = local_rank == 0
+
+    async def resume(self, tags: list[str]) -> None: ...
+
+    async def release(self) -> None: ...
+
+    async def update_weights(
+        self, weights: Generator[tuple[str, torch.Tensor], None, None], wire_format: str = "named_tensors", **kwargs
+    ) -> None:
+        if wire_format != "named_tensors":
+            raise ValueError(f"rollout.name=hf accepts wire_format 'named_tensors', got {wire_format!r}")
+        if kwargs.get("peft_config") is not None:
+            raise ValueError("rollout.name=hf does not serve LoRA adapters (set model.lora.merge=true)")
+        state_dict = {}
+        for name, tensor in weights:  # every rank iterates: gathering FSDP shards is collective
+            if self.is_leader:
+                state_dict[name] = tensor.detach().to("cpu", copy=True)
+        if self.is_leader:
+            server = ray.get_actor(server_name(self.replica_rank))
+            await server.update_weights.remote(state_dict, kwargs.get("global_steps"))

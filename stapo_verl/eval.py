@@ -1,0 +1,331 @@
+"""``stapo-verl eval``: a checkpoint on the paper's six benchmarks, k samples per problem.
+
+Problems come from the parquet files ``python -m stapo_verl.data`` writes (the training prompt
+layout: chat template + "Please reason step by step ... \\boxed{}"); responses are decoded as
+verl decodes them (``skip_special_tokens=True``) and scored by the training reward function
+(:func:`stapo_verl.reward.compute_score`; PAPER.md section 5: math-verify by default).
+
+Engines: ``vllm`` (GPU; vLLM's offline ``LLM``, the rollout engine of training) and ``hf``
+(transformers ``generate``, any device; what the tests and the CPU path use).
+
+Outputs in ``--out``: ``samples.jsonl`` (one row per sample: benchmark, problem_id, sample,
+response_tokens, finish, score, pred, response) and ``summary.json`` (run metadata and avg@k).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Optional
+
+# PAPER.md section 5: name -> (table column, samples per problem)
+BENCHMARKS = {
+    "aime24": ("AIME24", 32),
+    "aime25": ("AIME25", 32),
+    "amc23": ("AMC23", 32),
+    "math500": ("MATH500", 4),
+    "minerva": ("Minerva", 4),
+    "olympiadbench": ("Olympiad", 4),
+}
+# the two decoding settings: rho_T (temperature) / top-p
+SETTINGS = {"aligned": (1.0, 1.0), "default": (0.7, 0.9)}
+MAX_TOKENS = 20480
+ENGINES = ("vllm", "hf")
+GRADERS = ("math_verify", "dapo")
+
+
+@dataclass
+class EvalConfig:
+    """What one eval run does; saved in summary.json and validated on construction."""
+
+    model_path: str
+    data_dir: str
+    out_dir: str
+    setting: str = "aligned"
+    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
+    samples: dict[str, int] = field(default_factory=dict)  # benchmark -> k (default: the paper's)
+    max_problems: Optional[int] = None  # first N problems of each benchmark (smoke tests)
+    max_tokens: int = MAX_TOKENS
+    engine: str = "vllm"
+    grader: str = "math_verify"
+    seed: int = 0
+    batch_size: int = 64  # hf engine: sequences per generate call
+    tensor_parallel_size: int = 1  # vllm engine
+    method: Optional[str] = None  # labels for the report: which training run this checkpoint is
+    model: Optional[str] = None
+    run_seed: Optional[int] = None
+
+    def __post_init__(self):
+        def bad(name, value, accepted):
+            raise ValueError(f"eval {name} must be {accepted}, got {value!r}")
+
+        if self.setting not in SETTINGS:
+            bad("setting", self.setting, f"one of {list(SETTINGS)}")
+        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
+        if unknown or not self.benchmarks:
+            bad("benchmarks", self.benchmarks, f"a non-empty list of {list(BENCHMARKS)}")
+        for bench, k in self.samples.items():
+            if bench not in BENCHMARKS or not isinstance(k, int) or k < 1:
+                bad(f"samples[{bench!r}]", k, f"a positive int for one of {list(BENCHMARKS)}")
+        if self.max_problems is not None and self.max_problems < 1:
+            bad("max_problems", self.max_problems, "a positive int or None")
+        if self.max_tokens < 1:
+            bad("max_tokens", self.max_tokens, "a positive int")
+        if self.engine not in ENGINES:
+            bad("engine", self.engine, f"one of {list(ENGINES)}")
+        if self.grader not in GRADERS:
+            bad("grader", self.grader, f"one of {list(GRADERS)}")
+        if self.batch_size < 1:
+            bad("batch_size", self.batch_size, "a positive int")
+
+    def k(self, bench: str) -> int:
+        return self.samples.get(bench, BENCHMARKS[bench][1])
+
+
+@dataclass
+class Problem:
+    benchmark: str
+    problem_id: str
+    messages: list
+    ground_truth: str
+    data_source: str
+
+
+def load_problems(data_dir: str, bench: str, limit: Optional[int] = None) -> list[Problem]:
+    """The benchmark's problems from ``<data_dir>/<bench>.parquet`` (stapo_verl.data's layout)."""
+    import pandas as pd
+
+    path = os.path.join(data_dir, f"{bench}.parquet")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: convert the benchmark with `python -m stapo_verl.data`")
+    frame = pd.read_parquet(path)
+    problems = []
+    for index, row in enumerate(frame.head(limit).to_dict("records") if limit else frame.to_dict("records")):
+        extra = row.get("extra_info") or {}
+        problems.append(
+            Problem(
+                benchmark=bench,
+                problem_id=str(extra.get("id", f"{bench}-{index}")),
+                messages=[dict(m) for m in row["prompt"]],
+                ground_truth=str(row["reward_model"]["ground_truth"]),
+                data_source=str(row.get("data_source", bench)),
+            )
+        )
+    return problems
+
+
+# ---------------------------------------------------------------- engines
+
+
+class HFEngine:
+    """Samples with transformers ``generate`` (GPU if present, else CPU), in left-padded batches."""
+
+    def __init__(self, model_path: str, batch_size: int):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=dtype).to(self.device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.batch_size = batch_size
+
+    def generate(self, prompts, k, temperature, top_p, max_tokens, seed, progress):
+        """k samples per prompt; per prompt a list of (token_ids, stopped_at_eos)."""
+        import torch
+
+        jobs = [(i, prompt) for i, prompt in enumerate(prompts) for _ in range(k)]
+        results: list[list] = [[] for _ in prompts]
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
+        for start in range(0, len(jobs), self.batch_size):
+            batch = jobs[start : start + self.batch_size]
+            width = max(len(p) for _, p in batch)
+            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (_, prompt) in enumerate(batch):
+                input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+                attention[row, width - len(prompt) :] = 1
+            torch.manual_seed(seed * 1_000_003 + start)  # reproducible for a given batch size
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention.to(self.device),
+                    max_new_tokens=max_tokens,
+                    eos_token_id=sorted(self.eos_ids),
+                    pad_token_id=self.pad_id,
+                    **(sampling or {"do_sample": False}),
+                )
+            for row, (prompt_index, _) in enumerate(batch):
+                tokens = out[row, width:].tolist()
+                end = next((j for j, t in enumerate(tokens) if t in self.eos_ids), None)
+                results[prompt_index].append((tokens[: end + 1] if end is not None else tokens, end is not None))
+            progress.update(len(batch))
+        return results
+
+
+class VLLMEngine:
+    """Samples with vLLM's offline engine (GPU). Not exercised here: vLLM does not install on CPU."""
+
+    def __init__(self, model_path: str, tensor_parallel_size: int, max_model_len: int, seed: int):
+        from vllm import LLM
+
+        self.llm = LLM(model=model_path, seed=seed, tensor_parallel_size=tensor_parallel_size,
+                       max_model_len=max_model_len)  # fmt: skip
+
+    def generate(self, prompts, k, temperature, top_p, max_tokens, seed, progress):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        progress.update(len(prompts) * k)
+        return [[(list(c.token_ids), c.finish_reason == "stop") for c in output.outputs] for output in outputs]
+
+
+# ---------------------------------------------------------------- the run
+
+
+def score_rows(problem: Problem, responses, tokenizer, grader: str) -> list[dict]:
+    from stapo_verl.reward import compute_score
+
+    rows = []
+    for sample, (token_ids, finished) in enumerate(responses):
+        text = tokenizer.decode(token_ids, skip_special_tokens=True)
+        result = compute_score(problem.data_source, text, problem.ground_truth, grader=grader)
+        rows.append(
+            {
+                "benchmark": problem.benchmark,
+                "problem_id": problem.problem_id,
+                "sample": sample,
+                "response_tokens": len(token_ids),
+                "finish": "stop" if finished else "length",
+                "score": 1.0 if result["acc"] else 0.0,
+                "pred": result.get("pred"),
+                "response": text,
+            }
+        )
+    return rows
+
+
+def summarize(rows: Iterable[dict]) -> dict[str, dict[str, Any]]:
+    """Per benchmark: problems, k, avg@k (percent), mean response length."""
+    by_bench: dict[str, dict[str, list[float]]] = {}
+    lengths: dict[str, list[int]] = {}
+    for row in rows:
+        by_bench.setdefault(row["benchmark"], {}).setdefault(row["problem_id"], []).append(row["score"])
+        lengths.setdefault(row["benchmark"], []).append(row["response_tokens"])
+    summary = {}
+    for bench, problems in by_bench.items():
+        counts = {len(v) for v in problems.values()}
+        summary[bench] = {
+            "problems": len(problems),
+            "k": max(counts),
+            "avg_at_k": 100.0 * sum(sum(v) / len(v) for v in problems.values()) / len(problems),
+            "mean_response_tokens": sum(lengths[bench]) / len(lengths[bench]),
+        }
+    return summary
+
+
+def run_eval(config: EvalConfig) -> dict:
+    """Generate, score and write samples.jsonl + summary.json; returns the summary."""
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from stapo_verl.stats import AVERAGE
+
+    temperature, top_p = SETTINGS[config.setting]
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    os.makedirs(config.out_dir, exist_ok=True)
+    problems = {b: load_problems(config.data_dir, b, config.max_problems) for b in config.benchmarks}
+    total = sum(len(p) * config.k(b) for b, p in problems.items())
+    started = time.time()
+    all_rows = []
+    prompts = {  # token ids, as verl's dataset builds them: the chat template with the generation prompt
+        b: [tokenizer(tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False),
+                      add_special_tokens=False).input_ids for p in bench_problems]
+        for b, bench_problems in problems.items()
+    }  # fmt: skip
+    if config.engine == "hf":
+        engine = HFEngine(config.model_path, config.batch_size)
+    else:
+        longest = max(len(p) for bench_prompts in prompts.values() for p in bench_prompts)
+        engine = VLLMEngine(config.model_path, config.tensor_parallel_size, longest + config.max_tokens, config.seed)
+    with tqdm(total=total, desc="eval samples", unit="sample") as progress:
+        for bench, bench_problems in problems.items():
+            progress.set_postfix_str(bench)
+            responses = engine.generate(prompts[bench], config.k(bench), temperature, top_p, config.max_tokens,
+                                        config.seed, progress)  # fmt: skip
+            for problem, problem_responses in zip(bench_problems, responses, strict=True):
+                all_rows.extend(score_rows(problem, problem_responses, tokenizer, config.grader))
+    with open(os.path.join(config.out_dir, "samples.jsonl"), "w") as f:
+        for row in all_rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    benchmarks = summarize(all_rows)
+    summary = {
+        "config": asdict(config),
+        "temperature": temperature,
+        "top_p": top_p,
+        "benchmarks": benchmarks,
+        AVERAGE: sum(b["avg_at_k"] for b in benchmarks.values()) / len(benchmarks),
+        "samples": len(all_rows),
+        "seconds": round(time.time() - started, 1),
+        "date": time.strftime("%Y-%m-%d"),
+        "host": platform.node(),
+    }
+    with open(os.path.join(config.out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="stapo-verl eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("model_path", help="HF model directory (merge a verl checkpoint first, see README)")
+    parser.add_argument("--out", required=True, help="output directory (samples.jsonl, summary.json)")
+    parser.add_argument("--data-dir", default=os.environ.get("STAPO_DATA_DIR", os.path.expanduser("~/data/stapo")),
+                        help="where <benchmark>.parquet live (default $STAPO_DATA_DIR or ~/data/stapo)")  # fmt: skip
+    parser.add_argument("--setting", default="aligned", choices=list(SETTINGS),
+                        help="aligned: temperature 1.0 / top-p 1.0; default: 0.7 / 0.9")  # fmt: skip
+    parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated subset")
+    parser.add_argument("--samples", default="", help="override k, e.g. aime24=4,math500=1")
+    parser.add_argument("--max-problems", type=int, default=None, help="first N problems per benchmark")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    parser.add_argument("--engine", default="vllm", choices=ENGINES)
+    parser.add_argument("--grader", default="math_verify", choices=GRADERS)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--batch-size", type=int, default=64, help="hf engine: sequences per generate call")
+    parser.add_argument("--tp", type=int, default=1, help="vllm engine: tensor parallel size")
+    parser.add_argument("--method", help="label: the training method (stapo, grpo, ...)")
+    parser.add_argument("--model", help="label: the model size (qwen3_1.7b, ...)")
+    parser.add_argument("--run-seed", type=int, help="label: the training run's seed")
+    args = parser.parse_args(argv)
+    samples = {}
+    for item in filter(None, args.samples.split(",")):
+        name, _, value = item.partition("=")
+        if not value.isdigit():
+            parser.error(f"--samples: expected BENCHMARK=K, got {item!r}")
+        samples[name.strip()] = int(value)
+    try:
+        config = EvalConfig(
+            model_path=args.model_path, data_dir=args.data_dir, out_dir=args.out, setting=args.setting,
+            benchmarks=[b.strip() for b in args.benchmarks.split(",") if b.strip()], samples=samples,
+            max_problems=args.max_problems, max_tokens=args.max_tokens, engine=args.engine, grader=args.grader,
+            seed=args.seed, batch_size=args.batch_size, tensor_parallel_size=args.tp, method=args.method,
+            model=args.model, run_seed=args.run_seed,
+        )  # fmt: skip
+    except ValueError as error:
+        parser.error(str(error))
+    summary = run_eval(config)
+    for bench, result in summary["benchmarks"].items():
+        name, k, problems = BENCHMARKS[bench][0], result["k"], result["problems"]
+        print(f"{name:>9}: avg@{k} = {result['avg_at_k']:6.2f}  ({problems} problems)")
+    print(f"{'Average':>9}: {summary['average']:6.2f}   -> {config.out_dir}")
+    return 0

@@ -1,0 +1,115 @@
+"""Statistics for the paper's tables: avg@k, bootstrap intervals, paired tests (numpy only).
+
+One method x model size x decoding setting is a dict ``benchmark -> scores`` where ``scores`` is
+an array of shape (seeds, problems): the accuracy of each problem in each seed's run, i.e. the
+mean over that run's k samples. Problem columns are in the same order for every method.
+
+- avg@k of a benchmark = mean over problems and seeds (the paper's avg@N, with seeds pooled).
+- Average = unweighted mean of the benchmarks' avg@k (as the paper's "Avg" column).
+- Bootstrap: resample seeds (one draw per replicate, shared by all benchmarks: a seed is a
+  whole training run) and problems (per benchmark), with replacement.
+- Paired test of A vs B: per-problem differences of the seed-averaged accuracies; a sign-flip
+  permutation test of their mean (two-sided), and a bootstrap interval of the difference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+AVERAGE = "average"
+
+
+def as_scores(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Validate ``benchmark -> (seeds, problems)`` arrays of accuracies in [0, 1]."""
+    checked = {}
+    for bench, values in scores.items():
+        array = np.asarray(values, dtype=float)
+        if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] < 1:
+            raise ValueError(f"scores[{bench!r}] must have shape (seeds, problems), got {array.shape}")
+        if not np.all((array >= 0) & (array <= 1)):
+            raise ValueError(f"scores[{bench!r}] must be accuracies in [0, 1]")
+        checked[bench] = array
+    if not checked:
+        raise ValueError("no benchmarks")
+    return checked
+
+
+def avg_at_k(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per-benchmark avg@k and their unweighted average, in percent."""
+    scores = as_scores(scores)
+    table = {bench: 100.0 * float(values.mean()) for bench, values in scores.items()}
+    table[AVERAGE] = float(np.mean(list(table.values())))
+    return table
+
+
+def _weights(rng: np.random.Generator, size: int, replicates: int) -> np.ndarray:
+    """Bootstrap resampling as weights: (replicates, size), each row sums to 1."""
+    return rng.multinomial(size, np.full(size, 1.0 / size), size=replicates) / size
+
+
+def bootstrap_ci(
+    scores: dict[str, np.ndarray], replicates: int = 2000, level: float = 0.95, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals (percent) for each benchmark's avg@k and the average."""
+    scores = as_scores(scores)
+    rng = np.random.default_rng(seed)
+    n_seeds = {values.shape[0] for values in scores.values()}
+    if len(n_seeds) != 1:
+        raise ValueError(f"every benchmark needs the same seeds, got seed counts {sorted(n_seeds)}")
+    seed_weights = _weights(rng, n_seeds.pop(), replicates)  # shared by all benchmarks
+    replicate_means = {}
+    for bench, values in scores.items():
+        problem_weights = _weights(rng, values.shape[1], replicates)
+        replicate_means[bench] = 100.0 * np.einsum("rs,sp,rp->r", seed_weights, values, problem_weights)
+    replicate_means[AVERAGE] = np.mean([replicate_means[b] for b in scores], axis=0)
+    tail = 100.0 * (1.0 - level) / 2.0
+    return {
+        key: (float(np.percentile(means, tail)), float(np.percentile(means, 100.0 - tail)))
+        for key, means in replicate_means.items()
+    }
+
+
+def paired_test(
+    a: dict[str, np.ndarray],
+    b: dict[str, np.ndarray],
+    permutations: int = 10000,
+    replicates: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """A vs B on the same problems: mean difference (points), its interval and a p-value.
+
+    Returns ``{benchmark or "average": {"diff", "ci_low", "ci_high", "p_value"}}``. The average's
+    statistic is the unweighted mean over benchmarks of their mean differences; its sign flips
+    are drawn per problem in every benchmark at once.
+    """
+    a, b = as_scores(a), as_scores(b)
+    if set(a) != set(b):
+        raise ValueError(f"paired test needs the same benchmarks, got {sorted(a)} and {sorted(b)}")
+    rng = np.random.default_rng(seed)
+    diffs = {}
+    for bench in a:
+        if a[bench].shape[1] != b[bench].shape[1]:
+            raise ValueError(f"{bench}: {a[bench].shape[1]} vs {b[bench].shape[1]} problems; pairing needs the same")
+        diffs[bench] = 100.0 * (a[bench].mean(axis=0) - b[bench].mean(axis=0))
+    flipped, boot = {}, {}
+    for bench, d in diffs.items():
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(permutations, d.size))
+        flipped[bench] = (signs * d).mean(axis=1)
+        boot[bench] = _weights(rng, d.size, replicates) @ d
+    observed = {bench: float(d.mean()) for bench, d in diffs.items()}
+    observed[AVERAGE] = float(np.mean(list(observed.values())))
+    flipped[AVERAGE] = np.mean([flipped[bench] for bench in diffs], axis=0)
+    boot[AVERAGE] = np.mean([boot[bench] for bench in diffs], axis=0)
+    tail = 100.0 * (1.0 - level) / 2.0
+    result = {}
+    for key, value in observed.items():
+        # ties count as extreme (a tolerance for float sums); +1: the observed labelling is one of them
+        extreme = np.count_nonzero(np.abs(flipped[key]) >= abs(value) - 1e-9)
+        result[key] = {
+            "diff": value,
+            "ci_low": float(np.percentile(boot[key], tail)),
+            "ci_high": float(np.percentile(boot[key], 100.0 - tail)),
+            "p_value": float((extreme + 1) / (permutations + 1)),
+        }
+    return result

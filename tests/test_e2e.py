@@ -1,0 +1,102 @@
+"""verl's own main_ppo, end to end on CPU with the tiny preset (model=tiny_cpu).
+
+Each run is a real Ray job: HF rollout server, DAPO reward, old log-prob, GRPO advantages, the
+actor update through the S2T hook on verl's FSDP2 engine, validation, checkpoints. About a
+minute per run on 2 cores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from stapo_verl.runlog import read_metrics
+from stapo_verl.tiny import TINY_DATA_SOURCE, prepare_tiny
+
+pytestmark = pytest.mark.e2e
+VAL_ACC = f"val-core/{TINY_DATA_SOURCE}/acc/mean@1"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tiny"))
+    prepare_tiny(path)
+    return path
+
+
+def train(method: str, tiny_dir: str, run_dir, steps: int, *overrides: str, log_path=None) -> str:
+    env = {**os.environ, "STAPO_TINY_DIR": tiny_dir, "STAPO_RUN_DIR": str(run_dir)}
+    env.pop("VERL_FILE_LOGGER_ROOT", None)
+    if log_path is not None:
+        env["VERL_FILE_LOGGER_PATH"] = str(log_path)
+    command = [sys.executable, "-m", "stapo_verl", "train", method, "tiny_cpu",
+               f"trainer.total_training_steps={steps}", *overrides]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=str(run_dir))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    return output
+
+
+def training_rows(log_path) -> list[dict]:
+    return [row for row in read_metrics(str(log_path)) if "actor/pg_loss" in row]
+
+
+def assert_trained(rows: list[dict], steps: list[int]) -> None:
+    assert [row["step"] for row in rows] == steps
+    for row in rows:
+        assert math.isfinite(row["actor/pg_loss"]) and math.isfinite(row["actor/grad_norm"])
+        assert math.isfinite(row["actor/entropy"]) and row["actor/entropy"] > 0
+        assert -1.0 <= row["critic/score/mean"] <= 1.0  # the DAPO reward ran
+
+
+def assert_checkpoint(run_dir, experiment: str, step: int) -> None:
+    root = os.path.join(run_dir, "checkpoints", experiment)
+    assert os.path.isfile(os.path.join(root, f"global_step_{step}", "actor", "model_world_size_1_rank_0.pt"))
+    with open(os.path.join(root, "latest_checkpointed_iteration.txt")) as f:
+        assert f.read().strip() == str(step)
+
+
+def test_stapo_trains_two_steps_checkpoints_and_resumes_at_step_3(tiny_dir, tmp_path):
+    train("stapo", tiny_dir, tmp_path, 2)
+    log = tmp_path / "logs" / "stapo" / "stapo_tiny_cpu.jsonl"
+    rows = training_rows(log)
+    assert_trained(rows, [1, 2])
+    for row in rows:  # S2T ran inside verl's actor update
+        assert row["actor/s2t/valid_tokens"] > 0
+        assert 0 <= row["actor/s2t/silenced"] <= row["actor/s2t/candidates"]
+        assert 0.0 <= row["actor/s2t/silenced_frac"] <= 1.0
+        assert row["actor/token_mask/kept/tokens"] + row["actor/token_mask/silenced/tokens"] > 0
+    assert any(VAL_ACC in row for row in read_metrics(str(log)))  # validation ran
+    assert_checkpoint(tmp_path, "stapo_tiny_cpu", 2)
+
+    resumed_log = tmp_path / "resumed.jsonl"  # verl's file logger truncates its file on start
+    output = train("stapo", tiny_dir, tmp_path, 3, "trainer.resume_mode=auto", log_path=resumed_log)
+    assert "global_step_2" in output  # verl names the checkpoint it loads
+    assert_trained(training_rows(resumed_log), [3])
+    assert_checkpoint(tmp_path, "stapo_tiny_cpu", 3)
+
+
+def test_grpo_trains_two_steps_without_a_token_mask(tiny_dir, tmp_path):
+    train("grpo", tiny_dir, tmp_path, 2)
+    rows = training_rows(tmp_path / "logs" / "stapo" / "grpo_tiny_cpu.jsonl")
+    assert_trained(rows, [1, 2])
+    for row in rows:
+        assert not any(key.startswith(("actor/s2t/", "actor/token_mask/")) for key in row)
+        assert math.isfinite(row["actor/kl_loss"])  # GRPO's KL term: the reference model ran
+    assert_checkpoint(tmp_path, "grpo_tiny_cpu", 2)
+
+
+@pytest.mark.parametrize("method", ["entropy20", "justrl"])
+def test_the_other_methods_train_one_step(method, tiny_dir, tmp_path):
+    train(method, tiny_dir, tmp_path, 1, "trainer.val_before_train=false")
+    (row,) = training_rows(tmp_path / "logs" / "stapo" / f"{method}_tiny_cpu.jsonl")
+    assert_trained([row], [1])
+    if method == "entropy20":  # the top-20% entropy mask silences most tokens
+        silenced, kept = row["actor/token_mask/silenced/tokens"], row["actor/token_mask/kept/tokens"]
+        assert silenced > kept > 0
+    else:
+        assert not any(key.startswith("actor/token_mask/") for key in row)
