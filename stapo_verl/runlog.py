@@ -10,6 +10,7 @@ from typing import Iterable, Optional
 SUMMARY_COLUMNS = {
     "critic/score/mean": "score",
     "actor/entropy": "entropy",
+    "actor/s2t/candidates": "candidates",
     "actor/s2t/silenced_frac": "silenced",
     "actor/token_mask/silenced/tokens": "silenced_tok",
     "actor/pg_loss": "pg_loss",

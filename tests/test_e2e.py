@@ -2,11 +2,12 @@
 
 Each run is a real Ray job: HF rollout server, DAPO reward, old log-prob, GRPO advantages, the
 actor update through the S2T hook on verl's FSDP2 engine, validation, checkpoints. About a
-minute per run on 2 cores.
+minute per run on 2 cores. The STAPO checkpoint then goes through verl's merger into eval.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -14,8 +15,11 @@ import sys
 
 import pytest
 
+from stapo_verl.cli import main as cli
+from stapo_verl.data import convert_file
 from stapo_verl.runlog import read_metrics
 from stapo_verl.tiny import TINY_DATA_SOURCE, prepare_tiny
+from test_data import shared
 
 pytestmark = pytest.mark.e2e
 VAL_ACC = f"val-core/{TINY_DATA_SOURCE}/acc/mean@1"
@@ -60,8 +64,14 @@ def assert_checkpoint(run_dir, experiment: str, step: int) -> None:
         assert f.read().strip() == str(step)
 
 
+# The SFT-initialised tiny model is so peaked that at the paper's tau_p = 0.002 (even 0.05) no
+# sampled token is a candidate; with tau_p = 1 every positive-advantage token is one, so S2T
+# must silence some (those below the 75th entropy percentile) inside the real update.
+ALL_POSITIVE_ARE_CANDIDATES = "actor_rollout_ref.actor.policy_loss.tau_prob=1.0"
+
+
 def test_stapo_trains_two_steps_checkpoints_and_resumes_at_step_3(tiny_dir, tmp_path):
-    train("stapo", tiny_dir, tmp_path, 2)
+    train("stapo", tiny_dir, tmp_path, 2, ALL_POSITIVE_ARE_CANDIDATES)
     log = tmp_path / "logs" / "stapo" / "stapo_tiny_cpu.jsonl"
     rows = training_rows(log)
     assert_trained(rows, [1, 2])
@@ -70,14 +80,28 @@ def test_stapo_trains_two_steps_checkpoints_and_resumes_at_step_3(tiny_dir, tmp_
         assert 0 <= row["actor/s2t/silenced"] <= row["actor/s2t/candidates"]
         assert 0.0 <= row["actor/s2t/silenced_frac"] <= 1.0
         assert row["actor/token_mask/kept/tokens"] + row["actor/token_mask/silenced/tokens"] > 0
+    assert sum(row["actor/s2t/silenced"] for row in rows) > 0
     assert any(VAL_ACC in row for row in read_metrics(str(log)))  # validation ran
     assert_checkpoint(tmp_path, "stapo_tiny_cpu", 2)
 
     resumed_log = tmp_path / "resumed.jsonl"  # verl's file logger truncates its file on start
-    output = train("stapo", tiny_dir, tmp_path, 3, "trainer.resume_mode=auto", log_path=resumed_log)
+    output = train("stapo", tiny_dir, tmp_path, 3, ALL_POSITIVE_ARE_CANDIDATES, "trainer.resume_mode=auto",
+                   log_path=resumed_log)  # fmt: skip
     assert "global_step_2" in output  # verl names the checkpoint it loads
     assert_trained(training_rows(resumed_log), [3])
     assert_checkpoint(tmp_path, "stapo_tiny_cpu", 3)
+
+    # the trained checkpoint -> verl's merger -> stapo-verl eval (one AIME24 problem)
+    actor = tmp_path / "checkpoints" / "stapo_tiny_cpu" / "global_step_3" / "actor"
+    merged = tmp_path / "merged"
+    subprocess.run([sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir",
+                    str(actor), "--target_dir", str(merged)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    convert_file(shared("aime24.parquet"), str(tmp_path / "data"), split="test")
+    assert cli(["eval", str(merged), "--data-dir", str(tmp_path / "data"), "--benchmarks", "aime24", "--engine",
+                "hf", "--max-problems", "1", "--samples", "aime24=2", "--max-tokens", "8", "--out",
+                str(tmp_path / "eval")]) == 0  # fmt: skip
+    with open(tmp_path / "eval" / "summary.json") as f:
+        assert json.load(f)["benchmarks"]["aime24"]["k"] == 2
 
 
 def test_grpo_trains_two_steps_without_a_token_mask(tiny_dir, tmp_path):

@@ -66,7 +66,7 @@ class HFGenerationServer:
         self.config = config
         self.replica_rank = replica_rank
         path = copy_to_local(model_config.path)  # a DictConfig here, as verl's replicas receive it
-        self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
