@@ -8,13 +8,12 @@ length of 4,096 tokens that is 2.1M tokens. Prints and writes JSON (median of 5 
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import statistics
 import time
 
 import torch
+from common import cpu_description, write_result
 
 from stapo_verl.s2t import s2t_spurious_mask, top_entropy_keep_mask
 
@@ -44,7 +43,7 @@ def main():
     s2t = s2t_spurious_mask(log_prob, entropy, advantages, valid)
     result = {
         "date": datetime.date.today().isoformat(),
-        "device": f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "device": cpu_description(),
         "torch": torch.__version__,
         "tokens": n,
         "candidates": int(s2t.candidate_mask.sum()),
@@ -52,11 +51,7 @@ def main():
         "s2t_mask_ms": 1000 * median_seconds(lambda: s2t_spurious_mask(log_prob, entropy, advantages, valid)),
         "top_entropy_mask_ms": 1000 * median_seconds(lambda: top_entropy_keep_mask(entropy, valid, 0.2)),
     }
-    print(json.dumps(result, indent=2))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -236,13 +236,13 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
     def set_loss_fn(self, loss_fn):
         config = getattr(loss_fn, "keywords", {}).get("config")
         policy_loss = getattr(config, "policy_loss", None)
-        if policy_loss is not None and stapo_config.token_mask_kind(policy_loss) is not None:
-            if not isinstance(policy_loss, stapo_config.TokenMaskPolicyLossConfig):
-                raise TypeError(
-                    f"loss_mode={policy_loss.loss_mode} needs actor_rollout_ref.actor.policy_loss._target_="
-                    f"stapo_verl.config.TokenMaskPolicyLossConfig (got {type(policy_loss).__name__})"
-                )
-            self.policy_loss = policy_loss
+        masked = policy_loss is not None and stapo_config.token_mask_kind(policy_loss) is not None
+        if masked and not isinstance(policy_loss, stapo_config.TokenMaskPolicyLossConfig):
+            raise TypeError(
+                f"loss_mode={policy_loss.loss_mode} needs actor_rollout_ref.actor.policy_loss._target_="
+                f"stapo_verl.config.TokenMaskPolicyLossConfig (got {type(policy_loss).__name__})"
+            )
+        self.policy_loss = policy_loss if masked else None  # a later unmasked loss switches the mask off
         super().set_loss_fn(with_token_mask(loss_fn))
 
     def train_batch(self, data):
