@@ -79,7 +79,10 @@ def demo(method: str, steps: int, out_dir: str, overrides: list[str]) -> int:
     print(f"stapo-verl demo: tiny model and data in {tiny_dir}", flush=True)
     built = prepare_tiny(tiny_dir)
     print(f"  {built['parameters']:,} parameters, SFT loss {built['sft_final_loss']:.3f}", flush=True)
-    command = train_command(method, "tiny_cpu", [f"trainer.total_training_steps={steps}", *overrides])
+    # a fresh run each time (verl would resume from the last demo's checkpoint); overridable
+    command = train_command(
+        method, "tiny_cpu", [f"trainer.total_training_steps={steps}", "trainer.resume_mode=disable", *overrides]
+    )
     env = train_env("tiny_cpu", {**os.environ, "STAPO_TINY_DIR": tiny_dir, "STAPO_RUN_DIR": out_dir})
     log_path = os.path.join(out_dir, "logs", "stapo", f"{method}_tiny_cpu.jsonl")
     print(f"  logs: {log_path}\n  checkpoints: {os.path.join(out_dir, 'checkpoints')}", flush=True)
@@ -88,8 +91,12 @@ def demo(method: str, steps: int, out_dir: str, overrides: list[str]) -> int:
     if returncode != 0:
         print(f"stapo-verl demo: main_ppo failed (exit {returncode}); its output is above", file=sys.stderr)
         return returncode
+    rows = read_metrics(log_path)
     print(f"\nstapo-verl demo: {method}, {steps} steps on CPU in {time.time() - started:.0f} s")
-    print(format_summary(read_metrics(log_path)))
+    if not any("actor/pg_loss" in row for row in rows):
+        print(f"stapo-verl demo: no training step was logged in {log_path}", file=sys.stderr)
+        return 1
+    print(format_summary(rows))
     return 0
 
 
