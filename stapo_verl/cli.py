@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from stapo_verl.recipe import CONFIG_DIR, CONFIG_NAME, CPU_MODELS, METHODS, MODELS
+from stapo_verl.recipe import CONFIG_DIR, CONFIG_NAME, CPU_MODELS, METHODS, MODELS, TINY_DEFAULT_DIR
 
 DEMO_DIR = os.path.join("outputs", "stapo-verl-demo")
 
@@ -146,4 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = train_command(args.method, args.model, args.overrides)
     print(shlex.join(command), flush=True)
-    return 0 if dry_run else subprocess.call(command, env=train_env(args.model))
+    if dry_run:
+        return 0
+    if args.model in CPU_MODELS:  # the tiny model and data are built locally, once
+        from stapo_verl.tiny import prepare_tiny
+
+        prepare_tiny(os.environ.get("STAPO_TINY_DIR", TINY_DEFAULT_DIR))
+    return subprocess.call(command, env=train_env(args.model))

@@ -121,50 +121,35 @@ def load_problems(data_dir: str, bench: str, limit: Optional[int] = None) -> lis
 
 
 class HFEngine:
-    """Samples with transformers ``generate`` (GPU if present, else CPU), in left-padded batches."""
+    """Samples with transformers ``generate`` (GPU if present, else CPU), in batches."""
 
     def __init__(self, model_path: str, batch_size: int):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        from stapo_verl.hf_sampling import eos_and_pad_ids
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+        self.eos_ids, self.pad_id = eos_and_pad_ids(self.model, AutoTokenizer.from_pretrained(model_path))
         self.batch_size = batch_size
 
     def generate(self, prompts, k, temperature, top_p, max_tokens, seed, progress):
         """k samples per prompt; per prompt a list of (token_ids, stopped_at_eos)."""
         import torch
 
-        jobs = [(i, prompt) for i, prompt in enumerate(prompts) for _ in range(k)]
+        from stapo_verl.hf_sampling import sample
+
+        jobs = [i for i in range(len(prompts)) for _ in range(k)]
         results: list[list] = [[] for _ in prompts]
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
         for start in range(0, len(jobs), self.batch_size):
             batch = jobs[start : start + self.batch_size]
-            width = max(len(p) for _, p in batch)
-            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, prompt) in enumerate(batch):
-                input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-                attention[row, width - len(prompt) :] = 1
             torch.manual_seed(seed * 1_000_003 + start)  # reproducible for a given batch size
-            with torch.no_grad():
-                out = self.model.generate(
-                    input_ids=input_ids.to(self.device),
-                    attention_mask=attention.to(self.device),
-                    max_new_tokens=max_tokens,
-                    eos_token_id=sorted(self.eos_ids),
-                    pad_token_id=self.pad_id,
-                    **(sampling or {"do_sample": False}),
-                )
-            for row, (prompt_index, _) in enumerate(batch):
-                tokens = out[row, width:].tolist()
-                end = next((j for j, t in enumerate(tokens) if t in self.eos_ids), None)
-                results[prompt_index].append((tokens[: end + 1] if end is not None else tokens, end is not None))
+            responses = sample(self.model, [prompts[i] for i in batch], eos_ids=self.eos_ids, pad_id=self.pad_id,
+                               max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)  # fmt: skip
+            for prompt_index, (token_ids, stopped, _) in zip(batch, responses, strict=True):
+                results[prompt_index].append((token_ids, stopped))
             progress.update(len(batch))
         return results
 

@@ -106,3 +106,24 @@ def test_media_requests_are_refused(tiny_model):
     server = make_server(tiny_model)
     with pytest.raises(ValueError, match="text only"):
         asyncio.run(server.generate("r", prompt_ids=[1], sampling_params={}, image_data=["img"]))
+
+
+def test_demo_arguments_in_any_order(monkeypatch):
+    from stapo_verl import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "demo", lambda *args: calls.append(args) or 0)
+    assert cli.main(["demo", "grpo", "--steps", "2", "trainer.test_freq=1", "--dir", "d", "data.seed=3"]) == 0
+    assert cli.main(["demo", "trainer.test_freq=1"]) == 0
+    assert calls == [("grpo", 2, "d", ["trainer.test_freq=1", "data.seed=3"]),
+                     ("stapo", 3, cli.DEMO_DIR, ["trainer.test_freq=1"])]  # fmt: skip
+    with pytest.raises(SystemExit, match="--steps must be >= 1"):
+        cli.main(["demo", "--steps", "0"])
+
+
+def test_cpu_preset_runs_with_the_cpu_platform(monkeypatch):
+    from stapo_verl.cli import train_env
+
+    env = train_env("tiny_cpu", {"STAPO_RUN_DIR": "/runs/x"})
+    assert env["VERL_PLATFORM"] == "cpu" and env["VERL_FILE_LOGGER_ROOT"] == "/runs/x/logs"
+    assert "VERL_PLATFORM" not in train_env("qwen3_8b", {})

@@ -55,6 +55,9 @@ def assert_trained(rows: list[dict], steps: list[int]) -> None:
         assert math.isfinite(row["actor/pg_loss"]) and math.isfinite(row["actor/grad_norm"])
         assert math.isfinite(row["actor/entropy"]) and row["actor/entropy"] > 0
         assert -1.0 <= row["critic/score/mean"] <= 1.0  # the DAPO reward ran
+        # the HF rollout served the actor's current weights (all fp32): rollout and actor
+        # probabilities agree to ~1e-6; one stale update would differ by ~1e-3
+        assert row["training/rollout_probs_diff_max"] < 1e-4
 
 
 def assert_checkpoint(run_dir, experiment: str, step: int) -> None:

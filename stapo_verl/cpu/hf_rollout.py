@@ -5,9 +5,8 @@ verl's rollouts are servers (vLLM/SGLang/TRT-LLM) that verl's agent loop calls t
 preset and tests. Two pieces, following verl's hybrid (colocated) mode:
 
 - :class:`HFGenerationServer`: one Ray actor per replica holding an HF model copy. Requests that
-  arrive together are generated as one left-padded batch (``model.generate``). Token-in,
-  token-out like vLLM: the response ids end with EOS when generation stopped there, and
-  ``log_probs`` are the raw model log-probabilities of the sampled tokens.
+  arrive together are sampled as one batch (:func:`stapo_verl.hf_sampling.sample`: token-in,
+  token-out like vLLM, raw log-probs).
 - :class:`HFServerAdapter`: the ``BaseRollout`` inside each trainer worker. verl's weight sync
   (``checkpoint_engine.backend=naive``) hands it the actor's parameters; the replica's first rank
   ships them to its server through Ray's object store.
@@ -27,6 +26,8 @@ import ray
 import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
+
+from stapo_verl.hf_sampling import eos_and_pad_ids, sample
 
 logger = logging.getLogger("stapo_verl")
 
@@ -48,14 +49,6 @@ def sampling_key(sampling_params: dict[str, Any], max_tokens: int) -> tuple:
     )
 
 
-def cut_at_eos(token_ids: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
-    """Tokens up to and including the first EOS, and whether one was found."""
-    for i, token in enumerate(token_ids):
-        if token in eos_ids:
-            return token_ids[: i + 1], True
-    return token_ids, False
-
-
 class HFGenerationServer:
     """The replica's generation server (a Ray actor; async methods share one event loop)."""
 
@@ -68,10 +61,7 @@ class HFGenerationServer:
         path = copy_to_local(model_config.path)  # a DictConfig here, as verl's replicas receive it
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
-        eos = self.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
-        self.eos_ids = set(eos)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        self.eos_ids, self.pad_id = eos_and_pad_ids(self.model, tokenizer)
         self.global_steps: Optional[int] = None
         self._pending: list[tuple[list[int], dict[str, Any], int, asyncio.Future]] = []
         self._drain_task: Optional[asyncio.Task] = None
@@ -119,45 +109,19 @@ class HFGenerationServer:
             for request, output in zip(batch, outputs, strict=True):
                 request[3].set_result(output)
 
-    @torch.no_grad()
     def _generate_batch(
         self, prompts: list[list[int]], sampling_params: dict[str, Any], max_tokens: int
     ) -> list[TokenOutput]:
         temperature, top_p, top_k, _ = sampling_key(sampling_params, max_tokens)
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):  # left padding
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            attention_mask[row, width - len(prompt) :] = 1
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k if top_k > 0 else 0}
         with self._model_lock:
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_tokens,
-                eos_token_id=sorted(self.eos_ids),
-                pad_token_id=self.pad_id,
-                return_dict_in_generate=True,
-                output_logits=True,
-                **(sampling if temperature > 0 else {"do_sample": False}),
-            )
-        new_tokens = out.sequences[:, width:]
-        log_probs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # raw model distribution
-        token_log_probs = log_probs.gather(-1, new_tokens[:, : log_probs.shape[1], None]).squeeze(-1)
-        want_log_probs = bool(sampling_params.get("logprobs"))
-        outputs = []
-        for row in range(len(prompts)):
-            token_ids, stopped = cut_at_eos(new_tokens[row].tolist(), self.eos_ids)
-            outputs.append(
-                TokenOutput(
-                    token_ids=token_ids,
-                    log_probs=token_log_probs[row, : len(token_ids)].tolist() if want_log_probs else None,
-                    stop_reason="completed" if stopped else "length",
-                    extra_fields={"global_steps": self.global_steps},
-                )
-            )
-        return outputs
+            responses = sample(self.model, prompts, eos_ids=self.eos_ids, pad_id=self.pad_id, max_new_tokens=max_tokens,
+                               temperature=temperature, top_p=top_p, top_k=top_k,
+                               log_probs=bool(sampling_params.get("logprobs")))  # fmt: skip
+        return [
+            TokenOutput(token_ids=token_ids, log_probs=log_probs, stop_reason="completed" if stopped else "length",
+                        extra_fields={"global_steps": self.global_steps})  # fmt: skip
+            for token_ids, stopped, log_probs in responses
+        ]
 
     def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
         """Load the actor's weights; every model weight must be covered (tied ones excepted)."""

@@ -1,0 +1,76 @@
+"""Batched sampling with HF transformers, shared by the ``hf`` rollout server and ``stapo-verl eval``.
+
+Token-in, token-out like vLLM: prompts are token ids (left-padded into one ``generate`` call),
+each response ends at its first EOS (included), and the raw model log-probabilities of the
+sampled tokens can be returned (vLLM's default ``raw_logprobs``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def eos_and_pad_ids(model, tokenizer) -> tuple[set[int], int]:
+    """The model's EOS ids (generation config, else the tokenizer's) and a pad id."""
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
+    return eos_ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+
+
+def cut_at_eos(token_ids: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+    """Tokens up to and including the first EOS, and whether one was found."""
+    for i, token in enumerate(token_ids):
+        if token in eos_ids:
+            return token_ids[: i + 1], True
+    return token_ids, False
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompts: list[list[int]],
+    *,
+    eos_ids: set[int],
+    pad_id: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = -1,
+    log_probs: bool = False,
+) -> list[tuple[list[int], bool, Optional[list[float]]]]:
+    """Per prompt: (response ids cut at EOS, stopped at EOS, log-probs or None). temperature 0 = greedy."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        attention_mask[row, width - len(prompt) :] = 1
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k if top_k > 0 else 0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    out = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        max_new_tokens=max_new_tokens,
+        eos_token_id=sorted(eos_ids),
+        pad_token_id=pad_id,
+        return_dict_in_generate=True,
+        output_logits=log_probs,
+        **sampling,
+    )
+    new_tokens = out.sequences[:, width:]
+    token_log_probs = None
+    if log_probs:  # raw model distribution, before temperature / top-p
+        all_log_probs = torch.stack(out.logits, dim=1).float().log_softmax(-1)
+        token_log_probs = all_log_probs.gather(-1, new_tokens[:, : all_log_probs.shape[1], None]).squeeze(-1)
+    results = []
+    for row in range(len(prompts)):
+        token_ids, stopped = cut_at_eos(new_tokens[row].tolist(), eos_ids)
+        row_log_probs = token_log_probs[row, : len(token_ids)].tolist() if token_log_probs is not None else None
+        results.append((token_ids, stopped, row_log_probs))
+    return results
