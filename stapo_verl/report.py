@@ -77,17 +77,17 @@ def group_scores(runs: list[EvalRun]) -> dict[tuple[str, str, str], dict[str, np
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{model}/{setting}/{method}: training seed repeated in {[r.path for r in members]}")
         ref = reference.setdefault((model, setting), members[0])
+        by_seed = sorted(members, key=lambda r: r.run_seed)
         scores = {}
-        for bench in ref.problems:
-            ids = sorted(ref.problems[bench])
-            for run in members:
-                if sorted(run.problems.get(bench, {})) != ids:
-                    raise ValueError(f"{run.path}: {bench} problems differ from {ref.path}; evaluate the same set")
-            by_seed = sorted(members, key=lambda r: r.run_seed)
-            scores[bench] = np.array([[run.problems[bench][i] for i in ids] for run in by_seed])
-        for run in members:
+        for run in by_seed:
             if set(run.problems) != set(ref.problems):
                 raise ValueError(f"{run.path}: benchmarks {sorted(run.problems)} differ from {ref.path}")
+        for bench in ref.problems:
+            ids = sorted(ref.problems[bench])
+            for run in by_seed:
+                if sorted(run.problems[bench]) != ids:
+                    raise ValueError(f"{run.path}: {bench} problems differ from {ref.path}; evaluate the same set")
+            scores[bench] = np.array([[run.problems[bench][i] for i in ids] for run in by_seed])
         result[(model, setting, method)] = scores
     return result
 
