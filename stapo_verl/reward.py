@@ -81,22 +81,38 @@ def dapo_score(solution: str, ground_truth: str) -> dict[str, Any]:
 
 
 def _math_verify_main(conn) -> None:
-    """Helper process loop: (solution, ground_truth) -> (correct, pred) with math-verify."""
+    """Helper process loop: (solution, ground_truth) -> (correct, pred, clean) with math-verify.
+
+    ``clean`` is False when math-verify's signal-based timeout interrupted a parse or a
+    comparison: code interrupted mid-way (sympy's caches included) may leave this process in a
+    bad state, so the caller replaces it and re-grades a "correct" answer in a fresh one.
+    """
+    import logging
+
     from math_verify import parse, verify
 
+    interrupted = []
+
+    class TimeoutWatch(logging.Handler):  # math-verify reports its timeouts as warnings
+        def emit(self, record):
+            if "Timeout" in record.getMessage():
+                interrupted.append(record.getMessage())
+
+    logging.getLogger("math_verify").addHandler(TimeoutWatch(logging.WARNING))
     conn.send("ready")  # imports done: the caller's time bound starts with the first call
     while True:
         try:
             solution, ground_truth = conn.recv()
         except EOFError:
             return
+        interrupted.clear()
         try:
             gold = parse(f"\\boxed{{{ground_truth}}}", parsing_timeout=MATH_VERIFY_STEP_TIMEOUT_S)
             pred = parse(solution, parsing_timeout=MATH_VERIFY_STEP_TIMEOUT_S)
             correct = bool(gold and pred and verify(gold, pred, timeout_seconds=MATH_VERIFY_STEP_TIMEOUT_S))
-            reply = (correct, str(pred[-1]) if pred else None)
+            reply = (correct, str(pred[-1]) if pred else None, not interrupted)
         except BaseException:  # math-verify's own timeout, sympy errors, recursion: wrong
-            reply = (False, None)
+            reply = (False, None, False)
         conn.send(reply)
 
 
@@ -125,26 +141,44 @@ class _HelperProcess:
             raise RuntimeError(f"math_verify helper process did not start within {HELPER_START_TIMEOUT_S} s")
 
     def stop(self) -> None:
-        if self._process is not None:
+        if self._process is not None and self._process.pid is not None:  # pid None: never started
             self._process.kill()
             self._process.join()
+        if self._conn is not None:
             self._conn.close()
         self._process = self._conn = None
 
     def call(self, solution: str, ground_truth: str, hard_timeout_s: float) -> Optional[tuple[bool, Optional[str]]]:
-        """(correct, pred), or None when the call ran past ``hard_timeout_s`` or the helper died."""
+        """(correct, pred), or None when the call ran past ``hard_timeout_s`` or the helper died.
+
+        A "correct" from a helper that hit one of math-verify's internal timeouts is graded again
+        in a fresh helper and kept only if that run is clean. (Seen once in CI, not reproduced:
+        ``\\infty^\\infty`` graded correct for 42 in a fuzz run full of comparison timeouts.)
+        """
         with self._lock:
-            if self._process is None or not self._process.is_alive():
-                self.stop()
-                self._start()
-            try:
-                self._conn.send((solution, ground_truth))
-                if self._conn.poll(hard_timeout_s):
-                    return self._conn.recv()
-            except (EOFError, OSError):
-                pass
-            self.stop()  # stuck or dead: the next call starts a fresh one
-            return None
+            for _ in range(2):
+                reply = self._call_once(solution, ground_truth, hard_timeout_s)
+                if reply is None:
+                    return None
+                correct, pred, clean = reply
+                if not clean:
+                    self.stop()  # the next call starts a fresh helper
+                if clean or not correct:
+                    return correct, pred
+            return False, pred
+
+    def _call_once(self, solution: str, ground_truth: str, hard_timeout_s: float):
+        if self._process is None or not self._process.is_alive():
+            self.stop()
+            self._start()
+        try:
+            self._conn.send((solution, ground_truth))
+            if self._conn.poll(hard_timeout_s):
+                return self._conn.recv()
+        except (EOFError, OSError):
+            pass
+        self.stop()  # stuck or dead: the next call starts a fresh one
+        return None
 
 
 _helper = _HelperProcess()

@@ -191,3 +191,22 @@ def test_grader_semantics():
     assert last_boxed_answer("\\boxed{" + "1" * 2000 + "}") is None  # over-long "answers" are not parsed
     with pytest.raises(ValueError, match="grader must be one of"):
         compute_score("x", "\\boxed{1}", "1", grader="llm")
+
+
+def test_a_correct_grade_from_an_interrupted_helper_is_redone_in_a_fresh_one(monkeypatch):
+    """math-verify interrupts sympy with SIGALRM; a positive from such a helper is not trusted."""
+    from stapo_verl import reward
+
+    helper = reward._HelperProcess()
+    replies = []
+    monkeypatch.setattr(helper, "_call_once", lambda *args: replies.pop(0))
+    monkeypatch.setattr(helper, "stop", lambda: stops.append(1))
+    stops = []
+    replies[:] = [(True, "42", False), (True, "42", True)]
+    assert helper.call("s", "42", 1.0) == (True, "42") and stops == [1] and not replies  # re-graded, clean
+    replies[:] = [(True, "oo", False), (True, "oo", False)]
+    assert helper.call("s", "42", 1.0) == (False, "oo")  # never clean: not trusted
+    replies[:] = [(False, None, False)]
+    assert helper.call("s", "42", 1.0) == (False, None) and not replies  # a negative is not redone
+    replies[:] = [None]
+    assert helper.call("s", "42", 1.0) is None  # hard timeout
