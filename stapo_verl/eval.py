@@ -101,9 +101,8 @@ def load_problems(data_dir: str, bench: str, limit: Optional[int] = None) -> lis
     path = os.path.join(data_dir, f"{bench}.parquet")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: convert the benchmark with `python -m stapo_verl.data`")
-    frame = pd.read_parquet(path)
     problems = []
-    for index, row in enumerate(frame.head(limit).to_dict("records") if limit else frame.to_dict("records")):
+    for index, row in enumerate(pd.read_parquet(path).to_dict("records")[:limit]):
         extra = row.get("extra_info") or {}
         problems.append(
             Problem(
@@ -198,19 +197,24 @@ def score_rows(problem: Problem, responses, tokenizer, grader: str) -> list[dict
     return rows
 
 
-def summarize(rows: Iterable[dict]) -> dict[str, dict[str, Any]]:
-    """Per benchmark: problems, k, avg@k (percent), mean response length."""
+def samples_by_problem(rows: Iterable[dict]) -> dict[str, dict[str, list[float]]]:
+    """benchmark -> problem id -> the scores of its samples (samples.jsonl rows, in order)."""
     by_bench: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        by_bench.setdefault(row["benchmark"], {}).setdefault(row["problem_id"], []).append(float(row["score"]))
+    return by_bench
+
+
+def summarize(rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per benchmark: problems, k, avg@k (percent), mean response length."""
     lengths: dict[str, list[int]] = {}
     for row in rows:
-        by_bench.setdefault(row["benchmark"], {}).setdefault(row["problem_id"], []).append(row["score"])
         lengths.setdefault(row["benchmark"], []).append(row["response_tokens"])
     summary = {}
-    for bench, problems in by_bench.items():
-        counts = {len(v) for v in problems.values()}
+    for bench, problems in samples_by_problem(rows).items():
         summary[bench] = {
             "problems": len(problems),
-            "k": max(counts),
+            "k": max(len(v) for v in problems.values()),
             "avg_at_k": 100.0 * sum(sum(v) / len(v) for v in problems.values()) / len(problems),
             "mean_response_tokens": sum(lengths[bench]) / len(lengths[bench]),
         }

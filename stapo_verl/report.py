@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from stapo_verl.eval import BENCHMARKS, SETTINGS
+from stapo_verl.eval import BENCHMARKS, SETTINGS, samples_by_problem
 from stapo_verl.stats import AVERAGE, avg_at_k, bootstrap_ci, paired_test
 
 METHOD_NAMES = {"grpo": "GRPO", "entropy20": "20-Entropy", "justrl": "JustRL", "stapo": "STAPO"}  # paper order
@@ -47,11 +47,8 @@ def load_eval(path: str) -> EvalRun:
     for name in ("method", "model"):
         if not config.get(name):
             raise ValueError(f"{path}: summary.json has no {name} label; re-run `stapo-verl eval ... --{name} NAME`")
-    samples: dict[str, dict[str, list[float]]] = {}
     with open(os.path.join(path, "samples.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            samples.setdefault(row["benchmark"], {}).setdefault(row["problem_id"], []).append(float(row["score"]))
+        samples = samples_by_problem(json.loads(line) for line in f)
     problems = {b: {p: float(np.mean(v)) for p, v in by_problem.items()} for b, by_problem in samples.items()}
     run_seed = config.get("run_seed")
     return EvalRun(path, config["method"], config["model"], 0 if run_seed is None else int(run_seed),

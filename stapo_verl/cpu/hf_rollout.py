@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import verl  # noqa: F401  isort: skip  (first: the plugin registers the cpu platform)
 import asyncio
-import logging
 import threading
 from typing import Any, Generator, Optional
 
@@ -28,8 +27,6 @@ from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 from stapo_verl.hf_sampling import eos_and_pad_ids, sample
-
-logger = logging.getLogger("stapo_verl")
 
 BATCH_WAIT_S = 0.02  # gather the agent loop's concurrent requests into one batch
 
@@ -63,7 +60,7 @@ class HFGenerationServer:
         tokenizer = AutoTokenizer.from_pretrained(path)
         self.eos_ids, self.pad_id = eos_and_pad_ids(self.model, tokenizer)
         self.global_steps: Optional[int] = None
-        self._pending: list[tuple[list[int], dict[str, Any], int, asyncio.Future]] = []
+        self._pending: list[tuple[tuple, list[int], bool, asyncio.Future]] = []  # (key, prompt, log-probs?, reply)
         self._drain_task: Optional[asyncio.Task] = None
         self._model_lock = threading.Lock()  # generation and weight loads never overlap
         torch.manual_seed(int(getattr(config, "seed", 0) or 0) + replica_rank)
@@ -89,7 +86,8 @@ class HFGenerationServer:
         future = asyncio.get_running_loop().create_future()
         prompt_ids = [int(t) for t in prompt_ids]
         max_tokens = self.max_tokens(len(prompt_ids), sampling_params)
-        self._pending.append((prompt_ids, dict(sampling_params), max_tokens, future))
+        key = sampling_key(sampling_params, max_tokens)
+        self._pending.append((key, prompt_ids, bool(sampling_params.get("logprobs")), future))
         if self._drain_task is None or self._drain_task.done():
             self._drain_task = asyncio.create_task(self._drain())
         return await future
@@ -97,11 +95,11 @@ class HFGenerationServer:
     async def _drain(self) -> None:
         while self._pending:
             await asyncio.sleep(BATCH_WAIT_S)
-            first_key = sampling_key(self._pending[0][1], self._pending[0][2])
-            batch = [r for r in self._pending if sampling_key(r[1], r[2]) == first_key]
-            self._pending = [r for r in self._pending if sampling_key(r[1], r[2]) != first_key]
+            key, _, want_log_probs, _ = self._pending[0]
+            batch = [r for r in self._pending if r[0] == key and r[2] == want_log_probs]
+            self._pending = [r for r in self._pending if not (r[0] == key and r[2] == want_log_probs)]
             try:
-                outputs = await asyncio.to_thread(self._generate_batch, [r[0] for r in batch], batch[0][1], batch[0][2])
+                outputs = await asyncio.to_thread(self._generate_batch, [r[1] for r in batch], key, want_log_probs)
             except Exception as exc:
                 for request in batch:
                     request[3].set_exception(exc)
@@ -109,14 +107,11 @@ class HFGenerationServer:
             for request, output in zip(batch, outputs, strict=True):
                 request[3].set_result(output)
 
-    def _generate_batch(
-        self, prompts: list[list[int]], sampling_params: dict[str, Any], max_tokens: int
-    ) -> list[TokenOutput]:
-        temperature, top_p, top_k, _ = sampling_key(sampling_params, max_tokens)
+    def _generate_batch(self, prompts: list[list[int]], key: tuple, want_log_probs: bool) -> list[TokenOutput]:
+        temperature, top_p, top_k, max_tokens = key
         with self._model_lock:
             responses = sample(self.model, prompts, eos_ids=self.eos_ids, pad_id=self.pad_id, max_new_tokens=max_tokens,
-                               temperature=temperature, top_p=top_p, top_k=top_k,
-                               log_probs=bool(sampling_params.get("logprobs")))  # fmt: skip
+                               temperature=temperature, top_p=top_p, top_k=top_k, log_probs=want_log_probs)  # fmt: skip
         return [
             TokenOutput(token_ids=token_ids, log_probs=log_probs, stop_reason="completed" if stopped else "length",
                         extra_fields={"global_steps": self.global_steps})  # fmt: skip
