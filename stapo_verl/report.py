@@ -27,7 +27,8 @@ from stapo_verl.eval import BENCHMARKS, SETTINGS, samples_by_problem
 from stapo_verl.stats import AVERAGE, avg_at_k, bootstrap_ci, paired_test
 
 METHOD_NAMES = {"grpo": "GRPO", "entropy20": "20-Entropy", "justrl": "JustRL", "stapo": "STAPO"}  # paper order
-MODEL_NAMES = {"qwen3_1.7b": "1.7B", "qwen3_8b": "8B", "qwen3_14b": "14B", "tiny_cpu": "tiny"}
+MODEL_NAMES = {"qwen3_1.7b": "1.7B", "qwen3_8b": "8B", "qwen3_14b": "14B", "smollm2_135m": "SmolLM2-135M",
+               "tiny_cpu": "tiny"}  # fmt: skip
 TARGET = "stapo"
 
 
@@ -41,14 +42,30 @@ class EvalRun:
     problems: dict[str, dict[str, float]]  # benchmark -> problem id -> accuracy over its k samples
 
 
+def _read_jsonl(path: str):
+    """The records of a JSONL file; a bad line is named by file and line number."""
+    with open(path) as f:
+        for line_number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{line_number}: not a JSON record ({exc}); truncated?") from None
+
+
 def load_eval(path: str) -> EvalRun:
-    with open(os.path.join(path, "summary.json")) as f:
-        config = json.load(f)["config"]
+    summary_path = os.path.join(path, "summary.json")
+    if not os.path.isfile(summary_path):
+        raise FileNotFoundError(f"{path}: not an eval directory (no summary.json; `stapo-verl eval` writes one)")
+    with open(summary_path) as f:
+        try:
+            config = json.load(f)["config"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{summary_path}: not a stapo-verl eval summary ({exc!r})") from None
     for name in ("method", "model"):
         if not config.get(name):
             raise ValueError(f"{path}: summary.json has no {name} label; re-run `stapo-verl eval ... --{name} NAME`")
-    with open(os.path.join(path, "samples.jsonl")) as f:
-        samples = samples_by_problem(json.loads(line) for line in f)
+    samples = samples_by_problem(_read_jsonl(os.path.join(path, "samples.jsonl")))
     problems = {b: {p: float(np.mean(v)) for p, v in by_problem.items()} for b, by_problem in samples.items()}
     run_seed = config.get("run_seed")
     return EvalRun(path, config["method"], config["model"], 0 if run_seed is None else int(run_seed),
@@ -280,6 +297,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates")
     parser.add_argument("--permutations", type=int, default=10000, help="sign-flip permutations")
     args = parser.parse_args(argv)
+    for option in ("replicates", "permutations"):  # zero draws give no interval and p = 1 for anything
+        if getattr(args, option) < 100:
+            parser.error(f"--{option} must be at least 100, got {getattr(args, option)}")
     if not args.evals and not args.logs:
         parser.error("give eval directories and/or --logs")
     os.makedirs(args.out, exist_ok=True)

@@ -25,8 +25,11 @@ Graders:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing
+import re
+import sys
 import threading
 from typing import Any, Optional
 
@@ -38,6 +41,9 @@ MAX_ANSWER_CHARS = 1000
 # Deepest brace nesting math_verify will try to parse (gold answers: <= 3). Power towers and the
 # like cost sympy seconds each and are never a right answer.
 MAX_BRACE_DEPTH = 12
+# Longest gold answer graded (the six benchmarks' are < 220 chars; the converter refuses longer):
+# verl's DAPO normaliser is superlinear, 113 s on a 100k-character string.
+MAX_GOLD_CHARS = 10_000
 # math_verify reads the response from this many characters before its last \boxed{}, or, without
 # one, only this many trailing characters.
 CONTEXT_BEFORE_BOX_CHARS = 100
@@ -55,6 +61,13 @@ def strip_boxed(answer: str) -> str:
     answer = answer.strip()
     boxed = last_boxed_only_string(answer) if answer.startswith("\\boxed{") else None
     return remove_boxed(boxed) if boxed is not None and len(boxed) == len(answer) else answer
+
+
+def clean_ground_truth(answer: str) -> str:
+    """Gold answer as a model would box it: no ``\\boxed{}`` wrapper, no ``$`` delimiters."""
+    # `$` first: `$\\boxed{}$` must come out empty, not as `\\boxed{}`
+    answer = re.sub(r"(?<!\\)\$", "", answer).strip()
+    return strip_boxed(answer).strip()
 
 
 def last_boxed_answer(text: str) -> Optional[str]:
@@ -116,6 +129,23 @@ def _math_verify_main(conn) -> None:
         conn.send(reply)
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """multiprocessing's spawn and forkserver children re-import the parent's ``__main__`` (a
+    caller's script without a ``__main__`` guard would run again inside the helper, printing
+    twice). The helper needs nothing from it: hide it while the child is created."""
+    main = sys.modules.get("__main__")
+    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if main is not None and key in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
 class _HelperProcess:
     """One helper process, restarted after a timeout or a crash. Thread-safe (one call at a time)."""
 
@@ -134,7 +164,8 @@ class _HelperProcess:
             context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_math_verify_main, args=(child,), daemon=True)
-        self._process.start()
+        with _main_module_hidden():
+            self._process.start()
         child.close()
         if not (self._conn.poll(HELPER_START_TIMEOUT_S) and self._conn.recv() == "ready"):
             self.stop()
@@ -177,6 +208,11 @@ class _HelperProcess:
                 return self._conn.recv()
         except (EOFError, OSError):
             pass
+        except BaseException:
+            # Interrupted while a request is out (Ctrl-C, a signal, any error): its reply may
+            # still arrive, and the next call would read it as its own. Discard this helper.
+            self.stop()
+            raise
         self.stop()  # stuck or dead: the next call starts a fresh one
         return None
 
@@ -219,6 +255,15 @@ def math_verify_score(solution: str, ground_truth: str, hard_timeout_s: float = 
     return {"score": 1.0 if correct else 0.0, "acc": correct, "pred": pred, "timed_out": result is None}
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
 def compute_score(
     data_source: Any = None,
     solution_str: Any = "",
@@ -234,14 +279,27 @@ def compute_score(
         data_source, extra_info: unused (accepted because verl passes them).
         solution_str: the decoded response.
         ground_truth: the reference answer (a plain string; a ``\\boxed{}`` wrapper is removed).
+            An empty, non-string or over-long (> MAX_GOLD_CHARS) one scores every response as
+            wrong, with a warning (once).
         grader: ``dapo`` (+1 / -1) or ``math_verify`` (1 / 0).
         hard_timeout_s: math_verify only: the longest a call may block.
     """
+    # configuration errors, not model output: fail loudly, before anything is sent to a helper
     if grader not in GRADERS:
-        # a configuration error, not model output: fail loudly
         raise ValueError(f"reward grader must be one of {list(GRADERS)}, got {grader!r}")
+    if isinstance(hard_timeout_s, bool) or not isinstance(hard_timeout_s, (int, float)) or not hard_timeout_s > 0:
+        raise ValueError(f"reward hard_timeout_s must be a positive number of seconds, got {hard_timeout_s!r}")
     solution = solution_str if isinstance(solution_str, str) else ""
-    gold = ground_truth if isinstance(ground_truth, str) else str(ground_truth)
+    # A missing gold answer must never match a missing prediction (\boxed{} vs "", None vs "None").
+    if not isinstance(ground_truth, str) or not clean_ground_truth(ground_truth):
+        _warn_once(f"stapo-verl reward: ground truth {ground_truth!r} is not a non-empty string "
+                   f"(data_source {data_source!r}); every response to it scores as wrong")  # fmt: skip
+        return wrong_answer(grader)
+    if len(ground_truth) > MAX_GOLD_CHARS:
+        _warn_once(f"stapo-verl reward: a ground truth of {len(ground_truth):,} characters (data_source "
+                   f"{data_source!r}) is over {MAX_GOLD_CHARS:,}; every response to it scores as wrong")  # fmt: skip
+        return wrong_answer(grader)
+    gold = ground_truth
     try:
         if grader == "dapo":
             return dapo_score(solution, gold)

@@ -10,14 +10,26 @@ from typing import Iterable, Optional
 SUMMARY_COLUMNS = {
     "critic/score/mean": "score",
     "actor/entropy": "entropy",
-    "actor/s2t/candidates": "candidates",
-    "actor/s2t/silenced_frac": "silenced",
-    "actor/token_mask/silenced/tokens": "silenced_tok",
+    "actor/s2t/candidates": "candidates",  # S2T, per mini-batch (a step's mini-batches averaged)
+    "actor/s2t/silenced": "silenced",
+    "actor/token_mask/silenced/tokens": "silenced",  # (the same count; 20-Entropy has only this one)
+    "actor/s2t/silenced_frac": "silenced_frac",
+    "actor/entropy20/kept_frac": "kept_frac",  # 20-Entropy
     "actor/pg_loss": "pg_loss",
     "actor/grad_norm": "grad_norm",
     "response_length/mean": "resp_len",
     "timing_s/step": "step_s",
 }
+PROGRESS_COLUMNS = ("score", "entropy", "candidates", "silenced", "kept_frac", "step_s")
+
+
+def parse_record(line: str, where: str) -> tuple[int, dict]:
+    """``(step, data)`` of one file-logger line."""
+    try:
+        record = json.loads(line)
+        return int(record["step"]), record["data"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{where}: not a verl file-logger record ({exc})") from None
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -30,12 +42,7 @@ def read_metrics(path: str) -> list[dict]:
         for line_number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-                step = int(record["step"])
-                data = record["data"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{line_number}: not a verl file-logger record ({exc})") from None
+            step, data = parse_record(line, f"{path}:{line_number}")
             by_step[step] = {"step": step, **by_step.get(step, {}), **data}
     return [by_step[s] for s in sorted(by_step)]
 
@@ -46,12 +53,21 @@ def val_metric_names(rows: Iterable[dict]) -> list[str]:
     return sorted(names)
 
 
+def present_columns(columns: dict, rows: list[dict]) -> dict:
+    """The columns with a value in some row; of keys sharing a label, the first present one."""
+    present = {}
+    for key, label in columns.items():
+        if label not in present.values() and any(key in row for row in rows):
+            present[key] = label
+    return present
+
+
 def format_summary(rows: list[dict], columns: Optional[dict] = None) -> str:
     """A fixed-width table of the main per-step metrics (missing values show as ``-``)."""
     columns = dict(SUMMARY_COLUMNS if columns is None else columns)
     for name in val_metric_names(rows):
         columns[name] = "val_acc" if len(val_metric_names(rows)) == 1 else name.split("/")[1] + "_acc"
-    present = {k: v for k, v in columns.items() if any(k in row for row in rows)}
+    present = present_columns(columns, rows)
     header = ["step", *present.values()]
 
     def cell(value) -> str:
@@ -64,3 +80,39 @@ def format_summary(rows: list[dict], columns: Optional[dict] = None) -> str:
     lines = [[str(row["step"]), *(cell(row.get(k)) for k in present)] for row in rows]
     widths = [max(len(x) for x in column) for column in zip(header, *lines)]
     return "\n".join("  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in [header, *lines])
+
+
+class MetricsFollower:
+    """New records of a file-logger JSONL that another process is writing (verl writes unbuffered,
+    one line per step; a line still being written is read on a later call)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offset = 0
+        self.line_number = 0
+
+    def new_rows(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        rows = []
+        for line in complete.decode().splitlines():
+            self.line_number += 1
+            if line.strip():
+                step, data = parse_record(line, f"{self.path}:{self.line_number}")
+                rows.append({"step": step, **data})
+        return rows
+
+
+def progress_line(row: dict, total_steps: int, elapsed_s: float) -> str:
+    """One line per logged step: ``step 2/3  score 0.25  candidates 14 ...  [95 s]``."""
+    labels = present_columns({k: v for k, v in SUMMARY_COLUMNS.items() if v in PROGRESS_COLUMNS}, [row])
+    labels.update({name: "val_acc" for name in val_metric_names([row])})
+    cells = [f"{label} {row[key]:.4g}" for key, label in labels.items() if isinstance(row[key], (int, float))]
+    head = f"step {row['step']}/{total_steps}" if row["step"] > 0 else "before training"
+    return f"  {head}  " + "  ".join(cells) + f"  [{elapsed_s:.0f} s]"

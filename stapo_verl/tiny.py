@@ -134,14 +134,14 @@ def prepare_tiny(out_dir: str, seed: int = 0, sft_steps: int = 300, train_size: 
     import torch
     from transformers import Qwen3ForCausalLM
 
+    from stapo_verl.recipe import built_files
+
     spec = {"version": TINY_FILES_VERSION, "seed": seed, "sft_steps": sft_steps, "train_size": train_size,
             "val_size": val_size}  # fmt: skip
     marker = os.path.join(out_dir, "tiny.json")
-    if os.path.exists(marker):
-        with open(marker) as f:
-            built = json.load(f)
-        if {k: built.get(k) for k in spec} == spec:
-            return built
+    built = built_files(marker, spec)
+    if built is not None:
+        return built
     tokenizer = byte_tokenizer()
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(tiny_qwen3_config(tokenizer))

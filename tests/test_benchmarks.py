@@ -30,3 +30,12 @@ def test_loss_benchmark_writes_its_ratio(tmp_path):
     run("loss_cpu.py", "--rows", "8", "--length", "128", "--rounds", "1", "--out", str(out))
     record = json.loads(out.read_text())
     assert record["ratio"] == record["stapo_loss_fwd_bwd_ms"] / record["grpo_loss_fwd_bwd_ms"]
+
+
+def test_smollm2_task_benchmark_writes_its_rates(smollm2_dir, tmp_path):
+    out = tmp_path / "task.json"
+    run("smollm2_task.py", "--dir", smollm2_dir, "--prompts", "2", "--samples", "2", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert record["prompts"] == 2 and record["samples_per_prompt"] == 2
+    assert 0.0 <= record["pass_rate_t1"] <= 1.0 and record["response_tokens_mean"] > 0
+    assert record["candidate_token_frac"] <= record["low_prob_token_frac"] <= 1.0

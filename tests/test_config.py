@@ -25,11 +25,12 @@ def test_defaults_are_the_papers():
         ("top_entropy_scope", "batch", r"top_entropy_scope must be one of \['mini_batch', 'micro_batch'\]"),
         ("s2t_advantage_sign", "negative", r"s2t_advantage_sign must be one of \['positive', 'any'\]"),
         ("dump_every", 0, r"policy_loss\.dump_every must be an integer >= 1, got 0"),
+        ("loss_mode", "foo", r"policy_loss\.loss_mode must be one of \[.*'entropy20'.*'stapo'.*'vanilla'.*\], got 'foo'"),
     ],
 )
 def test_bad_values_name_the_field_and_range(field, value, message):
     with pytest.raises(ValueError, match=message):
-        TokenMaskPolicyLossConfig(loss_mode="stapo", **{field: value})
+        TokenMaskPolicyLossConfig(**{"loss_mode": "stapo", field: value})
 
 
 def test_entropy_cutoff_is_quantile_or_absolute():

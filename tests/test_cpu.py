@@ -114,9 +114,9 @@ def test_demo_arguments_in_any_order(monkeypatch):
     calls = []
     monkeypatch.setattr(cli, "demo", lambda *args: calls.append(args) or 0)
     assert cli.main(["demo", "grpo", "--steps", "2", "trainer.test_freq=1", "--dir", "d", "data.seed=3"]) == 0
-    assert cli.main(["demo", "trainer.test_freq=1"]) == 0
-    assert calls == [("grpo", 2, "d", ["trainer.test_freq=1", "data.seed=3"]),
-                     ("stapo", 3, cli.DEMO_DIR, ["trainer.test_freq=1"])]  # fmt: skip
+    assert cli.main(["demo", "trainer.test_freq=1", "--model", "tiny_cpu", "--verbose"]) == 0
+    assert calls == [("grpo", "smollm2_135m", 2, "d", ["trainer.test_freq=1", "data.seed=3"], False),
+                     ("stapo", "tiny_cpu", 3, cli.DEMO_DIR, ["trainer.test_freq=1"], True)]  # fmt: skip
     with pytest.raises(SystemExit, match="--steps must be >= 1"):
         cli.main(["demo", "--steps", "0"])
 

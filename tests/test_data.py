@@ -102,3 +102,42 @@ def test_escape_repair_and_gold_cleaning():
     assert clean_ground_truth("\\boxed{204}") == "204"
     assert clean_ground_truth("$69$,$84$") == "69,84"
     assert clean_ground_truth("\\$5") == "\\$5"
+
+
+def test_an_empty_gold_answer_is_refused(tmp_path):
+    source = tmp_path / "empty_gold.jsonl"
+    source.write_text(json.dumps({"problem": "1+1?", "answer": "$\\boxed{}$"}))
+    with pytest.raises(BadRowError, match="row 0: missing or non-text answer"):
+        convert_file(str(source), str(tmp_path / "out"), split="test")
+    assert clean_ground_truth("$\\boxed{}$") == "" and clean_ground_truth("$\\boxed{5}$") == "5"
+
+
+def run_cli(*args: str):
+    return subprocess.run([sys.executable, "-m", "stapo_verl.data", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("content", ["", "all_bad"])
+def test_nothing_to_convert_is_an_error_and_writes_nothing(content, tmp_path):
+    source = tmp_path / "input.jsonl"
+    source.write_text(json.dumps({"problem": "", "answer": "1"}) if content else "")
+    result = run_cli(str(source), "--out-dir", str(tmp_path / "out"), "--skip-bad")
+    assert result.returncode == 1
+    reason = "all 1 rows were malformed" if content else "it has no rows"
+    assert f"input.jsonl: nothing to convert: {reason}; no output written" in result.stderr
+    assert not (tmp_path / "out" / "input.parquet").exists()
+
+
+def test_two_inputs_with_one_name_are_refused(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "aime.jsonl").write_text(json.dumps({"problem": "1+1?", "answer": "2"}))
+    result = run_cli(str(tmp_path / "a" / "aime.jsonl"), str(tmp_path / "b" / "aime.jsonl"), "--out-dir", str(tmp_path))
+    assert result.returncode == 2 and "would both be written to aime.parquet; rename one" in result.stderr
+    assert not (tmp_path / "aime.parquet").exists()
+
+
+def test_an_over_long_gold_answer_is_refused(tmp_path):
+    source = tmp_path / "long.jsonl"
+    source.write_text(json.dumps({"problem": "1+1?", "answer": "2" * 20_000}))
+    with pytest.raises(BadRowError, match="row 0: answer of 20,000 characters"):
+        convert_file(str(source), str(tmp_path / "out"), split="test")

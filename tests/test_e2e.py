@@ -1,8 +1,9 @@
-"""verl's own main_ppo, end to end on CPU with the tiny preset (model=tiny_cpu).
+"""verl's own main_ppo, end to end on CPU with the CPU presets (model=tiny_cpu, smollm2_135m).
 
 Each run is a real Ray job: HF rollout server, DAPO reward, old log-prob, GRPO advantages, the
 actor update through the S2T hook on verl's FSDP2 engine, validation, checkpoints. About a
-minute per run on 2 cores. The STAPO checkpoint then goes through verl's merger into eval.
+minute per tiny run on 2 cores. The STAPO checkpoint then goes through verl's merger into eval.
+The real model (SmolLM2-135M) runs STAPO at the paper's thresholds: about 4 minutes.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ def tiny_dir(tmp_path_factory):
     return path
 
 
-def train(method: str, tiny_dir: str, run_dir, steps: int, *overrides: str, log_path=None) -> str:
-    env = {**os.environ, "STAPO_TINY_DIR": tiny_dir, "STAPO_RUN_DIR": str(run_dir)}
+def train(method: str, files_dir: str, run_dir, steps: int, *overrides: str, log_path=None, model="tiny_cpu") -> str:
+    variable = {"tiny_cpu": "STAPO_TINY_DIR", "smollm2_135m": "STAPO_SMOLLM2_DIR"}[model]
+    env = {**os.environ, variable: files_dir, "STAPO_RUN_DIR": str(run_dir)}
     env.pop("VERL_FILE_LOGGER_ROOT", None)
     if log_path is not None:
         env["VERL_FILE_LOGGER_PATH"] = str(log_path)
-    command = [sys.executable, "-m", "stapo_verl", "train", method, "tiny_cpu",
+    command = [sys.executable, "-m", "stapo_verl", "train", method, model,
                f"trainer.total_training_steps={steps}", *overrides]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=str(run_dir))
     output = result.stdout + result.stderr
@@ -127,3 +129,17 @@ def test_the_other_methods_train_one_step(method, tiny_dir, tmp_path):
         assert silenced > kept > 0
     else:
         assert not any(key.startswith("actor/token_mask/") for key in row)
+
+
+def test_stapo_on_smollm2_silences_tokens_at_the_papers_thresholds(smollm2_dir, tmp_path):
+    """The real model at tau_p = 0.002, q = 0.75 (the preset leaves them as the paper has them)."""
+    train("stapo", smollm2_dir, tmp_path, 2, "trainer.val_before_train=false", "trainer.test_freq=-1",
+          model="smollm2_135m")  # fmt: skip
+    rows = training_rows(tmp_path / "logs" / "stapo" / "stapo_smollm2_135m.jsonl")
+    assert_trained(rows, [1, 2])
+    for row in rows:  # per mini-batch values, averaged over the step's 2 mini-batches
+        assert row["actor/s2t/candidates"] > 0
+        assert 0 < row["actor/s2t/silenced"] < row["actor/s2t/candidates"]
+        # silenced tokens are candidates: their mean probability is below tau_p
+        assert row["actor/s2t/silenced_prob_mean"] < 0.002
+        assert 0 < row["actor/s2t/silenced_frac"] < 0.1

@@ -106,6 +106,16 @@ def test_report_refuses_unpaired_or_unlabelled_inputs(evals, tmp_path):
         load_eval(unlabelled)
 
 
+@pytest.mark.parametrize("option", ["--permutations", "--replicates"])
+@pytest.mark.parametrize("value", ["0", "-5", "99"])
+def test_report_refuses_too_few_draws(option, value, evals, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(["report", *evals, option, value, "--out", str(tmp_path / "r")])
+    assert exit_.value.code == 2
+    assert f"{option} must be at least 100, got {value}" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def synthetic_log(path, method, steps=6):
     with open(path, "w") as f:
         for step in range(1, steps + 1):

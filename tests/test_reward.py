@@ -1,9 +1,12 @@
 """stapo_verl.reward: exact on the benchmarks' gold answers, bounded and crash-free on anything."""
 
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from unittest import mock
 
 import pandas as pd
 import pytest
@@ -210,3 +213,70 @@ def test_a_correct_grade_from_an_interrupted_helper_is_redone_in_a_fresh_one(mon
     assert helper.call("s", "42", 1.0) == (False, None) and not replies  # a negative is not redone
     replies[:] = [None]
     assert helper.call("s", "42", 1.0) is None  # hard timeout
+
+
+def test_an_interrupted_exchange_never_shifts_later_grades(monkeypatch):
+    """A request interrupted after it was sent (Ctrl-C, a signal) must not leave its reply to be
+    read as the next request's: issue 16's reproduction graded 1 vs 2 right and 3 vs 3 wrong."""
+    from stapo_verl import reward
+
+    helper = reward._HelperProcess()
+    try:
+        assert helper.call("\\boxed{1}", "1", 60) == (True, "1")
+        connection = type(helper._conn)
+        poll = connection.poll
+
+        def interrupted(self, *args):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(connection, "poll", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            helper.call("\\boxed{7}", "7", 60)  # sent, then interrupted while waiting
+        monkeypatch.setattr(connection, "poll", poll)
+        assert helper.call("\\boxed{1}", "2", 60) == (False, "1")
+        assert helper.call("\\boxed{3}", "3", 60) == (True, "3")
+    finally:
+        helper.stop()
+
+
+def test_a_bad_timeout_is_refused_before_anything_is_sent():
+    for bad in ("10", 0, -1, True, None):
+        with pytest.raises(ValueError, match="hard_timeout_s must be a positive number of seconds"):
+            compute_score("x", "\\boxed{7}", "7", grader="math_verify", hard_timeout_s=bad)
+    assert compute_score("x", "\\boxed{1}", "2", grader="math_verify")["acc"] is False
+    assert compute_score("x", "\\boxed{3}", "3", grader="math_verify")["acc"] is True
+
+
+@pytest.mark.parametrize("grader", ["dapo", "math_verify"])
+@pytest.mark.parametrize("gold", ["", "  ", "\\boxed{}", "$\\boxed{}$", None, ["42"], 42])
+def test_a_missing_or_non_string_gold_answer_never_scores_correct(grader, gold, caplog, monkeypatch):
+    from stapo_verl import reward
+
+    monkeypatch.setattr(reward, "_warned", set())
+    for response in ("I give up \\boxed{}", "\\boxed{None}", "\\boxed{42}", "\\boxed{['42']}", ""):
+        result = compute_score("src", response, gold, grader=grader)
+        assert result["acc"] is False and result["score"] == (-1.0 if grader == "dapo" else 0.0)
+        assert set(result) == set(compute_score("src", "\\boxed{1}", "1", grader=grader))
+    assert caplog.text.count("is not a non-empty string") == 1  # logged once, not per response
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path):
+    script = tmp_path / "grade.py"
+    script.write_text("from stapo_verl.reward import compute_score\n"
+                      "print('script body ran')\n"
+                      "print(compute_score('x', '\\\\boxed{7}', '7', grader='math_verify')['acc'])\n")  # fmt: skip
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["script body ran", "True"]
+    assert "Traceback" not in result.stderr and "ERROR" not in result.stderr
+
+
+def test_an_over_long_gold_answer_is_wrong_without_normalising_it(caplog, monkeypatch):
+    from stapo_verl import reward
+
+    monkeypatch.setattr(reward, "_warned", set())
+    gold = "1" * 100_000  # verl's DAPO normaliser took 113 s on this
+    with mock.patch("verl.utils.reward_score.math_dapo.normalize_final_answer") as normalise:
+        assert compute_score("src", f"\\boxed{{{gold}}}", gold, grader="dapo")["score"] == -1.0
+    normalise.assert_not_called()
+    assert "a ground truth of 100,000 characters" in caplog.text

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from stapo_verl.reward import MAX_GOLD_CHARS, clean_ground_truth
+
 TEMPLATES = {
     # PAPER.md sections 3 and 5: the user turn, suffixed
     "boxed": "{problem} Please reason step by step, and put your final answer within \\boxed{{}}.",
@@ -44,14 +46,6 @@ def repair_latex_escapes(text: str) -> tuple[str, int]:
     return _ESCAPE_DAMAGE.subn(lambda m: "\\" + _ESCAPE_LETTER[m.group(0)], text)
 
 
-def clean_ground_truth(answer: str) -> str:
-    """Gold answer as a model would box it: no ``\\boxed{}`` wrapper, no ``$`` delimiters."""
-    from stapo_verl.reward import strip_boxed
-
-    answer = strip_boxed(answer.strip())
-    return re.sub(r"(?<!\\)\$", "", answer).strip()
-
-
 class BadRowError(ValueError):
     pass
 
@@ -73,13 +67,26 @@ def _read_table(path: str):
 
         name, _, split = path[3:].partition(":")
         return load_dataset(name, split=split or "train").to_pandas()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not found")
     if path.endswith(".parquet"):
         return pd.read_parquet(path)
     if path.endswith(".jsonl"):
-        return pd.read_json(path, lines=True)
+        records = []
+        with open(path) as f:
+            for line_number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{path}:{line_number}: not a JSON object ({exc})") from None
+        return pd.DataFrame(records)
     if path.endswith(".json"):
         with open(path) as f:
-            return pd.DataFrame(json.load(f))
+            try:
+                return pd.DataFrame(json.load(f))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not JSON ({exc})") from None
     raise ValueError(f"{path}: unsupported input (expected .parquet, .jsonl, .json or hf:NAME[:SPLIT])")
 
 
@@ -117,6 +124,8 @@ def convert_row(row: dict, index: int, name: str, split: str, template: str) -> 
         raise BadRowError("empty or missing problem")
     if not isinstance(answer, str) or not clean_ground_truth(answer):
         raise BadRowError(f"missing or non-text answer ({type(answer).__name__})")
+    if len(answer) > MAX_GOLD_CHARS:
+        raise BadRowError(f"answer of {len(answer):,} characters (the reward grades at most {MAX_GOLD_CHARS:,})")
     problem, repairs = repair_latex_escapes(problem.strip())
     extra = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
     original_id = extra.get("index", row.get("id", index))
@@ -135,6 +144,11 @@ def convert_row(row: dict, index: int, name: str, split: str, template: str) -> 
     }, repairs
 
 
+def output_name(path: str) -> str:
+    """The output's name for an input: ``.../aime24.parquet`` -> ``aime24``."""
+    return os.path.basename(path).split(".")[0].replace("hf:", "").replace("/", "_")
+
+
 def convert_file(
     path: str, out_dir: str, split: str, template: str = "boxed", skip_bad: bool = False, name: Optional[str] = None
 ) -> ConversionReport:
@@ -143,7 +157,7 @@ def convert_file(
 
     if template not in TEMPLATES:
         raise ValueError(f"template must be one of {sorted(TEMPLATES)}, got {template!r}")
-    name = name or os.path.basename(path).split(".")[0].replace("hf:", "").replace("/", "_")
+    name = name or output_name(path)
     report = ConversionReport(source=path, output=os.path.join(out_dir, f"{name}.parquet"))
     rows = []
     for index, row in enumerate(_read_table(path).to_dict(orient="records")):
@@ -156,6 +170,9 @@ def convert_file(
             continue
         rows.append(converted)
         report.repaired_rows += repairs > 0
+    if not rows:
+        reason = f"all {len(report.skipped)} rows were malformed" if report.skipped else "it has no rows"
+        raise ValueError(f"{path}: nothing to convert: {reason}; no output written")
     ids = [r["extra_info"]["id"] for r in rows]
     if len(set(map(str, ids))) != len(ids):
         raise ValueError(f"{path}: ids are not unique after conversion")

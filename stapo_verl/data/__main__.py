@@ -4,9 +4,10 @@ Writes one verl parquet per input, named after the input file (``aime24.parquet`
 """
 
 import argparse
+import os
 import sys
 
-from stapo_verl.data import TEMPLATES, BadRowError, convert_file
+from stapo_verl.data import TEMPLATES, BadRowError, convert_file, output_name
 
 
 def main(argv=None) -> int:
@@ -17,11 +18,19 @@ def main(argv=None) -> int:
     parser.add_argument("--template", default="boxed", choices=sorted(TEMPLATES))
     parser.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted at the end)")
     args = parser.parse_args(argv)
+    outputs = {}
+    for path in args.inputs:  # one output per input name: two inputs must not write one file
+        name = output_name(path)
+        if name in outputs:
+            parser.error(f"{outputs[name]} and {path} would both be written to {name}.parquet; rename one")
+        outputs[name] = path
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        parser.error(f"--out-dir {args.out_dir} is a file, not a directory")
     total_skipped = 0
     for path in args.inputs:
         try:
             report = convert_file(path, args.out_dir, args.split, args.template, args.skip_bad)
-        except (BadRowError, ValueError, FileNotFoundError) as error:
+        except (BadRowError, ValueError, OSError) as error:  # OSError: unreadable input, unwritable out-dir
             print(f"error: {error}", file=sys.stderr)
             return 1
         total_skipped += len(report.skipped)

