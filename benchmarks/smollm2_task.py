@@ -35,7 +35,7 @@ def grade(tokenizer, response_ids, ground_truth) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--samples", type=int, default=4, help="rollouts per prompt (the preset's n)")
+    parser.add_argument("--samples", type=int, default=6, help="samples per prompt (the preset rolls out 4)")
     parser.add_argument("--batch", type=int, default=24, help="sequences per generate call (the preset's step)")
     parser.add_argument("--dir", default=None, help="the preset's files (default: as stapo-verl train finds them)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "smollm2_task.json"))

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import logging
 import os
 import shlex
 import subprocess
 import sys
 import time
+import warnings
 
 from stapo_verl.recipe import CONFIG_DIR, CONFIG_NAME, CPU_MODELS, METHODS, MODELS
 
@@ -79,7 +81,13 @@ def check_config(method: str, model: str, overrides: list[str]) -> None:
     """Compose the run's config as main_ppo will and check, before anything starts, what verl
     checks late or never: the actor section as verl's dataclasses (our fields' ranges) and
     ``policy_loss.loss_mode`` against verl's policy-loss registry (else the first update fails)."""
-    import verl  # noqa: F401  (loads the plugin: our losses join the registry)
+    with warnings.catch_warnings():  # verl's import-time notes (no GPU here, engines not installed)
+        warnings.simplefilter("ignore")  # belong to the run's log, not to this screen
+        logging.disable(logging.WARNING)
+        try:
+            import verl  # noqa: F401  (loads the plugin: our losses join the registry)
+        finally:
+            logging.disable(logging.NOTSET)
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY

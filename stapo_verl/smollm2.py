@@ -11,7 +11,7 @@ converts it once into a plain HF directory (fp32) with the tokenizer's end of tu
 
 The task (``smollm2_multiplication``): single-digit products ``a * b`` (a, b in 2..9) asked in
 chat form with one worked example as an earlier turn, so that the model answers in
-``\\boxed{}`` and is right about a third of the time at temperature 1: groups of rollouts get
+``\\boxed{}`` and is right about a quarter of the time at temperature 1: groups of rollouts get
 mixed rewards and GRPO advantages are not all zero (``benchmarks/smollm2_task.py`` measures it).
 """
 
@@ -42,7 +42,7 @@ INSTRUCTION = " Put your final answer within \\boxed{}."
 WORKED_EXAMPLE = [
     {"role": "user", "content": "What is 2 * 5?" + INSTRUCTION},
     # The second sentence invites free text after the answer: correct responses then carry rare
-    # tokens that earn a reward without affecting it, the S2T candidates (about 8 per 1000 tokens).
+    # tokens that earn a reward without affecting it, the S2T candidates (about 11 per 1000 tokens).
     {"role": "assistant", "content": "2 * 5 = 10. The answer is \\boxed{10}. Multiplication is repeated addition, so five twos make ten."},
 ]
 
