@@ -18,6 +18,7 @@ import pytest
 
 from stapo_verl.cli import main as cli
 from stapo_verl.data import convert_file
+from stapo_verl.recipe import CPU_MODELS
 from stapo_verl.runlog import read_metrics
 from stapo_verl.tiny import TINY_DATA_SOURCE, prepare_tiny
 from test_data import shared
@@ -34,8 +35,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def train(method: str, files_dir: str, run_dir, steps: int, *overrides: str, log_path=None, model="tiny_cpu") -> str:
-    variable = {"tiny_cpu": "STAPO_TINY_DIR", "smollm2_135m": "STAPO_SMOLLM2_DIR"}[model]
-    env = {**os.environ, variable: files_dir, "STAPO_RUN_DIR": str(run_dir)}
+    env = {**os.environ, CPU_MODELS[model][0]: files_dir, "STAPO_RUN_DIR": str(run_dir)}
     env.pop("VERL_FILE_LOGGER_ROOT", None)
     if log_path is not None:
         env["VERL_FILE_LOGGER_PATH"] = str(log_path)
