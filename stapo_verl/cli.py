@@ -68,12 +68,12 @@ MAIN_PPO_FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", 
 
 def hydra_overrides(args: list[str]) -> list[str]:
     """The Hydra overrides among main_ppo's arguments (its flags, such as ``--cfg job``, left out)."""
-    overrides, skip_next = [], False
-    for arg in args:
-        if skip_next or arg.startswith("-"):
-            skip_next = not skip_next and arg in MAIN_PPO_FLAGS_WITH_VALUE
-            continue
-        overrides.append(arg)
+    overrides, remaining = [], iter(args)
+    for arg in remaining:
+        if arg in MAIN_PPO_FLAGS_WITH_VALUE:
+            next(remaining, None)  # the flag's value
+        elif not arg.startswith("-"):
+            overrides.append(arg)
     return overrides
 
 

@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from stapo_verl.eval import BENCHMARKS, SETTINGS, samples_by_problem
+from stapo_verl.runlog import read_jsonl
 from stapo_verl.stats import AVERAGE, avg_at_k, bootstrap_ci, paired_test
 
 METHOD_NAMES = {"grpo": "GRPO", "entropy20": "20-Entropy", "justrl": "JustRL", "stapo": "STAPO"}  # paper order
@@ -42,17 +43,6 @@ class EvalRun:
     problems: dict[str, dict[str, float]]  # benchmark -> problem id -> accuracy over its k samples
 
 
-def _read_jsonl(path: str):
-    """The records of a JSONL file; a bad line is named by file and line number."""
-    with open(path) as f:
-        for line_number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_number}: not a JSON record ({exc}); truncated?") from None
-
-
 def load_eval(path: str) -> EvalRun:
     summary_path = os.path.join(path, "summary.json")
     if not os.path.isfile(summary_path):
@@ -65,7 +55,7 @@ def load_eval(path: str) -> EvalRun:
     for name in ("method", "model"):
         if not config.get(name):
             raise ValueError(f"{path}: summary.json has no {name} label; re-run `stapo-verl eval ... --{name} NAME`")
-    samples = samples_by_problem(_read_jsonl(os.path.join(path, "samples.jsonl")))
+    samples = samples_by_problem(read_jsonl(os.path.join(path, "samples.jsonl")))
     problems = {b: {p: float(np.mean(v)) for p, v in by_problem.items()} for b, by_problem in samples.items()}
     run_seed = config.get("run_seed")
     return EvalRun(path, config["method"], config["model"], 0 if run_seed is None else int(run_seed),

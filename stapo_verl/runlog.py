@@ -1,10 +1,11 @@
-"""Reading verl's training logs: the ``file`` logger's JSONL (one ``{"step", "data"}`` per line)."""
+"""Reading JSONL files, verl's training logs above all: the ``file`` logger's JSONL (one
+``{"step", "data"}`` per line)."""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 # The columns people look at first, in the order they read them (name in the log -> short label).
 SUMMARY_COLUMNS = {
@@ -21,6 +22,17 @@ SUMMARY_COLUMNS = {
     "timing_s/step": "step_s",
 }
 PROGRESS_COLUMNS = ("score", "entropy", "candidates", "silenced", "kept_frac", "step_s")
+
+
+def read_jsonl(path: str) -> Iterator[dict]:
+    """The records of a JSONL file (blank lines skipped); a bad line is named by file and line."""
+    with open(path) as f:
+        for line_number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{line_number}: not a JSON record ({exc}); truncated?") from None
 
 
 def parse_record(line: str, where: str) -> tuple[int, dict]:

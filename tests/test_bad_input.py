@@ -86,7 +86,7 @@ def test_data_cli_names_missing_and_malformed_inputs(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "1+1?", "answer": "2"}\n\n{"problem": "2+2?", "answ\n')
     assert data_cli(str(bad), "--out-dir", str(tmp_path / "out")) == 1
-    assert f"error: {bad}:3: not a JSON object" in capsys.readouterr().err
+    assert f"error: {bad}:3: not a JSON record" in capsys.readouterr().err
     good = tmp_path / "good.jsonl"
     good.write_text('{"problem": "1+1?", "answer": "2"}\n')
     (tmp_path / "afile").write_text("")

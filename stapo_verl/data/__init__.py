@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from stapo_verl.reward import MAX_GOLD_CHARS, clean_ground_truth
+from stapo_verl.runlog import read_jsonl
 
 TEMPLATES = {
     # PAPER.md sections 3 and 5: the user turn, suffixed
@@ -72,15 +73,7 @@ def _read_table(path: str):
     if path.endswith(".parquet"):
         return pd.read_parquet(path)
     if path.endswith(".jsonl"):
-        records = []
-        with open(path) as f:
-            for line_number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}:{line_number}: not a JSON object ({exc})") from None
-        return pd.DataFrame(records)
+        return pd.DataFrame(list(read_jsonl(path)))
     if path.endswith(".json"):
         with open(path) as f:
             try:
