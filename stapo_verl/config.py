@@ -16,6 +16,8 @@ from typing import Optional
 
 from verl.workers.config import PolicyLossConfig
 
+from stapo_verl.s2t import CANDIDATE_SELECTIONS
+
 FIELD_PREFIX = "actor_rollout_ref.actor.policy_loss"
 STATS_SOURCES = ("current", "old")
 TOP_ENTROPY_SCOPES = ("mini_batch", "micro_batch")
@@ -70,7 +72,16 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
             ``cispo``, ``clip_cov``, ...) it puts that mask under that loss.
         s2t_advantage_sign: S2T candidates need ``positive`` advantages (paper) or ``any``
             non-zero one (ablation: negative-advantage tokens silenced too).
-        random_mask_seed: seed of the ``random`` control (mixed with the mini-batch's content).
+        candidate_selection: which S2T candidates are silenced: ``low_entropy`` (S2T: H_t < tau_h),
+            ``high_entropy`` (as many, the highest-entropy ones), ``random`` (as many, uniformly)
+            or ``all`` (every candidate: probability-only masking). The paper's ablations.
+        random_mask_seed: seed of the ``random`` control and of ``candidate_selection=random``
+            (mixed with the mini-batch's content).
+        fp32_statistics: compute log p_t, H_t (and sum pi^2) from fp32 logits in both sources
+            passes (verl's default bf16 mixed precision computes the logits in bf16). Off by
+            default: it costs the memory of fp32 logits in those no-grad passes, and measured on
+            SmolLM2 it did not change the bf16 mask (the flips come from the bf16 forward itself;
+            benchmarks/results/s2t_study.json).
         diagnostics: log per-group token statistics (probability, entropy, gradient-norm bound,
             entropy-change covariance) for silenced vs kept tokens.
         dump_dir: if set, every ``dump_every`` mini-batch updates each rank appends up to
@@ -86,7 +97,9 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
     top_entropy_scope: str = "mini_batch"
     token_mask: Optional[str] = None
     s2t_advantage_sign: str = "positive"
+    candidate_selection: str = "low_entropy"
     random_mask_seed: int = 0
+    fp32_statistics: bool = False
     diagnostics: bool = True
     dump_dir: Optional[str] = None
     dump_every: int = 50
@@ -113,6 +126,7 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
         _check_range("top_entropy_ratio", self.top_entropy_ratio, 0.0, 1.0, low_open=True)
         _check_choice("top_entropy_scope", self.top_entropy_scope, TOP_ENTROPY_SCOPES)
         _check_choice("s2t_advantage_sign", self.s2t_advantage_sign, S2T_ADVANTAGE_SIGNS)
+        _check_choice("candidate_selection", self.candidate_selection, CANDIDATE_SELECTIONS)
         for name, minimum in (("dump_every", 1), ("dump_max_tokens", 1), ("dump_context_tokens", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -125,9 +139,14 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
                     f"{FIELD_PREFIX}.token_mask={self.token_mask} contradicts loss_mode={self.loss_mode} "
                     f"(accepted: {list(allowed)}); use loss_mode=vanilla to put this mask under plain GRPO"
                 )
+        if self.candidate_selection != "low_entropy" and token_mask_kind(self) != "s2t":
+            raise ValueError(
+                f"{FIELD_PREFIX}.candidate_selection={self.candidate_selection} selects among S2T candidates: it "
+                f"needs the s2t token mask (loss_mode=stapo, or token_mask=s2t), got mask {token_mask_kind(self)}"
+            )
         if token_mask_kind(self) is not None:
             # A plugin that failed to load inside `import verl` is only logged at DEBUG level:
             # surface it here, where every process builds this config.
-            from stapo_verl.plugin import require_installed
+            from stapo_verl.install_state import require_installed
 
             require_installed()

@@ -9,15 +9,27 @@ Outputs (all deterministic given the inputs and ``--seed``):
 - ``table_ci_<setting>.{md,tex,csv}``: the same with 95% bootstrap intervals (problems, seeds).
 - ``paired_<setting>.{md,csv}``: STAPO minus each baseline per benchmark: difference (points),
   95% interval, sign-flip permutation p-value (problems paired, seeds averaged).
-- ``entropy.png``, ``silenced_fraction.png``, ``val_accuracy.png`` from the training logs.
+- ``headline_<setting>.{md,tex,csv}``: the paper's headline number: STAPO's relative gain over
+  the strongest baseline of each size (average column), averaged over sizes, with a 95%
+  bootstrap interval.
+- ``ablation_<setting>.{md,tex,csv}``: runs labelled by ``stapo-verl sweep`` (``--method
+  <selection>_q<q>_tp<tau_p>``): avg@k with intervals and the paired difference to STAPO
+  (``low_entropy_q0.75_tp0.002``, else the ``stapo`` runs); ``ablation_q_<model>_<setting>.png``
+  (accuracy vs q per selection) and ``ablation_tau_prob_<model>_<setting>.png``.
+- ``training.{md,csv}``, ``entropy.png``, ``silenced_fraction.png``, ``val_accuracy.png`` from the
+  training logs: per run, first and last score, entropy and validation accuracy, and the curves.
+- ``silenced_tokens.png`` from ``--dumps`` (the policy-loss ``dump_dir`` files): the most
+  frequent silenced tokens and kept candidates, and their shares by category.
 - ``report.json``: every number above.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,12 +37,14 @@ import numpy as np
 
 from stapo_verl.eval import BENCHMARKS, SETTINGS, samples_by_problem
 from stapo_verl.runlog import read_jsonl
-from stapo_verl.stats import AVERAGE, avg_at_k, bootstrap_ci, paired_test
+from stapo_verl.stats import AVERAGE, avg_at_k, bootstrap_averages, bootstrap_ci, paired_test, relative_gain_over_best
+from stapo_verl.sweep import CANDIDATE_SELECTIONS, parse_label
 
 METHOD_NAMES = {"grpo": "GRPO", "entropy20": "20-Entropy", "justrl": "JustRL", "stapo": "STAPO"}  # paper order
 MODEL_NAMES = {"qwen3_1.7b": "1.7B", "qwen3_8b": "8B", "qwen3_14b": "14B", "smollm2_135m": "SmolLM2-135M",
                "tiny_cpu": "tiny"}  # fmt: skip
 TARGET = "stapo"
+STAPO_LABEL = "low_entropy_q0.75_tp0.002"  # the sweep's label of the paper's STAPO settings
 
 
 @dataclass
@@ -98,20 +112,56 @@ def group_scores(runs: list[EvalRun]) -> dict[tuple[str, str, str], dict[str, np
 
 def build_report(runs: list[EvalRun], seed: int = 0, replicates: int = 2000, permutations: int = 10000) -> dict:
     groups = group_scores(runs)
-    report = {"cells": [], "paired": []}
+    report = {"cells": [], "paired": [], "ablation": [], "headline": {}}
     for (model, setting, method), scores in groups.items():
         means, ci = avg_at_k(scores), bootstrap_ci(scores, replicates=replicates, seed=seed)
         seeds = next(iter(scores.values())).shape[0]
         report["cells"].append({"model": model, "setting": setting, "method": method, "seeds": seeds,
                                 "avg": means, "ci": ci})  # fmt: skip
     for (model, setting, method), scores in groups.items():
-        if method == TARGET:
+        values = parse_label(method)
+        if values is not None:  # an ablation cell: its difference to STAPO
+            reference = groups.get((model, setting, STAPO_LABEL), groups.get((model, setting, TARGET)))
+            test = None
+            if reference is not None and reference is not scores:
+                test = paired_test(scores, reference, permutations=permutations, replicates=replicates, seed=seed)
+            report["ablation"].append({"model": model, "setting": setting, "method": method, **values,
+                                       "vs_stapo": test})  # fmt: skip
             continue
         target = groups.get((model, setting, TARGET))
-        if target is not None:
+        if method != TARGET and target is not None:
             test = paired_test(target, scores, permutations=permutations, replicates=replicates, seed=seed)
             report["paired"].append({"model": model, "setting": setting, "baseline": method, "test": test})
+    for setting in sorted({setting for _, setting, _ in groups}):
+        headline = headline_gain(groups, setting, replicates, seed)
+        if headline["gain"] is not None:
+            report["headline"][setting] = headline
     return report
+
+
+def headline_gain(groups: dict, setting: str, replicates: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """PAPER.md section 5's headline for one decoding setting (the four main methods only), with
+    a percentile bootstrap interval: each replicate redraws problems (shared by STAPO and the
+    baseline: paired) and seeds, keeping each size's strongest baseline from the point estimate."""
+    main = {(model, method): scores for (model, s, method), scores in groups.items()
+            if s == setting and parse_label(method) is None}  # fmt: skip
+    averages: dict[str, dict[str, float]] = {}
+    for (model, method), scores in main.items():
+        averages.setdefault(model, {})[method] = avg_at_k(scores)[AVERAGE]
+    result = relative_gain_over_best(averages, TARGET)
+    if result["gain"] is None:
+        return {**result, "ci": None}
+    gains = []
+    for i, (model, cell) in enumerate(sorted(result["per_model"].items())):
+        draws = bootstrap_averages({TARGET: main[(model, TARGET)], "baseline": main[(model, cell["baseline"])]},
+                                   replicates=replicates, seed=seed + i)  # fmt: skip
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gains.append(100.0 * (draws[TARGET] / draws["baseline"] - 1.0))
+    tail = 100.0 * (1.0 - level) / 2.0
+    mean_gain = np.mean(gains, axis=0)
+    if not np.all(np.isfinite(mean_gain)):  # a replicate with a 0% baseline: no ratio, no interval
+        return {**result, "ci": None}
+    return {**result, "ci": (float(np.percentile(mean_gain, tail)), float(np.percentile(mean_gain, 100.0 - tail)))}
 
 
 # ---------------------------------------------------------------- tables
@@ -129,7 +179,7 @@ def _header(columns: list[str]) -> list[str]:
 def _rows(report: dict, cell_text) -> list[list[str]]:
     cells = {(c["model"], c["setting"], c["method"]): c for c in report["cells"]}
     models = _order({c["model"] for c in report["cells"]}, list(MODEL_NAMES))
-    methods = _order({c["method"] for c in report["cells"]}, list(METHOD_NAMES))
+    methods = _order({c["method"] for c in report["cells"] if parse_label(c["method"]) is None}, list(METHOD_NAMES))
     columns = _columns(report)
     rows = []
     for model in models:
@@ -216,6 +266,119 @@ def write_tables(report: dict, out_dir: str) -> list[str]:
             _write(out_dir, f"paired_{setting}", PAIRED_HEADER, _paired_rows(report, paired),
                    f"Paired tests, STAPO vs each baseline, setting {setting}", latex=False)  # fmt: skip
             written.append(f"paired_{setting}")
+        headline = report.get("headline", {}).get(setting)
+        if headline:
+            _write(out_dir, f"headline_{setting}", HEADLINE_HEADER, _headline_rows(headline),
+                   f"STAPO's relative gain over the strongest baseline per size (Avg column), setting {setting}; "
+                   "paper (v2): +7.13% at 1.0/1.0, +3.69% at 0.7/0.9")  # fmt: skip
+            written.append(f"headline_{setting}")
+        ablation = [a for a in report.get("ablation", []) if a["setting"] == setting]
+        if ablation:
+            columns = _columns(report)
+            header = ["size", "selection", "q", "tau_p", "seeds", *_header(columns)[2:-1], "Avg [95% CI]",
+                      "- STAPO (points) [95% CI]", "p (sign-flip)"]  # fmt: skip
+            _write(out_dir, f"ablation_{setting}", header, _ablation_rows(report, ablation, setting, columns),
+                   f"Masking ablations among S2T candidates (PAPER.md section 6), avg@k (%), setting {setting}")  # fmt: skip
+            written.append(f"ablation_{setting}")
+    return written
+
+
+HEADLINE_HEADER = ["size", "strongest baseline", "baseline Avg", "STAPO Avg", "relative gain"]
+
+
+def _headline_rows(headline: dict) -> list[list[str]]:
+    rows = []
+    for model in _order(headline["per_model"], list(MODEL_NAMES)):
+        cell = headline["per_model"][model]
+        rows.append([MODEL_NAMES.get(model, model), METHOD_NAMES.get(cell["baseline"], cell["baseline"]),
+                     f"{cell['baseline_avg']:.2f}", f"{cell['target_avg']:.2f}", f"{cell['gain']:+.2f}%"])  # fmt: skip
+    ci = headline.get("ci")
+    interval = f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+    rows.append(["mean over sizes", "", "", "", f"{headline['gain']:+.2f}%{interval}"])
+    return rows
+
+
+def _ablation_key(entry: dict) -> tuple:
+    q = entry["entropy_quantile"]
+    return (_rank(entry["model"], MODEL_NAMES), list(CANDIDATE_SELECTIONS).index(entry["selection"]),
+            q if q is not None else 2.0, entry["tau_prob"])  # fmt: skip
+
+
+def _ablation_rows(report: dict, ablation: list[dict], setting: str, columns: list[str]) -> list[list[str]]:
+    cells = {(c["model"], c["setting"], c["method"]): c for c in report["cells"]}
+    rows = []
+    for entry in sorted(ablation, key=_ablation_key):
+        cell = cells[(entry["model"], setting, entry["method"])]
+        low, high = cell["ci"][AVERAGE]
+        test = (entry["vs_stapo"] or {}).get(AVERAGE)
+        q = entry["entropy_quantile"]
+        rows.append([
+            MODEL_NAMES.get(entry["model"], entry["model"]), entry["selection"], "-" if q is None else f"{q:g}",
+            f"{entry['tau_prob']:g}", str(cell["seeds"]),
+            *[f"{cell['avg'][c]:.2f}" if c in cell["avg"] else "-" for c in columns[:-1]],
+            f"{cell['avg'][AVERAGE]:.2f} [{low:.2f}, {high:.2f}]",
+            f"{test['diff']:+.2f} [{test['ci_low']:+.2f}, {test['ci_high']:+.2f}]" if test else "(reference)",
+            f"{test['p_value']:.4f}" if test else "-",
+        ])  # fmt: skip
+    return rows
+
+
+def plot_ablation(report: dict, out_dir: str) -> list[str]:
+    """Sensitivity figures: accuracy (Avg, 95% interval) vs q per selection; vs tau_p for S2T."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = {(c["model"], c["setting"], c["method"]): c for c in report["cells"]}
+    written = []
+    for model, setting in sorted({(a["model"], a["setting"]) for a in report.get("ablation", [])}):
+        entries = [a for a in report["ablation"] if (a["model"], a["setting"]) == (model, setting)]
+
+        def point(entry):
+            cell = cells[(model, setting, entry["method"])]
+            low, high = cell["ci"][AVERAGE]
+            return cell["avg"][AVERAGE], low, high
+
+        figures = {
+            "q": {s: [a for a in entries if a["selection"] == s and a["tau_prob"] == 2e-3] for s in CANDIDATE_SELECTIONS},
+            "tau_prob": {"low_entropy": [a for a in entries if a["selection"] == "low_entropy"
+                                         and a["entropy_quantile"] == 0.75]},
+        }  # fmt: skip
+        for axis, series in figures.items():
+            key = "entropy_quantile" if axis == "q" else "tau_prob"
+            fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+            drawn = 0
+            for selection, members in series.items():
+                if selection == "all" and members:  # one value: no q
+                    avg, low, high = point(members[0])
+                    ax.axhline(avg, linestyle="--", color="gray", label="all candidates")
+                    ax.axhspan(low, high, color="gray", alpha=0.15)
+                    drawn += 1
+                    continue
+                members = sorted((a for a in members if a[key] is not None), key=lambda a: a[key])
+                if axis == "tau_prob" and len(members) < 2:
+                    continue
+                if members:
+                    xs = [a[key] for a in members]
+                    avg, low, high = (np.array(v) for v in zip(*(point(a) for a in members)))
+                    ax.errorbar(xs, avg, yerr=[avg - low, high - avg], marker="o", capsize=3, label=selection)
+                    drawn += 1
+            if not drawn:
+                plt.close(fig)
+                continue
+            if axis == "tau_prob":
+                ax.set_xscale("log")
+            ax.set_xlabel("q (share of candidates silenced by S2T)" if axis == "q" else "tau_p")
+            ax.set_ylabel("Avg accuracy (%)")
+            ax.set_title(f"{MODEL_NAMES.get(model, model)}, {setting}: accuracy vs {axis}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            name = f"ablation_{axis}_{model}_{setting}.png"
+            fig.savefig(os.path.join(out_dir, name))
+            plt.close(fig)
+            written.append(name)
     return written
 
 
@@ -239,6 +402,34 @@ PLOTS = {
     "silenced_fraction": ("silenced tokens / response tokens", silenced_fraction),
     "val_accuracy": ("validation accuracy (%)", val_accuracy),
 }
+
+
+TRAINING_HEADER = ["run", "steps", "score (first, last)", "entropy (first, last)", "entropy min-max",
+                   "silenced fraction (mean)", "val accuracy % (first, last)"]  # fmt: skip
+
+
+def training_rows(logs: dict[str, list[dict]]) -> list[list[str]]:
+    """One row per training log: what the curves show, in numbers."""
+
+    def series(rows, value):
+        return [v for v in (value(row) for row in rows) if v is not None]
+
+    def first_last(values, fmt):
+        return f"{fmt(values[0])}, {fmt(values[-1])}" if values else "-"
+
+    rows = []
+    for label, log in logs.items():
+        entropy = series(log, lambda row: row.get("actor/entropy"))
+        silenced = series(log, silenced_fraction)
+        rows.append([
+            label, str(max((row["step"] for row in log if "actor/pg_loss" in row), default=0)),
+            first_last(series(log, lambda row: row.get("critic/score/mean")), lambda v: f"{v:+.3f}"),
+            first_last(entropy, lambda v: f"{v:.3f}"),
+            f"{min(entropy):.3f}-{max(entropy):.3f}" if entropy else "-",
+            f"{100 * float(np.mean(silenced)):.3f}%" if silenced else "-",
+            first_last(series(log, val_accuracy), lambda v: f"{v:.1f}"),
+        ])  # fmt: skip
+    return rows
 
 
 def plot_training(logs: dict[str, list[dict]], out_dir: str) -> list[str]:
@@ -273,6 +464,71 @@ def plot_training(logs: dict[str, list[dict]], out_dir: str) -> list[str]:
     return written
 
 
+# ---------------------------------------------------------------- silenced tokens
+
+TOKEN_CATEGORIES = ("digits", "math/LaTeX", "words", "punctuation", "whitespace/formatting", "other")
+MATH_CHARS = set("+-*/=^_()[]{}<>|\\$%×÷·√∞≤≥≠±")
+MARKDOWN = ("*", "**", "-", "#", "##", "###", "---")
+
+
+def token_category(text: str) -> str:
+    """The paper's reading of its word clouds: digits and symbols vs words (PAPER.md section 6)."""
+    core = text.strip()
+    if not core or core in MARKDOWN:
+        return "whitespace/formatting"
+    if core.isdigit():
+        return "digits"
+    symbols = not any(c.isalnum() for c in core)
+    if re.fullmatch(r"\\[A-Za-z]+", core) or (symbols and any(c in MATH_CHARS for c in core)):
+        return "math/LaTeX"
+    if len(core) == 1 and core.isalpha() and core not in "aAI":  # a lone letter: a variable ("x")
+        return "math/LaTeX"
+    if re.fullmatch(r"[A-Za-z']+", core):
+        return "words"
+    return "punctuation" if symbols else "other"
+
+
+def token_summary(groups: dict[str, list[str]], top: int = 30) -> dict:
+    """Per group: token count, the ``top`` most frequent tokens, category shares."""
+    summary = {}
+    for name, tokens in groups.items():
+        counts = collections.Counter(tokens)
+        categories = collections.Counter(token_category(t) for t in tokens)
+        summary[name] = {"tokens": len(tokens), "top": [[t, c] for t, c in counts.most_common(top)],
+                         "category_shares": {c: categories[c] / max(len(tokens), 1) for c in TOKEN_CATEGORIES}}  # fmt: skip
+    return summary
+
+
+def plot_tokens(summary: dict, path: str, title: str, top: int = 20) -> None:
+    """Bars of the most frequent tokens of the first two groups and every group's category shares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    colors = ["tab:red", "tab:blue", "tab:gray", "tab:green"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 6))
+    for ax, name, color in zip(axes[:2], names[:2], colors):
+        shown = summary[name]["top"][:top][::-1]
+        ax.barh([repr(t)[1:-1] or "''" for t, _ in shown], [c for _, c in shown], color=color)
+        ax.set_title(f"{name.replace('_', ' ')}: top {len(shown)} of {summary[name]['tokens']}")
+        ax.set_xlabel("count")
+    width = 0.8 / len(names)
+    for k, (name, color) in enumerate(zip(names, colors)):
+        shares = [100 * summary[name]["category_shares"][c] for c in TOKEN_CATEGORIES]
+        positions = [i + (k - (len(names) - 1) / 2) * width for i in range(len(TOKEN_CATEGORIES))]
+        axes[2].bar(positions, shares, width, color=color, label=name.replace("_", " "))
+    axes[2].set_xticks(range(len(TOKEN_CATEGORIES)), TOKEN_CATEGORIES, rotation=30, ha="right")
+    axes[2].set_ylabel("% of the group's tokens")
+    axes[2].set_title("token categories")
+    axes[2].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     import argparse
 
@@ -282,6 +538,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("evals", nargs="*", help="eval output directories (summary.json + samples.jsonl)")
     parser.add_argument("--logs", nargs="*", default=[], help="training logs: PATH or LABEL=PATH (verl file logger)")
+    parser.add_argument("--dumps", nargs="*", default=[],
+                        help="silenced-token dumps: policy_loss.dump_dir directories or their JSONL files")  # fmt: skip
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap / permutation seed")
     parser.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates")
@@ -290,14 +548,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     for option in ("replicates", "permutations"):  # zero draws give no interval and p = 1 for anything
         if getattr(args, option) < 100:
             parser.error(f"--{option} must be at least 100, got {getattr(args, option)}")
-    if not args.evals and not args.logs:
-        parser.error("give eval directories and/or --logs")
+    if not args.evals and not args.logs and not args.dumps:
+        parser.error("give eval directories, --logs and/or --dumps")
     os.makedirs(args.out, exist_ok=True)
     written = []
     report: dict = {}
     if args.evals:
         report = build_report([load_eval(p) for p in args.evals], args.seed, args.replicates, args.permutations)
         written += [f"{stem}.*" for stem in write_tables(report, args.out)]
+        written += plot_ablation(report, args.out)
     logs = {}
     for item in args.logs:
         label, sep, path = item.partition("=")
@@ -305,8 +564,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             label, path = os.path.splitext(os.path.basename(item))[0], item
         logs[label] = read_metrics(path)
     if logs:
-        written += plot_training(logs, args.out)
+        _write(args.out, "training", TRAINING_HEADER, training_rows(logs),
+               "Training logs: first and last logged values per run", latex=False)  # fmt: skip
+        written += ["training.*"] + plot_training(logs, args.out)
         report["training"] = {label: rows for label, rows in logs.items()}
+    if args.dumps:
+        from stapo_verl.dump import read_token_dumps
+
+        summary = token_summary(read_token_dumps(args.dumps))
+        if not summary:
+            raise ValueError(f"--dumps {args.dumps}: no token records in them")
+        plot_tokens(summary, os.path.join(args.out, "silenced_tokens.png"), "S2T: silenced tokens vs kept candidates")
+        report["tokens"] = summary
+        written.append("silenced_tokens.png")
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     print(f"stapo-verl report -> {args.out}: " + ", ".join(written + ["report.json"]))

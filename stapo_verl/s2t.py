@@ -19,6 +19,11 @@ import torch
 import torch.distributed as dist
 
 
+# Which S2T candidates are silenced (PAPER.md section 6): low_entropy is S2T; high_entropy and
+# random silence as many candidates as S2T would (select_candidates); all silences every one.
+CANDIDATE_SELECTIONS = ("low_entropy", "high_entropy", "random", "all")
+
+
 @dataclass
 class S2TMask:
     """Result of :func:`s2t_spurious_mask` (all masks are bool, shaped like the inputs)."""
@@ -50,8 +55,13 @@ def global_sum(value: torch.Tensor, group=None) -> torch.Tensor:
 
 def gather_values(values: torch.Tensor, group=None) -> torch.Tensor:
     """Concatenate 1-D tensors of different lengths from every rank of ``group``."""
+    return gather_with_offset(values, group)[0]
+
+
+def gather_with_offset(values: torch.Tensor, group=None) -> tuple[torch.Tensor, int]:
+    """:func:`gather_values`, and where this rank's values start in the result."""
     if not _is_distributed(group):
-        return values
+        return values, 0
     world = dist.get_world_size(group)
     size = torch.tensor([values.numel()], device=values.device, dtype=torch.long)
     sizes = [torch.zeros_like(size) for _ in range(world)]
@@ -61,7 +71,8 @@ def gather_values(values: torch.Tensor, group=None) -> torch.Tensor:
     padded[: values.numel()] = values
     chunks = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(chunks, padded, group=group)
-    return torch.cat([chunk[: int(s.item())] for chunk, s in zip(chunks, sizes)])
+    offset = sum(int(s.item()) for s in sizes[: dist.get_rank(group)])
+    return torch.cat([chunk[: int(s.item())] for chunk, s in zip(chunks, sizes)]), offset
 
 
 def quantile(values: torch.Tensor, q: float) -> float:
@@ -127,6 +138,39 @@ def s2t_spurious_mask(
     if tau_entropy is not None:
         spurious = candidate & (entropy.float() < tau_entropy)
     return S2TMask(spurious_mask=spurious, candidate_mask=candidate, tau_entropy=tau_entropy)
+
+
+def select_candidates(
+    candidate_mask: torch.Tensor,
+    entropy: torch.Tensor,
+    count: int,
+    selection: str,
+    generator: Optional[torch.Generator] = None,
+    group=None,
+) -> torch.Tensor:
+    """``count`` of the mini-batch's candidates (over all ranks of ``group``), for the paper's
+    masking ablations (PAPER.md section 6); S2T itself is :func:`s2t_spurious_mask`.
+
+    ``high_entropy``: the highest-entropy candidates (ties: the earlier token, ranks in order);
+    ``random``: uniformly among the candidates, drawn from ``generator``, which every rank must
+    seed alike (each rank keeps its share of one global draw). Shapes as ``candidate_mask``.
+    """
+    candidate = candidate_mask.bool()
+    local = entropy.float()[candidate]
+    pooled, offset = gather_with_offset(local, group)
+    if selection == "high_entropy":
+        order = torch.sort(pooled, descending=True, stable=True).indices
+    elif selection == "random":
+        order = torch.randperm(pooled.numel(), generator=generator).to(pooled.device)
+    else:
+        raise ValueError(f"selection must be 'high_entropy' or 'random', got {selection!r}")
+    if not 0 <= count <= pooled.numel():
+        raise ValueError(f"cannot select {count} of {pooled.numel()} candidates")
+    chosen = torch.zeros(pooled.numel(), dtype=torch.bool, device=pooled.device)
+    chosen[order[:count]] = True
+    selected = torch.zeros_like(candidate)
+    selected[candidate] = chosen[offset : offset + local.numel()].to(selected.device)
+    return selected
 
 
 def top_entropy_keep_mask(

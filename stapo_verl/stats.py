@@ -113,3 +113,50 @@ def paired_test(
             "p_value": float((extreme + 1) / (permutations + 1)),
         }
     return result
+
+
+def relative_gain_over_best(averages: dict[str, dict[str, float]], target: str) -> dict:
+    """The paper's headline: ``target``'s relative gain (percent) over the strongest other method
+    of each model size by the average column, then the mean over sizes.
+
+    Args:
+        averages: model -> method -> average accuracy; sizes without ``target`` or without
+            another method are left out.
+
+    Returns:
+        ``{"gain": mean percent or None, "per_model": {model: {"baseline", "baseline_avg",
+        "target_avg", "gain"}}}``.
+    """
+    per_model = {}
+    for model, by_method in averages.items():
+        baselines = {m: v for m, v in by_method.items() if m != target}
+        if target not in by_method or not baselines:
+            continue
+        best = max(baselines, key=baselines.get)
+        per_model[model] = {"baseline": best, "baseline_avg": baselines[best], "target_avg": by_method[target],
+                            "gain": 100.0 * (by_method[target] / baselines[best] - 1.0)}  # fmt: skip
+    gain = float(np.mean([m["gain"] for m in per_model.values()])) if per_model else None
+    return {"gain": gain, "per_model": per_model}
+
+
+def bootstrap_averages(
+    methods: dict[str, dict[str, np.ndarray]], replicates: int = 2000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Bootstrap replicates (percent) of each method's average over benchmarks, paired: one
+    problem draw per benchmark shared by all methods (they are evaluated on the same problems),
+    an independent seed draw per method (its seeds are its own training runs)."""
+    methods = {name: as_scores(scores) for name, scores in methods.items()}
+    benches = sorted(next(iter(methods.values())))
+    rng = np.random.default_rng(seed)
+    problem_weights = {}
+    for bench in benches:
+        sizes = {scores[bench].shape[1] for scores in methods.values() if bench in scores}
+        if len(sizes) != 1 or any(bench not in scores for scores in methods.values()):
+            raise ValueError(f"{bench}: every method needs the same problems to pair them")
+        problem_weights[bench] = _weights(rng, sizes.pop(), replicates)
+    result = {}
+    for name, scores in methods.items():
+        seed_weights = _weights(rng, scores[benches[0]].shape[0], replicates)
+        per_bench = [np.einsum("rs,sp,rp->r", seed_weights, scores[b], problem_weights[b]) for b in benches]
+        result[name] = 100.0 * np.mean(per_bench, axis=0)
+    return result

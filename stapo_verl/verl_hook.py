@@ -9,7 +9,8 @@ mini-batch, before the engine counts tokens:
 
 1. statistics p_t, H_t: ``current`` = a no-grad forward of pi_theta over the mini-batch through
    verl's own log-prob path (``infer_batch``, the code of the old-log-prob pass); ``old`` = the
-   old-log-prob pass's ``old_log_probs`` and ``entropy`` already in the update batch;
+   old-log-prob pass's ``old_log_probs`` and ``entropy`` already in the update batch (which
+   ``current`` reuses for a step's first mini-batch: the weights have not changed yet);
 2. the mask (:mod:`stapo_verl.s2t`), with thresholds gathered over the DP group;
 3. silenced tokens are zeroed in ``response_mask`` and ``loss_mask`` (they stay in the forward
    pass; ``attention_mask`` is untouched), so verl's own ``agg_loss`` renormalises over the kept
@@ -28,6 +29,7 @@ import verl  # noqa: F401  isort: skip
 
 import logging
 import os
+from contextlib import contextmanager
 from typing import Callable, Optional
 
 import torch
@@ -39,12 +41,13 @@ from verl.workers.utils.padding import no_padding_2_padding, response_from_neste
 from stapo_verl import config as stapo_config
 from stapo_verl import losses
 from stapo_verl.cpu.platform import init_process_group_on_cpu
-from stapo_verl.dump import append_jsonl, silenced_token_records
+from stapo_verl.dump import append_jsonl, token_records
 from stapo_verl.s2t import (
     assert_finite,
     global_sum,
     random_silence_like,
     s2t_spurious_mask,
+    select_candidates,
     token_group_stats,
     top_entropy_keep_mask,
 )
@@ -88,6 +91,7 @@ def apply_token_mask(
     micro_batch_ids: Optional[Callable[[], torch.Tensor]] = None,
     group=None,
     dump: Optional[Callable[..., None]] = None,
+    old_stats_are_current: bool = False,
 ) -> dict[str, float]:
     """Zero the tokens that lose their gradient in ``data``'s ``response_mask``/``loss_mask``.
 
@@ -99,7 +103,11 @@ def apply_token_mask(
         micro_batch_ids: returns the micro-batch index of each response token (flat); called
             only for 20-Entropy with ``top_entropy_scope=micro_batch``.
         group: the data-parallel process group (None on one rank).
-        dump: if given, called as dump(silenced, log_prob, entropy, advantages) (flat tensors).
+        dump: if given, called as dump(silenced, kept_candidates or None, log_prob, entropy,
+            advantages) (flat tensors; kept candidates: S2T candidates that keep a gradient).
+        old_stats_are_current: the weights have not changed since the old-log-prob pass (the
+            step's first update): ``current`` reads the batch's old statistics when it has them,
+            which are then exactly pi_theta's, instead of running a forward pass.
 
     Returns:
         Mini-batch-global metrics (identical on every rank).
@@ -108,7 +116,8 @@ def apply_token_mask(
     if kind is None:
         raise ValueError(f"loss_mode {policy_loss.loss_mode!r} with token_mask=null has no token mask")
     valid = _flat(data["response_mask"]).bool()
-    if policy_loss.stats_source == "current":
+    has_old_stats = OLD_ENTROPY_KEY in data.keys() and "old_log_probs" in data.keys()
+    if policy_loss.stats_source == "current" and not (old_stats_are_current and has_old_stats):
         log_prob, entropy, sum_pi_squared = current_stats()
     else:
         if OLD_ENTROPY_KEY not in data.keys():
@@ -144,11 +153,21 @@ def apply_token_mask(
             group=group,
         )
         silenced = s2t.spurious_mask
+        num_candidates = float(global_sum(s2t.candidate_mask.sum(), group))
+        selection = policy_loss.candidate_selection
+        rule_silenced = float(global_sum(silenced.sum(), group))  # what S2T's own rule silences
         if kind == "random":
             rank = torch.distributed.get_rank(group) if group is not None else 0
             seed = policy_loss.random_mask_seed + 1_000_003 * int(valid.sum()) + 7919 * rank
             silenced = random_silence_like(silenced, valid, torch.Generator().manual_seed(seed))
-        num_candidates = float(global_sum(s2t.candidate_mask.sum(), group))
+        elif selection == "all":
+            silenced = s2t.candidate_mask
+        elif selection != "low_entropy":  # as many candidates as S2T silences, chosen otherwise
+            # the same on every rank (one global draw), and different from one mini-batch to the next
+            seed = policy_loss.random_mask_seed + 1_000_003 * int(num_valid) + 7919 * int(num_candidates)
+            silenced = select_candidates(
+                s2t.candidate_mask, entropy, int(rule_silenced), selection, torch.Generator().manual_seed(seed), group
+            )
         num_silenced = float(global_sum(silenced.sum(), group))
         metrics = {
             "s2t/valid_tokens": num_valid,
@@ -159,6 +178,8 @@ def apply_token_mask(
         }
         if s2t.tau_entropy is not None:
             metrics["s2t/tau_entropy"] = s2t.tau_entropy
+        if kind == "s2t" and selection != "low_entropy":  # the ablation's count next to the rule's
+            metrics["s2t/rule_silenced"] = rule_silenced
     else:
         micro_scope = policy_loss.top_entropy_scope == "micro_batch"
         top = top_entropy_keep_mask(
@@ -185,7 +206,8 @@ def apply_token_mask(
     if policy_loss.diagnostics:
         metrics.update({f"token_mask/{key}": value for key, value in groups.items()})
     if dump is not None:
-        dump(silenced, log_prob, entropy, advantages)
+        kept_candidates = s2t.candidate_mask & ~silenced if kind == "s2t" else None
+        dump(silenced, kept_candidates, log_prob, entropy, advantages)
 
     if num_valid > 0 and not bool(global_sum(keep.sum(), group)):
         logger.warning("stapo-verl: the %s mask silenced every token of this mini-batch; no gradient", kind)
@@ -223,11 +245,29 @@ def with_token_mask(loss_fn: Callable) -> Callable:
     return loss_with_token_mask
 
 
+@contextmanager
+def fp32_logits(model: torch.nn.Module):
+    """The model's output logits in fp32 while the block runs (under bf16 mixed precision its
+    output layer computes them in bf16): log p_t, H_t and sum pi^2 then come from an fp32
+    softmax. No-grad passes only: the cast output costs twice the memory of bf16 logits."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise RuntimeError(f"fp32_statistics: {type(model).__name__} has no output embeddings to cast")
+    handle = head.register_forward_hook(lambda module, args, output: output.float())
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
     """verl's ``TrainingWorker`` that applies the STAPO / 20-Entropy mask per mini-batch."""
 
     policy_loss = None  # the actor's policy-loss config, known once verl sets the loss function
     mask_updates = 0  # mini-batches masked so far (for dump_every)
+    # True from the start of a step's update (train_mini_batch) until its first optimizer step:
+    # the weights are still those of the trainer's old-log-prob pass.
+    weights_of_old_pass = False
 
     def __init__(self, config):
         init_process_group_on_cpu()  # no-op unless VERL_PLATFORM=cpu
@@ -245,6 +285,15 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
         self.policy_loss = policy_loss if masked else None  # a later unmasked loss switches the mask off
         super().set_loss_fn(with_token_mask(loss_fn))
 
+    def train_mini_batch(self, data):
+        # verl's v1 trainer runs the old-log-prob pass, then this: the first mini-batch's
+        # `current` statistics are the batch's old ones (its bypass mode leaves no entropy there)
+        self.weights_of_old_pass = True
+        try:
+            return super().train_mini_batch(data)
+        finally:
+            self.weights_of_old_pass = False
+
     def train_batch(self, data):
         if self.policy_loss is not None:
             metrics = apply_token_mask(
@@ -254,9 +303,20 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
                 micro_batch_ids=lambda: self._micro_batch_ids(data),
                 group=self.engine.get_data_parallel_group(),
                 dump=self._silenced_token_dump(data),
+                old_stats_are_current=self.weights_of_old_pass,
             )
             tu.assign_non_tensor(data, **{MASK_METRICS_KEY: metrics})
+        self.weights_of_old_pass = False  # this call steps the optimizer
         return super().train_batch(data)
+
+    def infer_batch(self, data):
+        # Both statistics sources pass here: the trainer's old-log-prob pass (compute_log_prob)
+        # and `current`'s pass. With fp32_statistics, their entropy-computing calls take fp32 logits.
+        fp32 = self.policy_loss is not None and self.policy_loss.fp32_statistics
+        if fp32 and tu.get_non_tensor_data(data=data, key="calculate_entropy", default=False):
+            with fp32_logits(self.engine.module):
+                return super().infer_batch(data)
+        return super().infer_batch(data)
 
     def _current_policy_stats(self, data) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Log-prob, entropy and (for diagnostics) sum pi^2 of pi_theta on this mini-batch, via
@@ -290,8 +350,9 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
         path = os.path.join(config.dump_dir, f"silenced_tokens.rank{rank}.jsonl")
         update = self.mask_updates
 
-        def dump(silenced, log_prob, entropy, advantages):
-            write_silenced_tokens(path, data, silenced, log_prob, entropy, advantages, tokenizer.decode, config, update)
+        def dump(silenced, kept_candidates, log_prob, entropy, advantages):
+            groups = {"silenced": silenced, "kept_candidate": kept_candidates}
+            write_token_dump(path, data, groups, log_prob, entropy, advantages, tokenizer.decode, config, update)
 
         return dump
 
@@ -309,18 +370,22 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
         return micro_batch_ids(probe, self.engine.get_data_parallel_group())
 
 
-def write_silenced_tokens(path, data, silenced, log_prob, entropy, advantages, decode, config, update: int) -> None:
-    """Append up to ``config.dump_max_tokens`` decoded silenced tokens of ``data`` to ``path``."""
+def write_token_dump(path, data, groups, log_prob, entropy, advantages, decode, config, update: int) -> None:
+    """Append up to ``config.dump_max_tokens`` decoded tokens of each group (name -> flat mask or
+    None) of ``data`` to ``path``."""
     responses = data["responses"]
     if responses.is_nested:
         lengths = responses.offsets().diff()
     else:
         lengths = torch.full((responses.shape[0],), responses.shape[1], dtype=torch.long)
-    records = silenced_token_records(
-        _flat(responses).cpu(), lengths.cpu(), silenced.cpu(), log_prob.cpu(), entropy.cpu(), advantages.cpu(),
-        decode, config.dump_context_tokens, config.dump_max_tokens,
-    )  # fmt: skip
-    append_jsonl(path, records, update=update)
+    for group, mask in groups.items():
+        if mask is None:
+            continue
+        records = token_records(
+            _flat(responses).cpu(), lengths.cpu(), mask.cpu(), log_prob.cpu(), entropy.cpu(), advantages.cpu(),
+            decode, config.dump_context_tokens, config.dump_max_tokens,
+        )  # fmt: skip
+        append_jsonl(path, records, update=update, group=group)
 
 
 def micro_batch_ids(data, group=None) -> torch.Tensor:

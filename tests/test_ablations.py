@@ -203,8 +203,14 @@ def test_silenced_token_dump(tmp_path):
     batch = MiniBatch(seed=3, n_seqs=8, vocab=120)
     with mock.patch.object(engine_workers.TrainingWorker, "train_batch", lambda self, data: data):
         masked = [worker.train_batch(batch.tensordict()) for _ in range(3)]
-    lines = [json.loads(line) for line in (tmp_path / "silenced_tokens.rank0.jsonl").read_text().splitlines()]
+    every = [json.loads(line) for line in (tmp_path / "silenced_tokens.rank0.jsonl").read_text().splitlines()]
+    lines = [line for line in every if line["group"] == "silenced"]
+    kept = [line for line in every if line["group"] == "kept_candidate"]
     assert [line["update"] for line in lines] == [1] * 3 + [3] * 3  # updates 1 and 3, 3 tokens each
+    assert [line["update"] for line in kept] == [1] * 3 + [3] * 3
+    assert all(line["advantage"] > 0 and line["prob"] < 0.05 for line in kept)  # candidates
+    # kept candidates are at or above tau_h, silenced ones below it
+    assert min(line["entropy"] for line in kept) > max(line["entropy"] for line in lines[:3])
     silenced = torch.nonzero(~_flat(masked[0]["response_mask"]).bool()).squeeze(1)[:3].tolist()
     response_ids = _flat(masked[0]["responses"])
     starts = torch.cat([torch.zeros(1, dtype=torch.long), batch.response_lens.cumsum(0)])

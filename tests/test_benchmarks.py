@@ -39,3 +39,23 @@ def test_smollm2_task_benchmark_writes_its_rates(smollm2_dir, tmp_path):
     assert record["prompts"] == 2 and record["samples_per_prompt"] == 2
     assert 0.0 <= record["pass_rate_t1"] <= 1.0 and record["response_tokens_mean"] > 0
     assert record["candidate_token_frac"] <= record["low_prob_token_frac"] <= 1.0
+
+
+def test_s2t_study_quick_writes_every_result(smollm2_dir, tmp_path):
+    """The real-model study at toy sizes (one lr, no cost run): every result is in the JSON,
+    the first-mini-batch reuse checked itself against a fresh pass, the summary and figure exist."""
+    out = tmp_path / "study" / "s2t_study.json"
+    result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "s2t_study.py"), "--quick", "--skip-cost",
+                             "--work-dir", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True,
+                            timeout=900, env={**os.environ, "STAPO_SMOLLM2_DIR": smollm2_dir})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    for key in ("fractions", "who", "grad_norm_bound", "old_vs_current", "bf16_vs_fp32", "first_mini_batch_reuse"):
+        assert key in record, key
+    assert set(record["fractions"]) == {"task/T=1.0", "task/T=0.7", "dapo_math_17k/T=1.0", "dapo_math_17k/T=0.7",
+                                        "paper_silenced_frac"}  # fmt: skip
+    reuse = record["first_mini_batch_reuse"]
+    assert reuse["fresh_passes"] == reuse["mini_batches"] - 1
+    assert reuse["first_mini_batch_silenced_reused"] == reuse["first_mini_batch_silenced_fresh"]
+    assert (tmp_path / "study" / "s2t_study" / "README.md").is_file()
+    assert (tmp_path / "study" / "s2t_study" / "silenced_tokens.png").stat().st_size > 10_000

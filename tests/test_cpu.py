@@ -44,7 +44,7 @@ def test_a_process_may_start_by_importing_the_rollout_module():
     out = run_python(
         """
         import stapo_verl.cpu.hf_rollout
-        from stapo_verl.plugin import INSTALL_ERROR
+        from stapo_verl.install_state import INSTALL_ERROR
         from verl.workers.rollout.replica import RolloutReplicaRegistry
         print(INSTALL_ERROR, RolloutReplicaRegistry.get("hf").__name__)
         """,

@@ -18,6 +18,9 @@ from stapo_verl.verl_hook import _flat
 CASES = {
     "stapo": dict(loss_mode="stapo", tau_prob=0.05, stats_source="old"),
     "entropy20": dict(loss_mode="entropy20", top_entropy_ratio=0.2, stats_source="old"),
+    # one global choice among all ranks' candidates, not a per-rank one
+    "stapo_high_entropy": dict(loss_mode="stapo", tau_prob=0.05, stats_source="old", candidate_selection="high_entropy"),
+    "stapo_random": dict(loss_mode="stapo", tau_prob=0.05, stats_source="old", candidate_selection="random"),
 }
 N_SEQS, WORLD = 8, 2
 

@@ -109,37 +109,37 @@ def test_stapo_trains_two_steps_checkpoints_and_resumes_at_step_3(tiny_dir, tmp_
         assert json.load(f)["benchmarks"]["aime24"]["k"] == 2
 
 
-def test_grpo_trains_two_steps_without_a_token_mask(tiny_dir, tmp_path):
-    train("grpo", tiny_dir, tmp_path, 2)
-    rows = training_rows(tmp_path / "logs" / "stapo" / "grpo_tiny_cpu.jsonl")
-    assert_trained(rows, [1, 2])
-    for row in rows:
-        assert not any(key.startswith(("actor/s2t/", "actor/token_mask/")) for key in row)
-        assert math.isfinite(row["actor/kl_loss"])  # GRPO's KL term: the reference model ran
-    assert_checkpoint(tmp_path, "grpo_tiny_cpu", 2)
-
-
-@pytest.mark.parametrize("method", ["entropy20", "justrl"])
-def test_the_other_methods_train_one_step(method, tiny_dir, tmp_path):
-    train(method, tiny_dir, tmp_path, 1, "trainer.val_before_train=false")
-    (row,) = training_rows(tmp_path / "logs" / "stapo" / f"{method}_tiny_cpu.jsonl")
-    assert_trained([row], [1])
-    if method == "entropy20":  # the top-20% entropy mask silences most tokens
-        silenced, kept = row["actor/token_mask/silenced/tokens"], row["actor/token_mask/kept/tokens"]
-        assert silenced > kept > 0
-    else:
-        assert not any(key.startswith("actor/token_mask/") for key in row)
-
-
 def test_stapo_on_smollm2_silences_tokens_at_the_papers_thresholds(smollm2_dir, tmp_path):
     """The real model at tau_p = 0.002, q = 0.75 (the preset leaves them as the paper has them)."""
     train("stapo", smollm2_dir, tmp_path, 2, "trainer.val_before_train=false", "trainer.test_freq=-1",
           model="smollm2_135m")  # fmt: skip
     rows = training_rows(tmp_path / "logs" / "stapo" / "stapo_smollm2_135m.jsonl")
     assert_trained(rows, [1, 2])
-    for row in rows:  # per mini-batch values, averaged over the step's 2 mini-batches
+    for row in rows:  # counts over the step's one mini-batch (all 24 responses)
         assert row["actor/s2t/candidates"] > 0
-        assert 0 < row["actor/s2t/silenced"] < row["actor/s2t/candidates"]
-        # silenced tokens are candidates: their mean probability is below tau_p
-        assert row["actor/s2t/silenced_prob_mean"] < 0.002
-        assert 0 < row["actor/s2t/silenced_frac"] < 0.1
+        # the highest-entropy candidate is at or above the 75th percentile: never silenced. A
+        # step may silence none (one candidate, or tied entropies from repeated samples: a CI
+        # run had such a step), so silencing is asserted over the run.
+        assert 0 <= row["actor/s2t/silenced"] < row["actor/s2t/candidates"]
+        assert row["actor/s2t/silenced_frac"] < 0.1
+        if row["actor/s2t/silenced"] > 0:  # silenced tokens are candidates: p below tau_p
+            assert row["actor/s2t/silenced_prob_mean"] < 0.002
+    assert sum(row["actor/s2t/silenced"] for row in rows) > 0
+
+
+@pytest.mark.parametrize("selection", ["high_entropy", "random", "all"])
+def test_candidate_selection_ablations_train_a_step_on_smollm2(selection, smollm2_dir, tmp_path):
+    """The paper's masking ablations (ablation=candidates_*) in the real trainer: one step each,
+    silencing as many candidates as the S2T rule would (all: every candidate)."""
+    # 4 prompts x 4 rollouts (two thirds of the preset's step) and tau_p = 0.05: ~30 candidates
+    # (none only if all 4 groups agree on their reward: ~0.3%)
+    train("stapo", smollm2_dir, tmp_path, 1, f"ablation=candidates_{selection}", "trainer.val_before_train=false",
+          "trainer.test_freq=-1", "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+          "actor_rollout_ref.actor.policy_loss.tau_prob=0.05", model="smollm2_135m")  # fmt: skip
+    name = f"stapo_smollm2_135m_{selection}_q{'na' if selection == 'all' else '0.75'}_tp0.05_seed42"
+    (row,) = training_rows(tmp_path / "logs" / "stapo" / f"{name}.jsonl")
+    assert_trained([row], [1])
+    candidates, silenced = row["actor/s2t/candidates"], row["actor/s2t/silenced"]
+    assert candidates > 0
+    # the selection ran (it logs the S2T rule's count next to its own) and kept the count
+    assert silenced == (candidates if selection == "all" else row["actor/s2t/rule_silenced"])

@@ -249,6 +249,54 @@ def test_worker_applies_mask_before_verls_train_batch():
     assert torch.equal(_flat(data["loss_mask"]), _flat(data["response_mask"]))
 
 
+def test_current_source_reuses_the_old_pass_on_a_steps_first_mini_batch():
+    """stats_source=current: the first update of a step (verl's train_mini_batch loop) reads the
+    old-log-prob pass's statistics, which are pi_theta's then; later updates, and a train_batch
+    outside a step, run a fresh pass."""
+    import verl.workers.engine_workers as engine_workers
+
+    batch = MiniBatch(seed=3, n_seqs=8)
+
+    def step_batch():  # an old pass whose entropies rank the tokens the other way round
+        data = batch.tensordict()
+        data["entropy"] = 3.0 - data["entropy"]
+        return data
+
+    expected = {}
+    for source, config in (("old", actor_config("stapo", tau_prob=0.05, stats_source="old").policy_loss),
+                           ("current", actor_config("stapo", tau_prob=0.05).policy_loss)):  # fmt: skip
+        data = step_batch()
+        apply_token_mask(data, config, current_stats=batch.current_stats)
+        expected[source] = _flat(data["response_mask"])
+    assert not torch.equal(expected["old"], expected["current"])  # the two sources differ here
+
+    worker = TokenMaskTrainingWorker.__new__(TokenMaskTrainingWorker)
+    worker.engine = mock.Mock(get_data_parallel_group=lambda: None)
+    with mock.patch.object(engine_workers.TrainingWorker, "set_loss_fn"):
+        worker.set_loss_fn(partial(engine_workers.ppo_loss, config=actor_config("stapo", tau_prob=0.05)))
+    fresh_passes, trained = [], []
+
+    def fresh_pass(self, data):
+        fresh_passes.append(len(data))
+        return batch.current_stats()
+
+    def verls_loop(self, data):  # TrainingWorker.train_mini_batch: train_batch per mini-batch
+        for _ in range(3):
+            self.train_batch(step_batch())
+
+    with (
+        mock.patch.object(engine_workers.TrainingWorker, "train_mini_batch", verls_loop),
+        mock.patch.object(engine_workers.TrainingWorker, "train_batch", lambda self, data: trained.append(data)),
+        mock.patch.object(TokenMaskTrainingWorker, "_current_policy_stats", fresh_pass),
+    ):
+        worker.train_mini_batch(step_batch())
+        worker.train_batch(step_batch())  # no step around it: the weights may have moved
+    assert len(fresh_passes) == 3  # mini-batches 2 and 3, and the lone call
+    masks = [_flat(data["response_mask"]) for data in trained]
+    assert torch.equal(masks[0], expected["old"])
+    assert all(torch.equal(mask, expected["current"]) for mask in masks[1:])
+
+
 def test_worker_rejects_untyped_policy_loss_config():
     import verl.workers.engine_workers as engine_workers
     from verl.workers.config import PolicyLossConfig
@@ -280,3 +328,44 @@ def test_current_stats_come_from_verls_log_prob_pass():
     assert calls == [True] and "calculate_entropy" not in data.keys() and sum_pi_squared is None
     assert torch.equal(log_prob, batch.current_stats()[0])
     assert torch.equal(entropy, torch.cat([batch.response_values(entropy_full, i) for i in range(3)]))
+
+
+def test_fp32_statistics_give_both_sources_passes_fp32_logits():
+    """Under bf16 the output layer computes bf16 logits; with fp32_statistics=true the
+    worker's entropy-computing passes (the old-log-prob pass and `current`'s) see fp32 logits,
+    so log p and H come from an fp32 softmax; the training forward is left alone."""
+    import verl.workers.engine_workers as engine_workers
+    from transformers import Qwen3ForCausalLM
+    from verl.utils.torch_functional import entropy_from_logits
+
+    from stapo_verl.tiny import byte_tokenizer, tiny_qwen3_config
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(tiny_qwen3_config(byte_tokenizer())).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 250, (2, 12))
+    worker = TokenMaskTrainingWorker.__new__(TokenMaskTrainingWorker)
+    worker.engine = mock.Mock(module=model, get_data_parallel_group=lambda: None)
+
+    def verls_infer_batch(self, data):  # what the engine's forward hands to verl's statistics
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    def logits_seen(calculate_entropy, **policy_loss):
+        with mock.patch.object(engine_workers.TrainingWorker, "set_loss_fn"):
+            worker.set_loss_fn(partial(engine_workers.ppo_loss, config=actor_config(**policy_loss)))
+        data = MiniBatch(seed=1, n_seqs=2).tensordict()
+        tu.assign_non_tensor(data, calculate_entropy=calculate_entropy)
+        with mock.patch.object(engine_workers.TrainingWorker, "infer_batch", verls_infer_batch):
+            return worker.infer_batch(data)
+
+    fp32 = logits_seen(True, loss_mode="stapo", fp32_statistics=True)
+    bf16 = logits_seen(True, loss_mode="stapo")  # the default: off
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    assert torch.equal(fp32, bf16.float())  # the same logits, kept in fp32 for the softmax
+    assert logits_seen(False, loss_mode="stapo", fp32_statistics=True).dtype == torch.bfloat16  # no statistics
+    assert logits_seen(True, loss_mode="vanilla").dtype == torch.bfloat16  # GRPO / JustRL untouched
+    assert model.get_output_embeddings()._forward_hooks == {}  # the cast is removed afterwards
+    # what it changes: verl's entropy from bf16 logits is off by up to ~1e-2 nats here
+    exact = entropy_from_logits(bf16.double())
+    assert (entropy_from_logits(fp32).double() - exact).abs().max() < 1e-5
+    assert (entropy_from_logits(bf16).double() - exact).abs().max() > 1e-3

@@ -48,8 +48,9 @@ def test_failed_install_is_logged_at_error_level():
         "import verl.workers.engine_workers as ew\n"
         "class OtherWorker(ew.TrainingWorker): pass\n"
         "ew.ActorRolloutRefWorker.actor_worker_cls = OtherWorker\n"
-        "import stapo_verl.plugin as plugin\n"
-        "print('install error:', plugin.INSTALL_ERROR)\n",
+        "import stapo_verl.plugin\n"
+        "from stapo_verl import install_state\n"
+        "print('install error:', install_state.INSTALL_ERROR)\n",
         VERL_USE_EXTERNAL_PLUGINS="none",
     )
     assert result.returncode == 0, result.stderr
@@ -58,10 +59,53 @@ def test_failed_install_is_logged_at_error_level():
 
 
 def test_failed_install_fails_config_validation(monkeypatch):
-    from stapo_verl import plugin
+    from stapo_verl import install_state
     from stapo_verl.config import TokenMaskPolicyLossConfig
 
-    monkeypatch.setattr(plugin, "INSTALL_ERROR", ImportError("boom"))
+    monkeypatch.setattr(install_state, "INSTALL_ERROR", ImportError("boom"))
     with pytest.raises(RuntimeError, match="failed to install into verl: ImportError"):
         TokenMaskPolicyLossConfig(loss_mode="stapo")
     TokenMaskPolicyLossConfig(loss_mode="vanilla")  # other modes do not need the plugin
+
+
+def stapo_import_graph() -> dict[str, set[str]]:
+    """Module -> the stapo_verl modules it imports (at module level or inside functions)."""
+    import ast
+
+    root = os.path.join(os.path.dirname(__file__), "..", "stapo_verl")
+    files = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            if name.endswith(".py"):
+                path = os.path.join(directory, name)
+                module = "stapo_verl." + os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+                files[module.removesuffix(".__init__")] = path
+    graph = {}
+    for module, path in files.items():
+        targets = set()
+        with open(path) as f:
+            for node in ast.walk(ast.parse(f.read())):
+                if isinstance(node, ast.Import):
+                    targets |= {alias.name for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    targets |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[module] = {t for t in targets if t in files and t != module}
+    return graph
+
+
+def test_no_import_cycles_in_the_package():
+    graph = stapo_import_graph()
+    assert "stapo_verl.verl_hook" in graph["stapo_verl.plugin"]  # the graph sees the imports
+    state = {}  # module -> "open" while on the DFS path, "done" after
+
+    def visit(module, path):
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            assert state.get(target) != "open", "import cycle: " + " -> ".join(path + [target])
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

@@ -138,6 +138,11 @@ def test_training_plots_are_nonempty_images(tmp_path):
         image = np.asarray(Image.open(out / f"{name}.png").convert("L"), dtype=float)
         assert image.shape[0] > 200 and image.shape[1] > 300
         assert image.std() > 5  # not a blank canvas
+    summary = {row["run"]: row for row in read_csv(out / "training.csv")}
+    assert summary["stapo_qwen3_1.7b"]["steps"] == "6"
+    assert summary["stapo_qwen3_1.7b"]["entropy (first, last)"] == f"{0.6:.3f}, {0.5 / 6 + 0.1:.3f}"
+    assert summary["stapo_qwen3_1.7b"]["silenced fraction (mean)"] == f"{100 * np.mean([s / 1000 for s in range(1, 7)]):.3f}%"
+    assert summary["grpo_qwen3_1.7b"]["val accuracy % (first, last)"] == f"{100 * 0.1:.1f}, {100 * 0.3:.1f}"
     rows = read_metrics(logs[0])
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert "silenced" in format_summary(rows) and "val_acc" in format_summary(rows)
