@@ -201,7 +201,7 @@ class PeakRss:
 
         import psutil
 
-        self.process, self.start, self.peak = psutil.Process(), 0, 0
+        self.process = psutil.Process()
         self.start = self.peak = self.process.memory_info().rss
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
@@ -249,8 +249,9 @@ def main():
         from stapo_verl.cli import cpu_model_dir
         from stapo_verl.smollm2 import prepare_smollm2
 
-        prepare_smollm2(cpu_model_dir("smollm2_135m"))
-        model_dir = os.path.join(cpu_model_dir("smollm2_135m"), "model")
+        files = cpu_model_dir("smollm2_135m")
+        prepare_smollm2(files)
+        model_dir = os.path.join(files, "model")
     else:
         model_dir = tempfile.mkdtemp(prefix="stapo_actor_step_")
         make_model_dir(model_dir, args.tiny, device)

@@ -92,10 +92,10 @@ def test_every_selection_inside_verls_update(q):
     assert all(metrics[s]["s2t/rule_silenced"] == count for s in ("high_entropy", "random", "all"))
 
 
-def test_random_selection_differs_across_mini_batches_and_seeds():
+def test_random_selection_is_reproducible_and_changes_with_the_seed():
     masks = []
-    for seed, random_mask_seed in ((3, 0), (4, 0), (3, 1)):
-        batch = MiniBatch(seed=seed, n_seqs=8)
+    for random_mask_seed in (0, 1):
+        batch = MiniBatch(seed=3, n_seqs=8)
         config = actor_config("stapo", tau_prob=0.05, stats_source="old", candidate_selection="random",
                               random_mask_seed=random_mask_seed)  # fmt: skip
         data, _ = run_minibatch(batch, config, micro_batch_size=2)
@@ -103,7 +103,7 @@ def test_random_selection_differs_across_mini_batches_and_seeds():
     again, _ = run_minibatch(MiniBatch(seed=3, n_seqs=8), actor_config(
         "stapo", tau_prob=0.05, stats_source="old", candidate_selection="random"), micro_batch_size=2)  # fmt: skip
     assert torch.equal(~_flat(again["response_mask"]).bool(), masks[0])  # reproducible
-    assert not torch.equal(masks[0], masks[2])  # another seed, another draw
+    assert not torch.equal(masks[0], masks[1])  # another seed, another draw
 
 
 @pytest.mark.parametrize("bad", [{"candidate_selection": "lowest"}, {"candidate_selection": "random", "token_mask": "random"}])
