@@ -415,11 +415,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes: the plumbing only (tests)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "s2t_study.json"))
     parser.add_argument("--work-dir", default=os.path.expanduser("~/.cache/stapo-verl/s2t_study"))
-    parser.add_argument(
-        "--dapo",
-        default=os.environ.get("STAPO_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
-        + "/dapo_math_17k.parquet",
-    )
+    parser.add_argument("--dapo", help="DAPO-Math-17k's original parquet (default: $STAPO_FULL_DATA_DIR/dapo_math_17k.parquet)")
     parser.add_argument("--skip-cost", action="store_true", help="leave out item 6 (actor_step.py --smollm2)")
     parser.add_argument("--fresh", action="store_true", help="redo the rollouts and engine runs cached in --work-dir")
     # subprocess modes
@@ -439,6 +435,10 @@ def main():
         return engine_run(args)
     if args.reuse:
         return reuse_run(args)
+    if args.dapo is None:
+        if not os.environ.get("STAPO_FULL_DATA_DIR"):
+            parser.error("give --dapo PATH (DAPO-Math-17k's parquet) or set STAPO_FULL_DATA_DIR to the folder holding it")
+        args.dapo = os.path.join(os.environ["STAPO_FULL_DATA_DIR"], "dapo_math_17k.parquet")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

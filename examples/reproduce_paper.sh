@@ -5,8 +5,8 @@
 # Default: prints the plan (every command, the number of runs and the paper's reported cost)
 #   and runs nothing. --run executes it, step by step, stopping at the first failure.
 # Needs: (with --run) a GPU cluster with verl's GPU stack (pip install -e '.[gpu]'), vLLM for eval,
-#   Qwen3 Base weights reachable by their hub names, ../shared/data or DATA_SRC with the parquet
-#   files. The paper: 64 H20 GPUs, 5-7 days per training run.
+#   Qwen3 Base weights reachable by their hub names, DATA_SRC (default $STAPO_FULL_DATA_DIR, else
+#   data/) with the original parquet files (tests/fixtures/math/SOURCES.md names them). The paper: 64 H20 GPUs, 5-7 days per training run.
 # Writes: $WORK/data, $WORK/checkpoints, $WORK/hf, $WORK/evals, $WORK/report, logs/.
 # Overridable: SEEDS (default "0 1 2"), SIZES ("1.7b 8b 14b"), METHODS ("stapo justrl grpo
 #   entropy20"), NNODES, GPUS_PER_NODE, WORK (default outputs/reproduce), DATA_SRC, PYTHON.
@@ -21,7 +21,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-python3}
 seeds=(${SEEDS:-0 1 2}) sizes=(${SIZES:-1.7b 8b 14b}) methods=(${METHODS:-stapo justrl grpo entropy20})
 work=${WORK:-outputs/reproduce}
-data_src=${DATA_SRC:-$here/../../shared/data}
+data_src=${DATA_SRC:-${STAPO_FULL_DATA_DIR:-data}}
 runs=$(( ${#methods[@]} * ${#sizes[@]} * ${#seeds[@]} ))
 
 step() {  # print a command; with --run, run it

@@ -135,6 +135,22 @@ def prepare_cpu_model(model: str, directory: str, source: str | None = None) -> 
     return f"SmolLM2-135M-Instruct, {built['parameters']:,} parameters (from {built['weights_from']})"
 
 
+def check_and_prepare(method: str, model: str, overrides: list[str], files_dir: str) -> str:
+    check_config(method, model, overrides)
+    return prepare_cpu_model(model, files_dir)
+
+
+def in_child_process(function, *args):
+    """``function(*args)`` in a fresh interpreter: its result, or its exception raised here.
+    The demo checks its config and makes its model this way so that verl, torch and
+    transformers stay out of the CLI process, which then only waits for main_ppo (~0.4 GB)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
 def train_env(model: str, env: dict | None = None) -> dict:
     """The environment for main_ppo: the CPU presets run verl on the ``cpu`` platform."""
     env = dict(os.environ if env is None else env)
@@ -183,12 +199,11 @@ def demo(method: str, model: str, steps: int, out_dir: str, overrides: list[str]
     # a fresh run each time (verl would resume from the last demo's checkpoint); overridable
     overrides = [f"trainer.total_training_steps={steps}", "trainer.resume_mode=disable", *overrides]
     command = train_command(method, model, overrides)
-    check_config(method, model, overrides)
     out_dir = os.path.abspath(out_dir)
     files_dir = cpu_model_dir(model)
     started = time.time()
     print(f"stapo-verl demo: {method} on {model}, {steps} steps on CPU; model and data in {files_dir}", flush=True)
-    print(f"  {prepare_cpu_model(model, files_dir)}", flush=True)
+    print(f"  {in_child_process(check_and_prepare, method, model, overrides, files_dir)}", flush=True)
     run_name = f"{method}_{model}"
     metrics_path = os.path.join(out_dir, "logs", f"{run_name}.jsonl")
     output_path = os.path.join(out_dir, "logs", f"{run_name}.log")
@@ -205,9 +220,13 @@ def demo(method: str, model: str, steps: int, out_dir: str, overrides: list[str]
         returncode = run_with_progress(command, env, output_path, metrics_path, steps)
     if returncode != 0:
         if not verbose and returncode != 130:
+            from stapo_verl.runlog import ray_oom_kill
+
             print(tail(output_path, 40), end="", file=sys.stderr)
-            print(f"stapo-verl demo: main_ppo failed (exit {returncode}); the last lines of {output_path} are above",
-                  file=sys.stderr)  # fmt: skip
+            with open(output_path, errors="replace") as f:
+                oom = ray_oom_kill(f.read())
+            reason = f"{oom}; verl's output: {output_path}" if oom else f"main_ppo failed (exit {returncode}); the last lines of {output_path} are above"
+            print(f"stapo-verl demo: {reason}", file=sys.stderr)
         return returncode
     rows = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
     if not any("actor/pg_loss" in row for row in rows):

@@ -65,9 +65,9 @@ def sample(
     )
     new_tokens = out.sequences[:, width:]
     token_log_probs = None
-    if log_probs:  # raw model distribution, before temperature / top-p
-        all_log_probs = torch.stack(out.logits, dim=1).float().log_softmax(-1)
-        token_log_probs = all_log_probs.gather(-1, new_tokens[:, : all_log_probs.shape[1], None]).squeeze(-1)
+    if log_probs:  # raw model distribution, before temperature / top-p; one step at a time (memory)
+        token_log_probs = torch.cat([step.float().log_softmax(-1).gather(-1, new_tokens[:, t, None])
+                                     for t, step in enumerate(out.logits)], dim=1)  # fmt: skip
     results = []
     for row in range(len(prompts)):
         token_ids, stopped = cut_at_eos(new_tokens[row].tolist(), eos_ids)

@@ -12,10 +12,11 @@ HOOK_WORKER = "stapo_verl.verl_hook.TokenMaskTrainingWorker"
 
 def require_installed() -> None:
     """Raise if stapo-verl is not installed into verl (with the original error as the cause)."""
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+    from verl.workers import engine_workers  # its first import installs the worker hook (stapo_verl.plugin)
+
     if INSTALL_ERROR is not None:
         raise RuntimeError(f"stapo-verl failed to install into verl: {INSTALL_ERROR!r}") from INSTALL_ERROR
-    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
-    from verl.workers import engine_workers
 
     missing = [name for name in ("stapo", "entropy20") if name not in POLICY_LOSS_REGISTRY]
     worker = engine_workers.ActorRolloutRefWorker.actor_worker_cls

@@ -1,20 +1,63 @@
 """verl plugin entry point: ``import verl`` imports this module in every process.
 
-Importing :mod:`stapo_verl.losses` registers the ``stapo`` and ``entropy20`` policy losses;
-importing :mod:`stapo_verl.verl_hook` installs the mini-batch token-mask hook as the actor's inner
-worker class; :mod:`stapo_verl.cpu` adds the ``cpu`` platform and the ``hf`` rollout
-backend. verl logs a plugin's import error at DEBUG level only, so a failure is logged at
-ERROR level here and kept in :mod:`stapo_verl.install_state`, whose ``require_installed``
-re-raises it wherever a STAPO config is built (driver and workers) and in ``stapo-verl check``.
+Importing :mod:`stapo_verl.losses` registers the ``stapo`` and ``entropy20`` policy losses, and
+:mod:`stapo_verl.cpu` adds the ``cpu`` platform and the ``hf`` rollout backend's name. The actor's
+token-mask hook (:mod:`stapo_verl.verl_hook`) and the CPU engine are installed when verl's
+``verl.workers.engine_workers`` is imported, in the processes that build training workers: that
+module pulls in verl's engines, ~140 MB in each of the run's ~8 other Ray processes.
+verl logs a plugin's import error at DEBUG level only, so a failure is logged at ERROR level
+here and kept in :mod:`stapo_verl.install_state`, whose ``require_installed`` re-raises it
+wherever a STAPO config is built (driver and workers) and in ``stapo-verl check``.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import logging
+import sys
 
 from stapo_verl import install_state
 
 logger = logging.getLogger("stapo_verl")
+WORKERS_MODULE = "verl.workers.engine_workers"
+
+
+def _failed(exc: BaseException) -> None:  # keep verl importable, but make the failure visible
+    install_state.INSTALL_ERROR = exc
+    logger.error("stapo-verl: failed to install into verl: %r", exc)
+
+
+def install_into_workers() -> None:
+    """The token-mask hook as the actor's inner worker; the CPU engine when VERL_PLATFORM=cpu."""
+    try:
+        import stapo_verl.verl_hook  # noqa: F401  (installs the hook on import)
+        from stapo_verl.cpu.registration import register_engine
+
+        register_engine()
+    except Exception as exc:
+        _failed(exc)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs :func:`install_into_workers` right after verl has executed ``WORKERS_MODULE``."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != WORKERS_MODULE:
+            return None
+        sys.meta_path.remove(self)  # once; the other finders locate verl's module
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_install(module):
+            exec_module(module)
+            install_into_workers()
+
+        spec.loader.exec_module = exec_then_install
+        return spec
+
 
 try:
     # Plain imports: when one of these modules is what triggered `import verl`, it is still
@@ -23,10 +66,12 @@ try:
     # already use it when VERL_PLATFORM=cpu.
     import stapo_verl.cpu.platform  # noqa: F401
     import stapo_verl.losses  # noqa: F401
-    import stapo_verl.verl_hook  # noqa: F401
-    from stapo_verl.cpu.registration import register as register_cpu_backends
+    from stapo_verl.cpu.registration import register_rollout
 
-    register_cpu_backends()
-except Exception as exc:  # keep `import verl` working, but make the failure visible
-    install_state.INSTALL_ERROR = exc
-    logger.error("stapo-verl: failed to install into verl: %r", exc)
+    register_rollout()
+except Exception as exc:
+    _failed(exc)
+if WORKERS_MODULE in sys.modules:
+    install_into_workers()
+elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _AfterImport())

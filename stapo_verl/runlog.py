@@ -1,10 +1,11 @@
 """Reading JSONL files, verl's training logs above all: the ``file`` logger's JSONL (one
-``{"step", "data"}`` per line)."""
+``{"step", "data"}`` per line); and, in verl's text output, a worker that Ray killed for memory."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Iterable, Iterator, Optional
 
 # The columns people look at first, in the order they read them (name in the log -> short label).
@@ -128,3 +129,25 @@ def progress_line(row: dict, total_steps: int, elapsed_s: float) -> str:
     cells = [f"{label} {row[key]:.4g}" for key, label in labels.items() if isinstance(row[key], (int, float))]
     head = f"step {row['step']}/{total_steps}" if row["step"] > 0 else "before training"
     return f"  {head}  " + "  ".join(cells) + f"  [{elapsed_s:.0f} s]"
+
+
+# Ray's memory monitor (ray 2.60) when it kills a worker; the text reaches verl's output in the
+# driver's traceback and in Ray's "Ray killed ... Selected to kill: (...)" report.
+_RAY_OOM = re.compile(r"(\d+) worker\(s\) were killed due to the node running low on memory")
+_RAY_OOM_NODE = re.compile(r"Memory on the node \([^)]*\) was ([\d.]+)GB used / ([\d.]+)GB limit")
+_RAY_OOM_WORKER = re.compile(r"Selected to kill: .*?task name=([^,]+), .*?pid=(\d+), actual memory used=([\d.]+)GB")
+MEMORY_KNOBS = ("actor_rollout_ref.actor.ppo_max_token_len_per_gpu",
+                "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu")  # fmt: skip
+
+
+def ray_oom_kill(log_text: str) -> Optional[str]:
+    """One line saying that Ray killed a worker for memory (which, how much the machine had, the
+    knobs to turn), or None when the log shows no such kill."""
+    if not _RAY_OOM.search(log_text):
+        return None
+    worker = _RAY_OOM_WORKER.search(log_text)
+    node = _RAY_OOM_NODE.search(log_text)
+    who = f"{worker.group(1)} (pid {worker.group(2)}, {worker.group(3)} GB)" if worker else "a worker"
+    machine = f" with {node.group(1)} of the machine's {node.group(2)} GB in use" if node else ""
+    return (f"Ray killed {who} for memory{machine}: run one training job at a time, or lower the "
+            f"micro-batch token budgets ({' and '.join(f'{k}=N' for k in MEMORY_KNOBS)})")

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+from test_data import fixture_file
+
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
@@ -46,7 +48,7 @@ def test_s2t_study_quick_writes_every_result(smollm2_dir, tmp_path):
     the first-mini-batch reuse checked itself against a fresh pass, the summary and figure exist."""
     out = tmp_path / "study" / "s2t_study.json"
     result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "s2t_study.py"), "--quick", "--skip-cost",
-                             "--work-dir", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True,
+                             "--dapo", fixture_file("dapo_math_17k"), "--work-dir", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True,
                             timeout=900, env={**os.environ, "STAPO_SMOLLM2_DIR": smollm2_dir})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
@@ -59,3 +61,22 @@ def test_s2t_study_quick_writes_every_result(smollm2_dir, tmp_path):
     assert reuse["first_mini_batch_silenced_reused"] == reuse["first_mini_batch_silenced_fresh"]
     assert (tmp_path / "study" / "s2t_study" / "README.md").is_file()
     assert (tmp_path / "study" / "s2t_study" / "silenced_tokens.png").stat().st_size > 10_000
+
+
+def test_demo_memory_measures_every_process_of_the_tree(tmp_path):
+    """A parent that starts a child holding 300 MiB: the child is in the breakdown with its
+    memory, and the tree's peak covers it."""
+    child = "import time; x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(2)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    out = tmp_path / "memory.json"
+    result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "demo_memory.py"), "--interval", "0.1",
+                             "--out", str(out), "--", sys.executable, "-c", parent], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    assert record["exit_code"] == 0 and record["command"][-2] == "-c"
+    at_peak = record["processes_at_tree_pss_peak"]
+    assert len(at_peak) == 2 and at_peak[0]["name"].startswith("python -c import time")
+    assert at_peak[0]["pss_gib"] >= 0.29 and at_peak[0]["rss_gib"] >= at_peak[0]["pss_gib"]
+    assert record["tree_pss_peak_gib"] >= 0.29  # (the machine-wide figure moves with everything else running)
+    assert "process tree" in result.stdout

@@ -102,6 +102,43 @@ def test_weight_sync_loads_every_weight_or_fails(tiny_model):
         server.update_weights(state)
 
 
+def test_weight_sync_streams_buckets_to_the_server(tiny_model, monkeypatch):
+    """The adapter never builds a whole state dict: it ships buckets of about
+    WEIGHT_BUCKET_BYTES, then one finish call that checks every weight arrived."""
+    import ray
+
+    from stapo_verl.cpu import hf_rollout
+
+    server = make_server(tiny_model)
+    calls = []
+
+    class Remote:  # what ray.get_actor returns: method.remote(...) is awaitable
+        def __getattr__(self, method):
+            async def call(*args):
+                calls.append((method, args))
+                return getattr(server, method)(*args)
+
+            return SimpleNamespace(remote=call)
+
+    monkeypatch.setattr(ray, "get_actor", lambda name: Remote())
+    monkeypatch.setattr(hf_rollout, "WEIGHT_BUCKET_BYTES", 4096)
+    adapter = object.__new__(hf_rollout.HFServerAdapter)
+    adapter.is_leader, adapter.replica_rank = True, 0
+    new_weights = {k: torch.full_like(v, 0.5) for k, v in server.model.state_dict().items()}
+    largest = max(v.numel() * v.element_size() for v in new_weights.values())
+    asyncio.run(adapter.update_weights(iter(new_weights.items()), global_steps=3))
+    buckets = [args[0] for method, args in calls if method == "load_weights"]
+    assert len(buckets) > 2 and calls[-1] == ("finish_weight_update", (3,))
+    assert all(sum(v.numel() * v.element_size() for v in b.values()) < 4096 + largest for b in buckets)
+    assert sorted(k for b in buckets for k in b) == sorted(new_weights)
+    assert all(torch.all(v == 0.5) for v in server.model.state_dict().values()) and server.global_steps == 3
+    server.load_weights({"model.norm.weight": new_weights["model.norm.weight"]})  # a sync cut short
+    with pytest.raises(RuntimeError, match="missing keys"):
+        server.finish_weight_update(4)
+    with pytest.raises(RuntimeError, match="unexpected keys \\['nope'\\]"):
+        server.load_weights({"nope": torch.zeros(1)})
+
+
 def test_media_requests_are_refused(tiny_model):
     server = make_server(tiny_model)
     with pytest.raises(ValueError, match="text only"):

@@ -1,4 +1,7 @@
-"""The preprocess CLI: shared/data files -> verl parquet, read back by verl's RLHFDataset."""
+"""The preprocess CLI: the original data files -> verl parquet, read back by verl's RLHFDataset.
+
+Every test runs on the committed fixtures (tests/fixtures/math); the "full" variants run on the
+original files when $STAPO_FULL_DATA_DIR names a folder holding them, and skip otherwise."""
 
 import json
 import os
@@ -10,27 +13,50 @@ import pytest
 
 from stapo_verl.data import TEMPLATES, BadRowError, clean_ground_truth, convert_file, repair_latex_escapes
 
-SHARED_DATA = os.environ.get(
-    "STAPO_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-)
+FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "math")
+FULL_DATA_VARIABLE = "STAPO_FULL_DATA_DIR"
 BENCHMARKS = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minerva": 272, "olympiadbench": 674}
+FULL_ROWS = {**BENCHMARKS, "dapo_math_17k": 17917}
+# the committed fixtures: a few rows of each file, quirks kept (tests/fixtures/math/SOURCES.md)
+FIXTURE_ROWS = {"aime24": 4, "aime25": 5, "amc23": 4, "math500": 7, "minerva": 5, "olympiadbench": 5, "dapo_math_17k": 10}
+REPAIRED_ROWS = {"fixtures": (3, 2), "full": (3, 643)}  # (aime25, dapo_math_17k) rows with LaTeX escape damage
 
 
-def shared(name: str) -> str:
-    path = os.path.join(SHARED_DATA, name)
+def fixture_file(name: str) -> str:
+    return os.path.join(FIXTURE_DIR, f"{name}.parquet")
+
+
+def full_data_file(name: str) -> str:
+    """An original data file from $STAPO_FULL_DATA_DIR; the test skips, saying so, when it is unset."""
+    root = os.environ.get(FULL_DATA_VARIABLE)
+    if not root:
+        pytest.skip(f"needs the full {name}.parquet: set {FULL_DATA_VARIABLE} to a folder holding the original "
+                    "files (tests/fixtures/math/SOURCES.md names them)")  # fmt: skip
+    path = os.path.join(root, f"{name}.parquet")
     if not os.path.exists(path):
-        pytest.fail(f"shared data not found at {path} (set STAPO_SHARED_DATA)")
+        pytest.fail(f"{FULL_DATA_VARIABLE}={root} has no {name}.parquet")
     return path
 
 
-def test_cli_converts_the_six_benchmarks(tmp_path):
-    inputs = [shared(f"{name}.parquet") for name in BENCHMARKS]
+def data_file(which: str, name: str) -> str:
+    """``which``: "fixtures" (committed, always there) or "full" (the original files, if given)."""
+    return full_data_file(name) if which == "full" else fixture_file(name)
+
+
+def expected_rows(which: str, name: str) -> int:
+    return (FULL_ROWS if which == "full" else FIXTURE_ROWS)[name]
+
+
+@pytest.mark.parametrize("which", ["fixtures", "full"])
+def test_cli_converts_the_six_benchmarks(which, tmp_path):
+    inputs = [data_file(which, name) for name in BENCHMARKS]
     result = subprocess.run(
         [sys.executable, "-m", "stapo_verl.data", *inputs, "--split", "test", "--out-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for name, rows in BENCHMARKS.items():
+    for name in BENCHMARKS:
+        rows = expected_rows(which, name)
         frame = pd.read_parquet(tmp_path / f"{name}.parquet")
         assert len(frame) == rows and f"{name}.parquet: {rows} rows" in result.stdout
         assert frame.extra_info.map(lambda e: e["id"]).is_unique
@@ -38,27 +64,36 @@ def test_cli_converts_the_six_benchmarks(tmp_path):
     aime24 = pd.read_parquet(tmp_path / "aime24.parquet")
     assert aime24.reward_model[0]["ground_truth"] == "204"  # stored as \boxed{204} upstream
     aime25 = pd.read_parquet(tmp_path / "aime25.parquet")
-    assert "\\frac{\\log_k" in aime25.prompt[18][0]["content"]  # a form feed upstream
-    assert "3 with repaired LaTeX escapes" in result.stdout
+    aime25_prompts = dict(zip(aime25.extra_info.map(lambda e: e["id"]), aime25.prompt.map(lambda p: p[0]["content"])))
+    assert "\\frac{\\log_k" in aime25_prompts["AIME25-18"]  # a form feed upstream
+    assert "\\triangle" in aime25_prompts["AIME25-19"]  # a TAB upstream
+    assert f"{REPAIRED_ROWS[which][0]} with repaired LaTeX escapes" in result.stdout
+    olympiad = pd.read_parquet(tmp_path / "olympiadbench.parquet").reward_model.map(lambda r: r["ground_truth"])
+    assert "69,84" in olympiad.tolist()  # `$69$,$84$` upstream
 
 
-def test_training_set_round_trips_through_verls_dataset(tmp_path):
+@pytest.mark.parametrize("which", ["fixtures", "full"])
+def test_training_set_round_trips_through_verls_dataset(which, tmp_path):
     from omegaconf import OmegaConf
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     from stapo_verl.tiny import byte_tokenizer
 
-    report = convert_file(shared("dapo_math_17k.parquet"), str(tmp_path), split="train")
-    assert report.rows == 17917 and not report.skipped
-    assert report.repaired_rows > 600  # the ~650 rows with \x0c etc.
+    rows = expected_rows(which, "dapo_math_17k")
+    report = convert_file(data_file(which, "dapo_math_17k"), str(tmp_path), split="train")
+    assert report.rows == rows and not report.skipped
+    assert report.repaired_rows == REPAIRED_ROWS[which][1]  # \x0c for \f etc.
     config = OmegaConf.create(
         {"max_prompt_length": 100000, "filter_overlong_prompts": False, "cache_dir": str(tmp_path / "cache")}
     )
     dataset = RLHFDataset(data_files=report.output, tokenizer=byte_tokenizer(), config=config)
-    assert len(dataset) == 17917
+    assert len(dataset) == rows
     item = dataset[0]
     assert item["data_source"] == "DAPO-17k" and item["reward_model"]["ground_truth"] == "34"
     assert "Please reason step by step" in item["raw_prompt"][0]["content"]
+    prompts = pd.read_parquet(report.output).prompt.map(lambda p: p[0]["content"]).tolist()
+    assert not any("\x0crac" in p for p in prompts) and any("form \\frac{m}" in p for p in prompts)
+    assert any("让我们一步一步地思考" in p for p in prompts)  # Chinese rows keep DAPO's Chinese instruction
 
 
 def test_malformed_rows_are_named_or_skipped_and_counted(tmp_path):

@@ -21,7 +21,7 @@ from stapo_verl.data import convert_file
 from stapo_verl.recipe import CPU_MODELS
 from stapo_verl.runlog import read_metrics
 from stapo_verl.tiny import TINY_DATA_SOURCE, prepare_tiny
-from test_data import shared
+from test_data import fixture_file
 
 pytestmark = pytest.mark.e2e
 VAL_ACC = f"val-core/{TINY_DATA_SOURCE}/acc/mean@1"
@@ -101,7 +101,7 @@ def test_stapo_trains_two_steps_checkpoints_and_resumes_at_step_3(tiny_dir, tmp_
     merged = tmp_path / "merged"
     subprocess.run([sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir",
                     str(actor), "--target_dir", str(merged)], check=True, capture_output=True, timeout=300)  # fmt: skip
-    convert_file(shared("aime24.parquet"), str(tmp_path / "data"), split="test")
+    convert_file(fixture_file("aime24"), str(tmp_path / "data"), split="test")
     assert cli(["eval", str(merged), "--data-dir", str(tmp_path / "data"), "--benchmarks", "aime24", "--engine",
                 "hf", "--max-problems", "1", "--samples", "aime24=2", "--max-tokens", "8", "--out",
                 str(tmp_path / "eval")]) == 0  # fmt: skip

@@ -15,7 +15,8 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
 
 def test_import_verl_alone_registers_losses_and_worker_hook():
     result = run_python(
-        "import verl\n"
+        "import sys, verl\n"
+        "print('engines loaded by import verl:', 'verl.workers.engine_workers' in sys.modules)\n"
         "from verl.trainer.ppo.core_algos import get_policy_loss_fn\n"
         "from verl.workers.engine_workers import ActorRolloutRefWorker\n"
         "print(get_policy_loss_fn('stapo').__name__, get_policy_loss_fn('entropy20').__name__)\n"
@@ -24,6 +25,8 @@ def test_import_verl_alone_registers_losses_and_worker_hook():
     assert result.returncode == 0, result.stderr
     assert "compute_policy_loss_stapo compute_policy_loss_entropy20" in result.stdout
     assert "TokenMaskTrainingWorker" in result.stdout
+    # the hook waits for verl's engine workers: Ray processes that never train stay ~140 MB smaller
+    assert "engines loaded by import verl: False" in result.stdout
 
 
 def test_without_the_plugin_verl_does_not_know_stapo():

@@ -14,7 +14,7 @@ from stapo_verl.eval import BENCHMARKS
 from stapo_verl.report import load_eval, plot_training
 from stapo_verl.runlog import format_summary, read_metrics
 
-from test_data import shared
+from test_data import fixture_file
 
 
 def write_eval(path, method, run_seed, setting, scores, model="qwen3_1.7b"):
@@ -163,7 +163,7 @@ def test_eval_runs_on_cpu_with_a_tiny_random_model(tmp_path):
 
     data_dir = tmp_path / "data"
     for bench in BENCHMARKS:
-        convert_file(shared(f"{bench}.parquet"), str(data_dir), split="test")
+        convert_file(fixture_file(bench), str(data_dir), split="test")
     prepare_tiny(str(tmp_path / "tiny"), sft_steps=0)  # random weights
     model = str(tmp_path / "tiny" / "model")
     args = ["eval", model, "--data-dir", str(data_dir), "--engine", "hf", "--max-problems", "2",

@@ -12,7 +12,7 @@ import pytest
 
 from stapo_verl import cli, smollm2
 from stapo_verl.reward import compute_score
-from stapo_verl.runlog import MetricsFollower, progress_line
+from stapo_verl.runlog import MetricsFollower, progress_line, ray_oom_kill
 from stapo_verl.smollm2 import ModelUnavailable, locate_weights, multiplication_rows, prepare_smollm2
 
 
@@ -138,7 +138,7 @@ sys.exit(int(sys.argv[2]))
 @pytest.mark.parametrize("exit_code", [0, 3])
 def test_demo_keeps_verls_output_in_a_log_and_shows_its_tail_on_failure(exit_code, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STAPO_TINY_DIR", str(tmp_path / "tiny"))
-    monkeypatch.setattr(cli, "prepare_cpu_model", lambda *a: "a model")
+    monkeypatch.setattr(cli, "in_child_process", lambda *a: "a model")
     metrics = tmp_path / "run" / "logs" / "stapo_tiny_cpu.jsonl"
     fake = [sys.executable, "-c", FAKE_TRAINER, str(metrics), str(exit_code)]
     monkeypatch.setattr(cli, "train_command", lambda *a: fake)
@@ -152,6 +152,58 @@ def test_demo_keeps_verls_output_in_a_log_and_shows_its_tail_on_failure(exit_cod
         assert "thousands of lines of verl output" in err and f"main_ppo failed (exit 3); the last lines of {log}" in err
     else:
         assert "step  candidates  pg_loss" in out  # the table
+
+
+# Ray 2.60's report when its memory monitor kills an actor, as captured here (ids shortened; the
+# task, pid and sizes those of a demo's actor). The e2e test below meets the real one.
+RAY_OOM_OUTPUT = """\
+ray.exceptions.OutOfMemoryError: 1 worker(s) were killed due to the node running low on memory. Memory on the node \
+(IP: 192.0.2.2, ID: 593878d3b2a1) was 22.61GB used / 23.54GB limit (0.960512)
+Ray killed 1 worker(s) based on the killing policy
+Considered workers: [
+Selected to kill: (Actor(3a486f40dba4): job ID=01000000, lease ID=00000000eaf7, task name=WorkerDict:WorkerDict.\
+actor_rollout_update_actor, required resources={}, pid=2876, actual memory used=12.70GB, worker ID=c779112eb0cb)
+]
+"""
+
+
+def test_a_ray_memory_kill_is_one_line_naming_the_worker_the_machine_and_the_knobs():
+    line = ray_oom_kill("some output\n" + RAY_OOM_OUTPUT + "Traceback ...\n")
+    assert line == (
+        "Ray killed WorkerDict:WorkerDict.actor_rollout_update_actor (pid 2876, 12.70 GB) for memory with 22.61 of "
+        "the machine's 23.54 GB in use: run one training job at a time, or lower the micro-batch token budgets "
+        "(actor_rollout_ref.actor.ppo_max_token_len_per_gpu=N and "
+        "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=N)"
+    )
+    assert ray_oom_kill("RuntimeError: main_ppo failed for another reason\n") is None
+
+
+def test_the_demo_says_when_ray_killed_a_worker_for_memory(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "in_child_process", lambda *a: "a model")
+    log = tmp_path / "run" / "logs" / "stapo_tiny_cpu.log"
+    fake = [sys.executable, "-c", f"import sys; print({RAY_OOM_OUTPUT!r}); sys.exit(1)"]
+    monkeypatch.setattr(cli, "train_command", lambda *a: fake)
+    assert cli.main(["demo", "--model", "tiny_cpu", "--dir", str(tmp_path / "run")]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("stapo-verl demo: Ray killed WorkerDict:WorkerDict.actor_rollout_update_actor (pid 2876")
+    assert last.endswith(f"; verl's output: {log}") and "main_ppo failed" not in last
+
+
+@pytest.mark.e2e
+def test_a_real_ray_memory_kill_during_the_demo_is_named_in_one_line(tmp_path):
+    """Ray's memory monitor with its threshold just above what the machine uses now: it kills
+    the run's first Ray actor, and the demo's last line says so instead of "main_ppo failed"."""
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: int(line.split()[1]) for line in f}
+    used = 1 - info["MemAvailable"] / info["MemTotal"]
+    env = {**os.environ, "STAPO_TINY_DIR": str(tmp_path / "tiny"), "RAY_memory_monitor_refresh_ms": "100",
+           "RAY_memory_usage_threshold": f"{used + 0.2 / (info['MemTotal'] / 2**20):.4f}"}  # + 0.2 GiB  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "stapo_verl", "demo", "--model", "tiny_cpu", "--steps", "1",
+                             "--dir", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("stapo-verl demo: Ray killed ") and " for memory with " in last, result.stderr[-3000:]
+    assert "ppo_max_token_len_per_gpu=N" in last and "main_ppo failed" not in last
 
 
 def test_demo_refuses_a_model_that_is_not_a_cpu_preset():

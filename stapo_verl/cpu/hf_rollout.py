@@ -9,7 +9,7 @@ preset and tests. Two pieces, following verl's hybrid (colocated) mode:
   token-out like vLLM, raw log-probs).
 - :class:`HFServerAdapter`: the ``BaseRollout`` inside each trainer worker. verl's weight sync
   (``checkpoint_engine.backend=naive``) hands it the actor's parameters; the replica's first rank
-  ships them to its server through Ray's object store.
+  ships them to its server through Ray's object store, in buckets.
 
 Single-turn text only (no images, tools or LoRA); sleep/wake are no-ops (nothing to offload).
 """
@@ -29,6 +29,9 @@ from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 from stapo_verl.hf_sampling import eos_and_pad_ids, sample
 
 BATCH_WAIT_S = 0.02  # gather the agent loop's concurrent requests into one batch
+# Weights travel to the server in buckets of about this size: a whole state dict in one message
+# would hold two extra model copies at once (the sender's and the receiver's).
+WEIGHT_BUCKET_BYTES = 128 * 2**20
 
 
 def server_name(replica_rank: int, name_suffix: str = "") -> str:
@@ -63,6 +66,7 @@ class HFGenerationServer:
         self._pending: list[tuple[tuple, list[int], bool, asyncio.Future]] = []  # (key, prompt, log-probs?, reply)
         self._drain_task: Optional[asyncio.Task] = None
         self._model_lock = threading.Lock()  # generation and weight loads never overlap
+        self._synced: set[str] = set()  # weights loaded by the sync in progress
         torch.manual_seed(int(getattr(config, "seed", 0) or 0) + replica_rank)
 
     def max_tokens(self, prompt_len: int, sampling_params: dict[str, Any]) -> int:
@@ -118,18 +122,33 @@ class HFGenerationServer:
             for token_ids, stopped, log_probs in responses
         ]
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
-        """Load the actor's weights; every model weight must be covered (tied ones excepted)."""
-        with self._model_lock:
-            result = self.model.load_state_dict(state_dict, strict=False)
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> int:
+        """Copy one bucket of the actor's weights into the model, in place (a sync streams the
+        weights in buckets, so neither side ever holds a second copy of the whole model)."""
+        own = self.model.state_dict()
+        unexpected = [name for name in weights if name not in own]
+        if unexpected:
+            raise RuntimeError(f"hf rollout weight sync: unexpected keys {unexpected[:5]}")
+        with self._model_lock, torch.no_grad():
+            for name, tensor in weights.items():
+                own[name].copy_(tensor)
+        self._synced.update(weights)
+        return len(weights)
+
+    def finish_weight_update(self, global_steps: Optional[int] = None) -> int:
+        """End a sync: every model weight must have been loaded (tied ones excepted)."""
+        synced, self._synced = self._synced, set()
         tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
-        missing = [key for key in result.missing_keys if key not in tied]
-        if result.unexpected_keys or missing:
-            raise RuntimeError(
-                f"hf rollout weight sync: unexpected keys {result.unexpected_keys[:5]}, missing keys {missing[:5]}"
-            )
+        missing = [name for name in self.model.state_dict() if name not in synced and name not in tied]
+        if missing:
+            raise RuntimeError(f"hf rollout weight sync: missing keys {missing[:5]}")
         self.global_steps = global_steps
-        return len(state_dict)
+        return len(synced)
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
+        """A whole sync in one call."""
+        self.load_weights(state_dict)
+        return self.finish_weight_update(global_steps)
 
     # The replica's control calls: nothing is offloaded or cached between requests.
     async def wake_up(self) -> None: ...
@@ -187,10 +206,16 @@ class HFServerAdapter(BaseRollout):
             raise ValueError(f"rollout.name=hf accepts wire_format 'named_tensors', got {wire_format!r}")
         if kwargs.get("peft_config") is not None:
             raise ValueError("rollout.name=hf does not serve LoRA adapters (set model.lora.merge=true)")
-        state_dict = {}
+        server = ray.get_actor(server_name(self.replica_rank)) if self.is_leader else None
+        bucket, bucket_bytes = {}, 0
         for name, tensor in weights:  # every rank iterates: gathering FSDP shards is collective
             if self.is_leader:
-                state_dict[name] = tensor.detach().to("cpu", copy=True)
+                bucket[name] = tensor.detach().to("cpu", copy=True)
+                bucket_bytes += tensor.numel() * tensor.element_size()
+                if bucket_bytes >= WEIGHT_BUCKET_BYTES:
+                    await server.load_weights.remote(bucket)
+                    bucket, bucket_bytes = {}, 0
         if self.is_leader:
-            server = ray.get_actor(server_name(self.replica_rank))
-            await server.update_weights.remote(state_dict, kwargs.get("global_steps"))
+            if bucket:
+                await server.load_weights.remote(bucket)
+            await server.finish_weight_update.remote(kwargs.get("global_steps"))

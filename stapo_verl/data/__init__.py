@@ -1,10 +1,11 @@
 """Math problems -> verl's RL parquet (``data_source``, chat ``prompt``, ``ability``,
 ``reward_model.ground_truth``, ``extra_info`` with a stable ``id``).
 
-Inputs: verl-schema parquet (the DAPO-Math-17k and benchmark files of ``shared/data``), or any
-parquet / JSON / JSONL with a problem column (``problem`` or ``question``) and an answer column
-(``answer``, ``final_answer`` or ``ground_truth``; a one-element list is unwrapped), or
-``hf:NAME[:SPLIT]`` for a Hugging Face dataset when online.
+Inputs: verl-schema parquet (the original DAPO-Math-17k and benchmark files, which
+tests/fixtures/math/SOURCES.md names), or any parquet / JSON / JSONL with a problem column
+(``problem`` or ``question``) and an answer column (``answer``, ``final_answer`` or
+``ground_truth``; a one-element list is unwrapped), or ``hf:NAME[:SPLIT]`` for a Hugging Face
+dataset when online.
 """
 
 from __future__ import annotations
