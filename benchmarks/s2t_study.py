@@ -378,7 +378,7 @@ def reuse_run(args) -> None:
     log_prob, entropy, _ = original(engine_batch(first, 1.0))  # what `current` computed before the reuse
     fresh = mask_of({"log_prob": log_prob.double(), "entropy": entropy.double()}, first)
     calls = []
-    worker._current_policy_stats = lambda d: calls.append(len(d)) or original(d)
+    worker._current_policy_stats = lambda d, rows=None: calls.append(len(d)) or original(d, rows)
     masks = []
     original_apply = verl_hook.apply_token_mask
 

@@ -87,9 +87,13 @@ def check_config(method: str, model: str, overrides: list[str]) -> None:
         warnings.simplefilter("ignore")  # belong to the run's log, not to this screen
         logging.disable(logging.WARNING)
         try:
-            import verl  # noqa: F401  (loads the plugin: our losses join the registry)
+            _check_config(method, model, overrides)
         finally:
             logging.disable(logging.NOTSET)
+
+
+def _check_config(method: str, model: str, overrides: list[str]) -> None:
+    import verl  # noqa: F401  (loads the plugin: our losses join the registry)
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
@@ -105,6 +109,7 @@ def check_config(method: str, model: str, overrides: list[str]) -> None:
         raise ValueError(f"actor_rollout_ref.actor.policy_loss.loss_mode must be one of {sorted(POLICY_LOSS_REGISTRY)}, "
                          f"got {loss_mode!r}")  # fmt: skip
     try:
+        # (a STAPO config checks the install: that imports verl's engine workers, and their warnings)
         omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
     except HydraException as exc:  # instantiate wraps the dataclass's own error: report that one
         cause = exc

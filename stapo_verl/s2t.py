@@ -254,7 +254,8 @@ def token_group_stats(
     """Mini-batch-global statistics of the silenced and the kept tokens.
 
     For each group G (keys ``{G}/...``): ``tokens``, ``prob_mean``, ``entropy_mean``,
-    ``positive_adv_frac``, ``grad_norm_bound_mean`` (when ``sum_pi_squared`` is given) and
+    ``positive_adv_frac``, ``grad_norm_bound_mean`` (when ``sum_pi_squared`` is given: over the
+    group's tokens where it is finite; NaN marks tokens without it) and
     ``entropy_cov`` = sum_{t in G} (log p_t - mean log p)(A_t - mean A) / N_valid, G's share of the
     token-level Cov(log pi, A); the first-order entropy change of an update is about
     -lr * Cov(log pi, A) (the analysis verl's clip_cov / kl_cov losses come from), so a positive
@@ -273,8 +274,6 @@ def token_group_stats(
         "entropy_mean": entropy.double(),
         "positive_adv_frac": (advantages > 0).double(),
     }
-    if sum_pi_squared is not None:
-        per_token["grad_norm_bound_mean"] = logit_grad_norm(log_prob.exp(), sum_pi_squared)
     stats = {}
     for name, members in (("silenced", valid & silenced.bool()), ("kept", valid & ~silenced.bool())):
         count = float(global_sum(members.sum(), group))
@@ -283,4 +282,10 @@ def token_group_stats(
         if count > 0:
             for key, values in per_token.items():
                 stats[f"{name}/{key}"] = float(global_sum(values[members].sum(), group)) / count
+        if sum_pi_squared is not None:  # over the tokens that have it (NaN elsewhere)
+            known = members & torch.isfinite(sum_pi_squared)
+            known_count = float(global_sum(known.sum(), group))
+            if known_count > 0:
+                bound = logit_grad_norm(log_prob[known].exp(), sum_pi_squared[known])
+                stats[f"{name}/grad_norm_bound_mean"] = float(global_sum(bound.sum(), group)) / known_count
     return stats

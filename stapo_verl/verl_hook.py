@@ -84,6 +84,47 @@ def response_values(full_sequence: torch.Tensor, data) -> torch.Tensor:
     return no_padding_2_padding(full_sequence, data).reshape(-1)
 
 
+def _response_offsets(data) -> torch.Tensor:
+    """Start of each response's tokens in the flat layout (``_flat(response_mask)``), and the end."""
+    mask = data["response_mask"]
+    if mask.is_nested:
+        return mask.offsets().cpu()
+    return torch.arange(mask.shape[0] + 1) * mask.shape[1]
+
+
+def rows_that_can_hold_a_candidate(data, positive_only: bool = True) -> torch.Tensor:
+    """The responses with a valid token whose advantage can make it an S2T candidate (A > 0;
+    A != 0 when ``positive_only`` is false). The other responses' p_t and H_t change nothing in
+    the S2T mask, tau_h or the token counts: all their tokens are kept."""
+    valid = _flat(data["response_mask"]).bool().cpu()
+    advantages = _flat(data["advantages"]).cpu()
+    eligible = valid & ((advantages > 0) if positive_only else (advantages != 0))
+    offsets = _response_offsets(data)
+    row_of_token = torch.repeat_interleave(torch.arange(len(offsets) - 1), offsets.diff())
+    return torch.unique(row_of_token[eligible])
+
+
+def _current_stats_where_candidates_can_be(data, current_stats, positive_only: bool):
+    """``current`` statistics from a pass over only the responses that can hold a candidate
+    (exact for the S2T mask: see :func:`rows_that_can_hold_a_candidate`). Every other token
+    takes the old-log-prob pass's p_t and H_t, which only the diagnostics of kept tokens read, and
+    NaN for sum pi^2 (the grad-norm diagnostic then covers the recomputed tokens only)."""
+    rows = rows_that_can_hold_a_candidate(data, positive_only)
+    log_prob = _flat(data["old_log_probs"]).clone()
+    entropy = _flat(data[OLD_ENTROPY_KEY]).clone()
+    fresh_log_prob, fresh_entropy, fresh_sum_pi_squared = current_stats(rows)
+    offsets = _response_offsets(data)
+    tokens = torch.cat([torch.arange(int(offsets[r]), int(offsets[r + 1])) for r in rows.tolist()] or
+                       [torch.zeros(0, dtype=torch.long)]).to(log_prob.device)  # fmt: skip
+    log_prob[tokens] = fresh_log_prob.to(log_prob)
+    entropy[tokens] = fresh_entropy.to(entropy)
+    sum_pi_squared = None
+    if fresh_sum_pi_squared is not None:
+        sum_pi_squared = torch.full_like(log_prob, float("nan"))
+        sum_pi_squared[tokens] = fresh_sum_pi_squared.to(sum_pi_squared)
+    return log_prob, entropy, sum_pi_squared
+
+
 def apply_token_mask(
     data,
     policy_loss: "stapo_config.TokenMaskPolicyLossConfig",
@@ -98,8 +139,11 @@ def apply_token_mask(
     Args:
         data: one mini-batch of this rank (TensorDict, verl's no-padding or padded layout).
         policy_loss: the actor's policy-loss config; ``token_mask_kind`` says which mask.
-        current_stats: returns flat (log_prob, entropy, sum_pi_squared or None) of the current
-            policy per response token; called only for ``stats_source=current``.
+        current_stats: ``current_stats(rows)`` returns flat (log_prob, entropy, sum_pi_squared or
+            None) of the current policy for the response tokens of ``rows`` (a 1-D index tensor,
+            in that order; None: every row); called only for ``stats_source=current``. For S2T
+            with the old pass's statistics in the batch, ``rows`` are only the responses that
+            can hold a candidate.
         micro_batch_ids: returns the micro-batch index of each response token (flat); called
             only for 20-Entropy with ``top_entropy_scope=micro_batch``.
         group: the data-parallel process group (None on one rank).
@@ -118,7 +162,12 @@ def apply_token_mask(
     valid = _flat(data["response_mask"]).bool()
     has_old_stats = OLD_ENTROPY_KEY in data.keys() and "old_log_probs" in data.keys()
     if policy_loss.stats_source == "current" and not (old_stats_are_current and has_old_stats):
-        log_prob, entropy, sum_pi_squared = current_stats()
+        if kind in ("s2t", "random") and has_old_stats:
+            log_prob, entropy, sum_pi_squared = _current_stats_where_candidates_can_be(
+                data, current_stats, positive_only=policy_loss.s2t_advantage_sign == "positive"
+            )
+        else:  # 20-Entropy ranks every token; without the old pass there is nothing to fill in with
+            log_prob, entropy, sum_pi_squared = current_stats(None)
     else:
         if OLD_ENTROPY_KEY not in data.keys():
             raise KeyError(
@@ -299,7 +348,7 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
             metrics = apply_token_mask(
                 data,
                 self.policy_loss,
-                current_stats=lambda: self._current_policy_stats(data),
+                current_stats=lambda rows: self._current_policy_stats(data, rows),
                 micro_batch_ids=lambda: self._micro_batch_ids(data),
                 group=self.engine.get_data_parallel_group(),
                 dump=self._silenced_token_dump(data),
@@ -318,10 +367,13 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
                 return super().infer_batch(data)
         return super().infer_batch(data)
 
-    def _current_policy_stats(self, data) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """Log-prob, entropy and (for diagnostics) sum pi^2 of pi_theta on this mini-batch, via
-        verl's log-prob pass."""
-        probe = data.copy()  # shallow: the inference flags must not leak into the training call
+    def _current_policy_stats(self, data, rows=None) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Log-prob, entropy and (for diagnostics) sum pi^2 of pi_theta on the response tokens of
+        ``rows`` of this mini-batch (None: all), via verl's log-prob pass."""
+        if rows is None:
+            probe = data.copy()  # shallow: the inference flags must not leak into the training call
+        else:
+            probe = tu.index_select_tensor_dict(data, self._rows_for_pass(data, rows))
         # verl cannot compute sum pi^2 with its fused kernels
         want_sum_pi_squared = self.policy_loss.diagnostics and not self.engine_config.use_fused_kernels
         tu.assign_non_tensor(
@@ -330,12 +382,24 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
         output = self.infer_batch(probe)
         if output is None:
             raise RuntimeError("stats_source=current needs model outputs on every rank (no pipeline parallelism)")
-        sum_pi_squared = response_values(tu.get(output, "sum_pi_squared"), data) if want_sum_pi_squared else None
-        return (
-            response_values(tu.get(output, "log_probs"), data),
-            response_values(tu.get(output, "entropy"), data),
-            sum_pi_squared,
-        )
+        stats = [response_values(tu.get(output, key), probe) for key in ("log_probs", "entropy")]
+        stats.append(response_values(tu.get(output, "sum_pi_squared"), probe) if want_sum_pi_squared else None)
+        if rows is not None:  # the filler rows come last: keep the tokens of `rows`
+            tokens = int(_response_offsets(data).diff()[rows].sum())
+            stats = [value[:tokens] if value is not None else None for value in stats]
+        return stats[0], stats[1], stats[2]
+
+    def _rows_for_pass(self, data, rows: torch.Tensor) -> torch.Tensor:
+        """``rows``, then other rows of the mini-batch up to the most rows any DP rank passes
+        (at least one): every rank runs the sharded forward over as many sequences, as in a
+        full pass."""
+        count = torch.tensor(max(len(rows), 1))
+        group = self.engine.get_data_parallel_group()
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size(group) > 1:
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX, group=group)
+        chosen = set(rows.tolist())
+        filler = [r for r in range(len(data)) if r not in chosen][: int(count) - len(rows)]
+        return torch.cat([rows.to(torch.long), torch.tensor(filler, dtype=torch.long)])
 
     def _silenced_token_dump(self, data) -> Optional[Callable[..., None]]:
         """The dump callback for this mini-batch, every ``dump_every`` updates (else None)."""

@@ -96,10 +96,24 @@ class MiniBatch:
         tu.assign_non_tensor(data, global_batch_size=global_batch_size or len(rows))
         return data
 
-    def current_stats(self):
-        """(log_prob, entropy, sum_pi_squared) of the 'current policy', flat in response order."""
-        log_prob = torch.cat([self.response_values(self.theta.detach(), i) for i in range(len(self.seq_lens))])
-        return log_prob, torch.cat(self.entropy), None
+    def current_stats(self, rows=None):
+        """(log_prob, entropy, sum_pi_squared) of the 'current policy' on the response tokens of
+        ``rows`` (all when None), flat in that order."""
+        rows = range(len(self.seq_lens)) if rows is None else [int(r) for r in rows]
+        log_prob = torch.cat([self.response_values(self.theta.detach(), i) for i in rows] or [torch.zeros(0)])
+        return log_prob, torch.cat([self.entropy[i] for i in rows] or [torch.zeros(0)]), None
+
+    def stats_of(self, data, calls=None):
+        """``current_stats`` for the hook on ``data`` (rows of this mini-batch, by ``row_index``),
+        recording the rows it is asked for (global indices) in ``calls``."""
+
+        def current_stats(rows):
+            picked = data["row_index"] if rows is None else data["row_index"][rows]
+            if calls is not None:
+                calls.append(picked.tolist())
+            return self.current_stats(picked)
+
+        return current_stats
 
 
 class TinyEngine:
@@ -227,7 +241,7 @@ def run_minibatch(
     else:
         tu.assign_non_tensor(data, use_dynamic_bsz=True, max_token_len_per_gpu=max_token_len)
     if mask:
-        metrics = apply_token_mask(data, config.policy_loss, current_stats=stats or batch.current_stats, group=group)
+        metrics = apply_token_mask(data, config.policy_loss, current_stats=stats or batch.stats_of(data), group=group)
         tu.assign_non_tensor(data, **{MASK_METRICS_KEY: metrics})
     batch.theta.grad = None
     dp_size = 1 if group is None else torch.distributed.get_world_size(group)

@@ -17,6 +17,8 @@ from stapo_verl.verl_hook import _flat
 
 CASES = {
     "stapo": dict(loss_mode="stapo", tau_prob=0.05, stats_source="old"),
+    # each rank's fresh pass covers only its rows that can hold a candidate
+    "stapo_current": dict(loss_mode="stapo", tau_prob=0.05, stats_source="current"),
     "entropy20": dict(loss_mode="entropy20", top_entropy_ratio=0.2, stats_source="old"),
     # one global choice among all ranks' candidates, not a per-rank one
     "stapo_high_entropy": dict(loss_mode="stapo", tau_prob=0.05, stats_source="old", candidate_selection="high_entropy"),

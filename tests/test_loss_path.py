@@ -241,7 +241,8 @@ def test_worker_applies_mask_before_verls_train_batch():
     full = batch.tensordict()
     seen = {}
     with mock.patch.object(engine_workers.TrainingWorker, "train_batch", lambda self, data: seen.setdefault("d", data)):
-        with mock.patch.object(TokenMaskTrainingWorker, "_current_policy_stats", lambda self, data: batch.current_stats()):
+        with mock.patch.object(TokenMaskTrainingWorker, "_current_policy_stats",
+                               lambda self, data, rows: batch.current_stats(rows)):  # fmt: skip
             worker.train_batch(full)
     data = seen["d"]
     metrics = tu.get_non_tensor_data(data, MASK_METRICS_KEY, None)
@@ -276,9 +277,9 @@ def test_current_source_reuses_the_old_pass_on_a_steps_first_mini_batch():
         worker.set_loss_fn(partial(engine_workers.ppo_loss, config=actor_config("stapo", tau_prob=0.05)))
     fresh_passes, trained = [], []
 
-    def fresh_pass(self, data):
+    def fresh_pass(self, data, rows):
         fresh_passes.append(len(data))
-        return batch.current_stats()
+        return batch.current_stats(rows)
 
     def verls_loop(self, data):  # TrainingWorker.train_mini_batch: train_batch per mini-batch
         for _ in range(3):
@@ -309,25 +310,63 @@ def test_worker_rejects_untyped_policy_loss_config():
 
 
 def test_current_stats_come_from_verls_log_prob_pass():
-    """_current_policy_stats asks verl's infer_batch for entropy and slices response tokens."""
+    """_current_policy_stats asks verl's infer_batch for entropy and slices response tokens; for a
+    subset of rows it passes only those (then filler rows up to the DP ranks' largest subset,
+    at least one) and returns their tokens."""
     worker = TokenMaskTrainingWorker.__new__(TokenMaskTrainingWorker)
+    worker.engine = mock.Mock(get_data_parallel_group=lambda: None)
     batch = MiniBatch(seed=16, n_seqs=3)
     data = batch.tensordict()
     entropy_full = torch.rand(int(batch.seq_lens.sum()), dtype=torch.float64)
     calls = []
 
-    def infer_batch(probe):
-        calls.append(tu.get_non_tensor_data(probe, "calculate_entropy", None))
-        nested = partial(torch.nested.nested_tensor_from_jagged, offsets=batch.offsets)
-        return tu.get_tensordict({"log_probs": nested(batch.theta.detach()), "entropy": nested(entropy_full)})
+    def infer_batch(probe):  # the model: per-position values of the probe's rows
+        rows = probe["row_index"].tolist()
+        calls.append((tu.get_non_tensor_data(probe, "calculate_entropy", None), rows))
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), batch.seq_lens[rows].cumsum(0)])
+        nested = partial(torch.nested.nested_tensor_from_jagged, offsets=offsets)
+        full = [slice(int(batch.offsets[r]), int(batch.offsets[r + 1])) for r in rows]
+        return tu.get_tensordict({"log_probs": nested(torch.cat([batch.theta.detach()[f] for f in full])),
+                                  "entropy": nested(torch.cat([entropy_full[f] for f in full]))})  # fmt: skip
 
     worker.infer_batch = infer_batch
     worker.policy_loss = actor_config("stapo", diagnostics=False).policy_loss
     worker.engine_config = mock.Mock(use_fused_kernels=False)
     log_prob, entropy, sum_pi_squared = worker._current_policy_stats(data)
-    assert calls == [True] and "calculate_entropy" not in data.keys() and sum_pi_squared is None
+    assert calls == [(True, [0, 1, 2])] and "calculate_entropy" not in data.keys() and sum_pi_squared is None
     assert torch.equal(log_prob, batch.current_stats()[0])
     assert torch.equal(entropy, torch.cat([batch.response_values(entropy_full, i) for i in range(3)]))
+    for rows, passed in (([2], [2]), ([2, 0], [2, 0]), ([], [0])):
+        calls.clear()
+        log_prob, entropy, _ = worker._current_policy_stats(data, torch.tensor(rows, dtype=torch.long))
+        assert calls == [(True, passed)]
+        assert torch.equal(log_prob, batch.current_stats(rows)[0])
+        assert torch.equal(entropy, torch.cat([batch.response_values(entropy_full, i) for i in rows] or [torch.zeros(0)]))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_current_pass_covers_only_the_responses_that_can_hold_a_candidate(seed):
+    """S2T with stats_source=current: the fresh pass runs over the responses with a positive
+    advantage only, and the mask, tau_h and every count equal a full pass's (no old statistics
+    in the batch: the hook then passes every row)."""
+    batch = MiniBatch(seed=seed, n_seqs=10, max_response=16)
+    for sign in ("positive", "any"):
+        config = actor_config("stapo", tau_prob=0.05, s2t_advantage_sign=sign).policy_loss
+        subset, rows_asked = batch.tensordict(), []
+        subset_metrics = apply_token_mask(subset, config, current_stats=batch.stats_of(subset, rows_asked))
+        full = batch.tensordict()
+        del full["entropy"]  # no old-pass statistics: a full pass
+        full_rows = []
+        full_metrics = apply_token_mask(full, config, current_stats=batch.stats_of(full, full_rows))
+        eligible = [i for i, a in enumerate(batch.advantages) if (a[0] > 0 if sign == "positive" else a[0] != 0)]
+        assert rows_asked == [eligible] and full_rows == [list(range(10))]
+        assert sign == "any" or len(eligible) < 10  # some responses without a positive advantage
+        assert full_metrics["s2t/silenced"] > 0
+        assert torch.equal(_flat(subset["response_mask"]), _flat(full["response_mask"]))
+        assert torch.equal(_flat(subset["loss_mask"]), _flat(full["loss_mask"]))
+        for key in ("s2t/valid_tokens", "s2t/candidates", "s2t/silenced", "s2t/tau_entropy",
+                    "s2t/silenced_prob_mean", "s2t/silenced_entropy_mean", "token_mask/silenced/prob_mean"):  # fmt: skip
+            assert subset_metrics.get(key) == pytest.approx(full_metrics.get(key)), key
 
 
 def test_fp32_statistics_give_both_sources_passes_fp32_logits():

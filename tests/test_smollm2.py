@@ -206,6 +206,13 @@ def test_a_real_ray_memory_kill_during_the_demo_is_named_in_one_line(tmp_path):
     assert "ppo_max_token_len_per_gpu=N" in last and "main_ppo failed" not in last
 
 
+def test_the_demos_config_check_keeps_verls_import_warnings_off_the_screen():
+    code = "from stapo_verl.cli import check_config; check_config('stapo', 'smollm2_135m', []); print('checked')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "checked", result.stderr[-2000:]
+    assert "Warning" not in result.stderr and "WARNING" not in result.stderr, result.stderr[-2000:]
+
+
 def test_demo_refuses_a_model_that_is_not_a_cpu_preset():
     with pytest.raises(SystemExit, match="--model must be one of smollm2_135m, tiny_cpu"):
         cli.main(["demo", "--model", "qwen3_8b"])
