@@ -230,7 +230,10 @@ def demo(method: str, model: str, steps: int, out_dir: str, overrides: list[str]
             print(tail(output_path, 40), end="", file=sys.stderr)
             with open(output_path, errors="replace") as f:
                 oom = ray_oom_kill(f.read())
-            reason = f"{oom}; verl's output: {output_path}" if oom else f"main_ppo failed (exit {returncode}); the last lines of {output_path} are above"
+            if oom:
+                reason = f"{oom}; verl's output: {output_path}"
+            else:
+                reason = f"main_ppo failed (exit {returncode}); the last lines of {output_path} are above"
             print(f"stapo-verl demo: {reason}", file=sys.stderr)
         return returncode
     rows = read_metrics(metrics_path) if os.path.exists(metrics_path) else []

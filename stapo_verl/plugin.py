@@ -4,7 +4,8 @@ Importing :mod:`stapo_verl.losses` registers the ``stapo`` and ``entropy20`` pol
 :mod:`stapo_verl.cpu` adds the ``cpu`` platform and the ``hf`` rollout backend's name. The actor's
 token-mask hook (:mod:`stapo_verl.verl_hook`) and the CPU engine are installed when verl's
 ``verl.workers.engine_workers`` is imported, in the processes that build training workers: that
-module pulls in verl's engines, ~140 MB in each of the run's ~8 other Ray processes.
+module pulls in verl's engines (140 MB of PSS on top of a bare ``import verl``; the demo's reward
+loop and load balancer, which never import it, are ~55 MB smaller each).
 verl logs a plugin's import error at DEBUG level only, so a failure is logged at ERROR level
 here and kept in :mod:`stapo_verl.install_state`, whose ``require_installed`` re-raises it
 wherever a STAPO config is built (driver and workers) and in ``stapo-verl check``.

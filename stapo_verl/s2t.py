@@ -53,6 +53,14 @@ def global_sum(value: torch.Tensor, group=None) -> torch.Tensor:
     return value
 
 
+def global_max(value: torch.Tensor, group=None) -> torch.Tensor:
+    """The largest value of a tensor over the ranks of ``group`` (identity without one)."""
+    if _is_distributed(group):
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return value
+
+
 def gather_values(values: torch.Tensor, group=None) -> torch.Tensor:
     """Concatenate 1-D tensors of different lengths from every rank of ``group``."""
     return gather_with_offset(values, group)[0]

@@ -44,6 +44,7 @@ from stapo_verl.cpu.platform import init_process_group_on_cpu
 from stapo_verl.dump import append_jsonl, token_records
 from stapo_verl.s2t import (
     assert_finite,
+    global_max,
     global_sum,
     random_silence_like,
     s2t_spurious_mask,
@@ -393,10 +394,8 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
         """``rows``, then other rows of the mini-batch up to the most rows any DP rank passes
         (at least one): every rank runs the sharded forward over as many sequences, as in a
         full pass."""
-        count = torch.tensor(max(len(rows), 1))
-        group = self.engine.get_data_parallel_group()
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size(group) > 1:
-            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX, group=group)
+        device = _flat(data["response_mask"]).device  # the collectives' device, as for the mask's sums
+        count = global_max(torch.tensor(max(len(rows), 1), device=device), self.engine.get_data_parallel_group())
         chosen = set(rows.tolist())
         filler = [r for r in range(len(data)) if r not in chosen][: int(count) - len(rows)]
         return torch.cat([rows.to(torch.long), torch.tensor(filler, dtype=torch.long)])
