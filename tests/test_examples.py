@@ -108,14 +108,15 @@ fi
 
 
 @pytest.mark.e2e
-def test_cpu_comparison_one_step_per_method_ends_in_a_report(smollm2_dir, tmp_path):
-    """The CPU comparison as committed, at 1 step per run of 2 prompts x 2 rollouts (the preset:
-    6 x 4): the plumbing of five runs and the report, not their learning."""
+def test_cpu_comparison_one_step_per_method_ends_in_a_report(tiny_dir, tmp_path):
+    """The CPU comparison as committed, on the tiny preset (MODEL=tiny_cpu) at 1 step per run: the
+    plumbing of five runs and the report, not their learning. At tau_p = 0.002 the tiny model has
+    no S2T candidate, so the STAPO dump is empty and the report runs without a token figure."""
     out = tmp_path / "cmp"
-    result = run("cpu/compare_methods.sh", str(out), "trainer.val_before_train=false", "data.train_batch_size=2",
-                 "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.rollout.n=2", timeout=1800,
-                 STEPS="1", TEST_FREQ="-1", STAPO_SMOLLM2_DIR=smollm2_dir)  # fmt: skip
+    result = run("cpu/compare_methods.sh", str(out), "trainer.val_before_train=false", "trainer.save_freq=-1",
+                 timeout=1800, MODEL="tiny_cpu", STEPS="1", TEST_FREQ="-1", STAPO_TINY_DIR=tiny_dir)  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "== stapo had no S2T candidate: no token figure from it ==" in result.stdout
     with open(out / "report" / "training.csv") as f:
         rows = list(csv.DictReader(f))
     assert [row["run"] for row in rows] == ["stapo", "justrl", "grpo", "entropy20", "random_mask"]
@@ -129,5 +130,6 @@ def test_cpu_comparison_one_step_per_method_ends_in_a_report(smollm2_dir, tmp_pa
         assert not any(key.startswith(("actor/s2t/", "actor/token_mask/")) for key in logged[name])
     assert math.isfinite(logged["grpo"]["actor/kl_loss"])
     # 20-Entropy keeps the top 20% of tokens; the random control silences as many as S2T would
+    # (with no candidate: none)
     assert logged["entropy20"]["actor/token_mask/silenced/tokens"] > logged["entropy20"]["actor/token_mask/kept/tokens"] > 0
-    assert "actor/s2t/silenced" in logged["random_mask"]
+    assert logged["random_mask"]["actor/s2t/candidates"] == logged["random_mask"]["actor/s2t/silenced"] == 0

