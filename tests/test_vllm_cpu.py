@@ -182,3 +182,54 @@ def test_eval_with_vllm_seeds_each_prompt_and_moves_the_progress_bar(monkeypatch
     assert [len(r) for r in results] == [3] * 5 and results[4][2] == ([7_000_025, 2], True)
     engine.prompts_per_call = 5  # one call for all: the same seeds per prompt
     assert engine.generate([[1], [2], [3], [4], [5]], 3, 1.0, 1.0, 8, seed=7, progress=Progress()) == results
+
+
+def test_the_seeded_agent_loop_gives_each_rollout_of_a_prompt_its_own_reproducible_seed(monkeypatch):
+    """cpu_rollout=vllm's agent loop: n rollouts of a prompt get n different seeds, the same n
+    in a fresh run (paired comparisons), new ones when the prompt comes again; greedy requests
+    (validation) get none."""
+    import asyncio
+    import collections
+    import types
+
+    from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
+
+    from stapo_verl.cpu.seeded_agent_loop import SeededSingleTurnAgentLoop
+
+    sent = []
+
+    async def fake_run(self, sampling_params, **kwargs):
+        sent.append(sampling_params.get("seed"))
+
+    monkeypatch.setattr(SingleTurnAgentLoop, "run", fake_run)
+    monkeypatch.setattr(SeededSingleTurnAgentLoop, "repeats", collections.Counter())
+    loop = SeededSingleTurnAgentLoop.__new__(SeededSingleTurnAgentLoop)
+    loop.rollout_config = types.SimpleNamespace(seed=0)
+    prompts = [[{"role": "user", "content": "What is 7 * 8?"}], [{"role": "user", "content": "What is 2 * 3?"}]]
+
+    def step(prompt_rollouts, temperature=1.0):
+        sent.clear()
+        for prompt in prompt_rollouts:
+            asyncio.run(loop.run({"temperature": temperature}, raw_prompt=prompt))
+        return list(sent)
+
+    first = step([prompts[0]] * 4 + [prompts[1]] * 4)
+    assert len(set(first)) == 8 and None not in first
+    assert step([prompts[0]] * 4, temperature=0) == [None] * 4  # greedy: no seed, no count
+    assert not set(step([prompts[0]] * 4)) & set(first)  # the prompt again (next epoch): new seeds
+    monkeypatch.setattr(SeededSingleTurnAgentLoop, "repeats", collections.Counter())  # a fresh run
+    assert step([prompts[0]] * 4 + [prompts[1]] * 4) == first
+    loop.rollout_config.seed = 1
+    monkeypatch.setattr(SeededSingleTurnAgentLoop, "repeats", collections.Counter())
+    assert not set(step([prompts[0]] * 4)) & set(first)
+
+
+def test_the_plugin_registers_the_seeded_agent_loop_where_verl_loads_its_agent_loops():
+    import subprocess
+
+    code = ("import verl; from verl.experimental.agent_loop.agent_loop import _agent_loop_registry as r; "
+            "from verl.workers.engine_workers import ActorRolloutRefWorker as w; "
+            "print(r['seeded_single_turn_agent']['_target_'], w.actor_worker_cls.__name__)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["stapo_verl.cpu.seeded_agent_loop.SeededSingleTurnAgentLoop", "TokenMaskTrainingWorker"]

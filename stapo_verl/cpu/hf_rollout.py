@@ -6,7 +6,10 @@ preset and tests. Two pieces, following verl's hybrid (colocated) mode:
 
 - :class:`HFGenerationServer`: one Ray actor per replica holding an HF model copy. Requests that
   arrive together are sampled as one batch (:func:`stapo_verl.hf_sampling.sample`: token-in,
-  token-out like vLLM, raw log-probs).
+  token-out like vLLM, raw log-probs). Each request is sampled with its own seed, made from the
+  rollout seed, the training step, its prompt and how many requests with that prompt came before
+  it in the step (:func:`request_seed`): the same seed gives the same responses whatever the
+  batching, so runs of different methods see the same samples at step 1.
 - :class:`HFServerAdapter`: the ``BaseRollout`` inside each trainer worker. verl's weight sync
   (``checkpoint_engine.backend=naive``) hands it the actor's parameters; the replica's first rank
   ships them to its server through Ray's object store, in buckets.
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import verl  # noqa: F401  isort: skip  (first: the plugin registers the cpu platform)
 import asyncio
+import collections
+import hashlib
 import threading
 from typing import Any, Generator, Optional
 
@@ -36,6 +41,13 @@ WEIGHT_BUCKET_BYTES = 128 * 2**20
 
 def server_name(replica_rank: int, name_suffix: str = "") -> str:
     return f"stapo_hf_server_{replica_rank}{name_suffix}"
+
+
+def request_seed(rollout_seed: int, replica_rank: int, global_step: Optional[int], prompt_ids: list[int],
+                 repeat: int) -> int:  # fmt: skip
+    """The seed of one request: the ``repeat``-th request (from 0) with these prompt ids in this step."""
+    text = f"{rollout_seed}/{replica_rank}/{global_step}/{repeat}/{','.join(map(str, prompt_ids))}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 def sampling_key(sampling_params: dict[str, Any], max_tokens: int) -> tuple:
@@ -63,7 +75,8 @@ class HFGenerationServer:
         tokenizer = AutoTokenizer.from_pretrained(path)
         self.eos_ids, self.pad_id = eos_and_pad_ids(self.model, tokenizer)
         self.global_steps: Optional[int] = None
-        self._pending: list[tuple[tuple, list[int], bool, asyncio.Future]] = []  # (key, prompt, log-probs?, reply)
+        self._pending: list[tuple[tuple, list[int], bool, int, asyncio.Future]] = []  # (key, prompt, log-probs?, seed, reply)
+        self._prompt_repeats: collections.Counter = collections.Counter()  # requests per prompt in this step
         self._drain_task: Optional[asyncio.Task] = None
         self._model_lock = threading.Lock()  # generation and weight loads never overlap
         self._synced: set[str] = set()  # weights loaded by the sync in progress
@@ -91,7 +104,11 @@ class HFGenerationServer:
         prompt_ids = [int(t) for t in prompt_ids]
         max_tokens = self.max_tokens(len(prompt_ids), sampling_params)
         key = sampling_key(sampling_params, max_tokens)
-        self._pending.append((key, prompt_ids, bool(sampling_params.get("logprobs")), future))
+        repeat = self._prompt_repeats[tuple(prompt_ids)]
+        self._prompt_repeats[tuple(prompt_ids)] += 1
+        seed = request_seed(int(getattr(self.config, "seed", 0) or 0), self.replica_rank, self.global_steps, prompt_ids,
+                            repeat)  # fmt: skip
+        self._pending.append((key, prompt_ids, bool(sampling_params.get("logprobs")), seed, future))
         if self._drain_task is None or self._drain_task.done():
             self._drain_task = asyncio.create_task(self._drain())
         return await future
@@ -99,23 +116,27 @@ class HFGenerationServer:
     async def _drain(self) -> None:
         while self._pending:
             await asyncio.sleep(BATCH_WAIT_S)
-            key, _, want_log_probs, _ = self._pending[0]
+            key, _, want_log_probs, _, _ = self._pending[0]
             batch = [r for r in self._pending if r[0] == key and r[2] == want_log_probs]
             self._pending = [r for r in self._pending if not (r[0] == key and r[2] == want_log_probs)]
             try:
-                outputs = await asyncio.to_thread(self._generate_batch, [r[1] for r in batch], key, want_log_probs)
+                outputs = await asyncio.to_thread(
+                    self._generate_batch, [r[1] for r in batch], key, want_log_probs, [r[3] for r in batch]
+                )
             except Exception as exc:
                 for request in batch:
-                    request[3].set_exception(exc)
+                    request[4].set_exception(exc)
                 continue
             for request, output in zip(batch, outputs, strict=True):
-                request[3].set_result(output)
+                request[4].set_result(output)
 
-    def _generate_batch(self, prompts: list[list[int]], key: tuple, want_log_probs: bool) -> list[TokenOutput]:
+    def _generate_batch(self, prompts: list[list[int]], key: tuple, want_log_probs: bool,
+                        seeds: list[int]) -> list[TokenOutput]:  # fmt: skip
         temperature, top_p, top_k, max_tokens = key
         with self._model_lock:
             responses = sample(self.model, prompts, eos_ids=self.eos_ids, pad_id=self.pad_id, max_new_tokens=max_tokens,
-                               temperature=temperature, top_p=top_p, top_k=top_k, log_probs=want_log_probs)  # fmt: skip
+                               temperature=temperature, top_p=top_p, top_k=top_k, log_probs=want_log_probs,
+                               seeds=seeds)  # fmt: skip
         return [
             TokenOutput(token_ids=token_ids, log_probs=log_probs, stop_reason="completed" if stopped else "length",
                         extra_fields={"global_steps": self.global_steps})  # fmt: skip
@@ -143,6 +164,7 @@ class HFGenerationServer:
         if missing:
             raise RuntimeError(f"hf rollout weight sync: missing keys {missing[:5]}")
         self.global_steps = global_steps
+        self._prompt_repeats.clear()  # a new step: seeds count repeats from 0 again
         return len(synced)
 
     def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
