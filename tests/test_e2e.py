@@ -154,19 +154,3 @@ def eval_two_samples(model_dir, run_dir, engine: str, max_tokens: int = 16) -> d
                 str(out)]) == 0  # fmt: skip
     with open(out / "summary.json") as f:
         return json.load(f)
-
-
-@pytest.mark.parametrize("selection", ["random", "all"])
-def test_candidate_selection_ablations_train_a_step(selection, tiny_dir, tmp_path):
-    """The paper's masking ablations (ablation=candidates_*) in the real trainer, one step each on
-    the tiny preset, silencing as many candidates as the S2T rule would (all: every candidate).
-    (high_entropy takes the same path as random with another order: tests/test_selection.py.)"""
-    train("stapo", tiny_dir, tmp_path, 1, f"ablation=candidates_{selection}", "trainer.val_before_train=false",
-          "trainer.test_freq=-1", "trainer.save_freq=-1", ALL_POSITIVE_ARE_CANDIDATES)  # fmt: skip
-    (log,) = (tmp_path / "logs" / "stapo").glob(f"stapo_tiny_cpu_{selection}_*.jsonl")
-    (row,) = training_rows(log)
-    assert_trained([row], [1])
-    candidates, silenced = row["actor/s2t/candidates"], row["actor/s2t/silenced"]
-    assert candidates > 0
-    # the selection ran (it logs the S2T rule's count next to its own) and kept the count
-    assert silenced == (candidates if selection == "all" else row["actor/s2t/rule_silenced"])
