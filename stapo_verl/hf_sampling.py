@@ -9,9 +9,17 @@ depend on which other prompts share its batch or in what order they came.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Optional
 
 import torch
+
+
+def request_seed(*parts) -> int:
+    """A request's sampling seed from what identifies it (rollout seed, step, prompt, repeat number):
+    the same parts give the same seed in every process and run (Python's hash() of a str does not)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # < 2**63: a valid seed for torch and vLLM
 
 
 def eos_and_pad_ids(model, tokenizer) -> tuple[set[int], int]:

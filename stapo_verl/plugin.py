@@ -24,6 +24,7 @@ from stapo_verl import install_state
 logger = logging.getLogger("stapo_verl")
 WORKERS_MODULE = "verl.workers.engine_workers"
 AGENT_LOOP_MODULE = "verl.experimental.agent_loop.agent_loop"
+SEEDED_AGENT_LOOP = "seeded_single_turn_agent"  # cpu_rollout=vllm's rollout.agent.default_agent_loop
 
 
 def _failed(exc: BaseException) -> None:  # keep verl importable, but make the failure visible
@@ -43,11 +44,12 @@ def install_into_workers() -> None:
 
 
 def register_agent_loops() -> None:
-    """The seeded single-turn agent loop (``cpu_rollout=vllm``) in verl's agent-loop registry."""
+    """The seeded single-turn agent loop (``cpu_rollout=vllm``) in verl's agent-loop registry, by
+    its dotted path: verl's hydra imports the module when a run selects it (importing it here
+    would import verl's agent-loop module again, from inside its own import)."""
     try:
-        from stapo_verl.cpu.seeded_agent_loop import register_seeded_agent_loop
-
-        register_seeded_agent_loop()
+        registry = sys.modules[AGENT_LOOP_MODULE]._agent_loop_registry
+        registry[SEEDED_AGENT_LOOP] = {"_target_": "stapo_verl.cpu.seeded_agent_loop.SeededSingleTurnAgentLoop"}
     except Exception as exc:
         _failed(exc)
 

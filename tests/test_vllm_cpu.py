@@ -175,13 +175,17 @@ def test_eval_with_vllm_seeds_each_prompt_and_moves_the_progress_bar(monkeypatch
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
     monkeypatch.setitem(sys.modules, "vllm.inputs", fake_inputs)
     engine = VLLMEngine.__new__(VLLMEngine)  # no model: the fake engine above
-    engine.llm, engine.prompts_per_call = FakeLLM(), 2
+    engine.llm, engine.prompts_per_call, engine.prefill_budget = FakeLLM(), 2, None
     results = engine.generate([[1], [2], [3], [4], [5]], 3, 1.0, 1.0, 8, seed=7, progress=Progress())
     assert calls == [[7_000_021, 7_000_022], [7_000_023, 7_000_024], [7_000_025]]
     assert progress_after_call == [6, 12, 15]  # 3 samples per prompt, after each call
     assert [len(r) for r in results] == [3] * 5 and results[4][2] == ([7_000_025, 2], True)
     engine.prompts_per_call = 5  # one call for all: the same seeds per prompt
     assert engine.generate([[1], [2], [3], [4], [5]], 3, 1.0, 1.0, 8, seed=7, progress=Progress()) == results
+    # on CPU a call's prefill fits vLLM's budget: here 7 tokens = 2 prompts x 3 samples x 1 token
+    engine.prefill_budget, calls[:] = 7, []
+    assert engine.generate([[1], [2], [3], [4], [5]], 3, 1.0, 1.0, 8, seed=7, progress=Progress()) == results
+    assert [len(c) for c in calls] == [2, 2, 1]
 
 
 def test_the_seeded_agent_loop_gives_each_rollout_of_a_prompt_its_own_reproducible_seed(monkeypatch):
@@ -224,12 +228,17 @@ def test_the_seeded_agent_loop_gives_each_rollout_of_a_prompt_its_own_reproducib
     assert not set(step([prompts[0]] * 4)) & set(first)
 
 
-def test_the_plugin_registers_the_seeded_agent_loop_where_verl_loads_its_agent_loops():
+@pytest.mark.parametrize("first", ["verl", "stapo_verl.cpu.seeded_agent_loop"])
+def test_the_plugin_registers_the_seeded_agent_loop_where_verl_loads_its_agent_loops(first):
+    """In a process that imports verl's agent loops (whichever module comes first: hydra imports
+    the seeded loop itself when a run selects it), with the worker hook installed as before."""
     import subprocess
 
-    code = ("import verl; from verl.experimental.agent_loop.agent_loop import _agent_loop_registry as r; "
+    code = (f"import {first}; from stapo_verl.install_state import INSTALL_ERROR; "
+            "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry as r; "
             "from verl.workers.engine_workers import ActorRolloutRefWorker as w; "
-            "print(r['seeded_single_turn_agent']['_target_'], w.actor_worker_cls.__name__)")  # fmt: skip
+            "print(INSTALL_ERROR, r['seeded_single_turn_agent']['_target_'], w.actor_worker_cls.__name__)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["stapo_verl.cpu.seeded_agent_loop.SeededSingleTurnAgentLoop", "TokenMaskTrainingWorker"]
+    assert out.stdout.split() == ["None", "stapo_verl.cpu.seeded_agent_loop.SeededSingleTurnAgentLoop",
+                                  "TokenMaskTrainingWorker"]  # fmt: skip

@@ -8,8 +8,8 @@ preset and tests. Two pieces, following verl's hybrid (colocated) mode:
   arrive together are sampled as one batch (:func:`stapo_verl.hf_sampling.sample`: token-in,
   token-out like vLLM, raw log-probs). Each request is sampled with its own seed, made from the
   rollout seed, the training step, its prompt and how many requests with that prompt came before
-  it in the step (:func:`request_seed`): the same seed gives the same responses whatever the
-  batching, so runs of different methods see the same samples at step 1.
+  it in the step (:func:`stapo_verl.hf_sampling.request_seed`): the same seed gives the same
+  responses whatever the batching, so runs of different methods see the same samples at step 1.
 - :class:`HFServerAdapter`: the ``BaseRollout`` inside each trainer worker. verl's weight sync
   (``checkpoint_engine.backend=naive``) hands it the actor's parameters; the replica's first rank
   ships them to its server through Ray's object store, in buckets.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import verl  # noqa: F401  isort: skip  (first: the plugin registers the cpu platform)
 import asyncio
 import collections
-import hashlib
 import threading
 from typing import Any, Generator, Optional
 
@@ -31,7 +30,7 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from stapo_verl.hf_sampling import eos_and_pad_ids, sample
+from stapo_verl.hf_sampling import eos_and_pad_ids, request_seed, sample
 
 BATCH_WAIT_S = 0.02  # gather the agent loop's concurrent requests into one batch
 # Weights travel to the server in buckets of about this size: a whole state dict in one message
@@ -41,13 +40,6 @@ WEIGHT_BUCKET_BYTES = 128 * 2**20
 
 def server_name(replica_rank: int, name_suffix: str = "") -> str:
     return f"stapo_hf_server_{replica_rank}{name_suffix}"
-
-
-def request_seed(rollout_seed: int, replica_rank: int, global_step: Optional[int], prompt_ids: list[int],
-                 repeat: int) -> int:  # fmt: skip
-    """The seed of one request: the ``repeat``-th request (from 0) with these prompt ids in this step."""
-    text = f"{rollout_seed}/{replica_rank}/{global_step}/{repeat}/{','.join(map(str, prompt_ids))}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 def sampling_key(sampling_params: dict[str, Any], max_tokens: int) -> tuple:
@@ -75,7 +67,8 @@ class HFGenerationServer:
         tokenizer = AutoTokenizer.from_pretrained(path)
         self.eos_ids, self.pad_id = eos_and_pad_ids(self.model, tokenizer)
         self.global_steps: Optional[int] = None
-        self._pending: list[tuple[tuple, list[int], bool, int, asyncio.Future]] = []  # (key, prompt, log-probs?, seed, reply)
+        # (key, prompt, log-probs?, seed, reply)
+        self._pending: list[tuple[tuple, list[int], bool, int, asyncio.Future]] = []
         self._prompt_repeats: collections.Counter = collections.Counter()  # requests per prompt in this step
         self._drain_task: Optional[asyncio.Task] = None
         self._model_lock = threading.Lock()  # generation and weight loads never overlap
@@ -106,8 +99,9 @@ class HFGenerationServer:
         key = sampling_key(sampling_params, max_tokens)
         repeat = self._prompt_repeats[tuple(prompt_ids)]
         self._prompt_repeats[tuple(prompt_ids)] += 1
-        seed = request_seed(int(getattr(self.config, "seed", 0) or 0), self.replica_rank, self.global_steps, prompt_ids,
-                            repeat)  # fmt: skip
+        # the repeat-th request (from 0) with these prompt ids in this step
+        seed = request_seed(int(getattr(self.config, "seed", 0) or 0), self.replica_rank, self.global_steps, repeat,
+                            prompt_ids)  # fmt: skip
         self._pending.append((key, prompt_ids, bool(sampling_params.get("logprobs")), seed, future))
         if self._drain_task is None or self._drain_task.done():
             self._drain_task = asyncio.create_task(self._drain())

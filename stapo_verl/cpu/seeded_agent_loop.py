@@ -15,20 +15,12 @@ from __future__ import annotations
 
 import verl  # noqa: F401  isort: skip  (verl first, as every stapo_verl module that uses it)
 import collections
-import hashlib
 import json
 from typing import Any
 
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
-AGENT_LOOP_NAME = "seeded_single_turn_agent"
-
-
-def request_seed(rollout_seed: int, prompt: str, repeat: int) -> int:
-    """The seed of the ``repeat``-th request (from 0) with this prompt (its messages as JSON)."""
-    digest = hashlib.sha256(f"{rollout_seed}/{repeat}/{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
+from stapo_verl.hf_sampling import request_seed
 
 class SeededSingleTurnAgentLoop(SingleTurnAgentLoop):
     repeats: collections.Counter = collections.Counter()  # per worker process: requests per prompt
@@ -38,11 +30,7 @@ class SeededSingleTurnAgentLoop(SingleTurnAgentLoop):
             prompt = json.dumps([dict(message) for message in kwargs["raw_prompt"]], sort_keys=True, default=str)
             repeat = SeededSingleTurnAgentLoop.repeats[prompt]
             SeededSingleTurnAgentLoop.repeats[prompt] += 1
-            sampling_params = {**sampling_params, "seed": request_seed(self.rollout_config.seed, prompt, repeat)}
+            # the repeat-th request (from 0) with this prompt (its messages as JSON)
+            sampling_params = {**sampling_params, "seed": request_seed(self.rollout_config.seed, repeat, prompt)}
         return await super().run(sampling_params, **kwargs)
 
-
-def register_seeded_agent_loop() -> None:
-    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
-
-    _agent_loop_registry[AGENT_LOOP_NAME] = {"_target_": f"{__name__}.{SeededSingleTurnAgentLoop.__qualname__}"}
