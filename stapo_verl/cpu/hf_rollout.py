@@ -73,7 +73,6 @@ class HFGenerationServer:
         self._drain_task: Optional[asyncio.Task] = None
         self._model_lock = threading.Lock()  # generation and weight loads never overlap
         self._synced: set[str] = set()  # weights loaded by the sync in progress
-        torch.manual_seed(int(getattr(config, "seed", 0) or 0) + replica_rank)
 
     def max_tokens(self, prompt_len: int, sampling_params: dict[str, Any]) -> int:
         # as verl's vLLM server: at most response_length, and within prompt + response length
