@@ -1,14 +1,17 @@
-"""One actor update on verl's FSDP engine: GRPO vs STAPO (both sources) vs 20-Entropy.
+"""The actor update of one training step on verl's FSDP engine: GRPO vs STAPO (both sources) vs
+20-Entropy (both scopes).
 
 The actor worker is built as verl's ``ActorRolloutRefWorker.init_model`` builds it (our
 ``TokenMaskTrainingWorker`` on verl's FSDP2 engine, verl's ``ppo_loss``, remove-padding), in this
-process, and fed the mini-batch layout verl's v1 trainer sends to ``update_actor`` (old
-log-probs and entropy from verl's own log-prob pass, as the trainer computes them). The variants
-run interleaved in one process on one worker (the loss function is switched between calls);
-reported: median wall time of ``train_batch`` and peak device memory per variant, and the ratios
-to GRPO.
+process, and fed what verl's v1 trainer sends to ``update_actor``: a step's batch (several PPO
+mini-batches, ``train_mini_batch``), GRPO groups of 8 responses to one prompt with Bernoulli
+rewards (each group its own success rate) and group z-score advantages, old log-probs and
+entropy from verl's own log-prob pass. The variants run interleaved in one process on one worker
+(the loss function is switched between steps); reported per variant: median wall time of the
+step's update and its peak memory, their ratios to GRPO, and the time spent in the ``current``
+statistics pass (where STAPO's extra cost goes).
 
-    python benchmarks/actor_step.py          # GPU: Qwen3-1.7B-shaped random bf16 model, 8 x (512 + 1536)
+    python benchmarks/actor_step.py          # GPU: Qwen3-1.7B-shaped random bf16 model, 4 x 16 x (512 + 1536)
     python benchmarks/actor_step.py --tiny   # anywhere (CPU: VERL_PLATFORM=cpu): the plumbing only
     python benchmarks/actor_step.py --smollm2  # CPU: SmolLM2-135M (the real-model preset), fp32
 
@@ -33,7 +36,9 @@ VARIANTS = {  # name -> policy_loss overrides (on top of verl's actor defaults)
     "stapo_current": {"loss_mode": "stapo", "stats_source": "current"},
     "stapo_old": {"loss_mode": "stapo", "stats_source": "old"},
     "entropy20": {"loss_mode": "entropy20"},
+    "entropy20_micro_batch": {"loss_mode": "entropy20", "top_entropy_scope": "micro_batch"},
 }
+GROUP = 8  # GRPO responses per prompt
 
 
 def setup_environment() -> str:
@@ -134,31 +139,38 @@ def loss_fn(cfg, overrides: dict):
     return partial(ppo_loss, config=omega_conf_to_dataclass(actor))
 
 
-def mini_batch(args, vocab: int, old_pass=None):
-    """verl's update_actor layout: jagged prompt+response rows, group advantages, old stats."""
+def step_batch(args, vocab: int, old_pass=None):
+    """verl's update_actor input for one step: ``args.mini_batches`` x ``args.rows`` responses in
+    GRPO groups of 8 (one prompt each), jagged prompt+response rows, group z-score advantages
+    (verl's GRPO: (r - mean) / (std + 1e-6)), the old pass's statistics when given."""
     import torch
     from tensordict import TensorDict
     from verl.utils import tensordict_utils as tu
 
     g = torch.Generator().manual_seed(0)
-    jagged = lambda rows: torch.nested.as_nested_tensor(rows, layout=torch.jagged)  # noqa: E731
-    prompts = [torch.randint(0, vocab, (args.prompt,), generator=g) for _ in range(args.rows)]
-    responses = [torch.randint(0, vocab, (args.response,), generator=g) for _ in range(args.rows)]
-    ones = [torch.ones(args.response, dtype=torch.int64) for _ in range(args.rows)]
-    signs = [1.0 if i % 2 else -1.0 for i in range(args.rows)]  # half the rows A > 0
+    rows = args.mini_batches * args.rows
+    jagged = lambda values: torch.nested.as_nested_tensor(values, layout=torch.jagged)  # noqa: E731
+    prompts = [torch.randint(0, vocab, (args.prompt,), generator=g) for _ in range(rows // GROUP)]
+    prompts = [prompt for prompt in prompts for _ in range(GROUP)]
+    responses = [torch.randint(0, vocab, (args.response,), generator=g) for _ in range(rows)]
+    ones = [torch.ones(args.response, dtype=torch.int64) for _ in range(rows)]
+    success = torch.rand(rows // GROUP, 1, generator=g)  # each prompt its own pass rate
+    rewards = (torch.rand(rows // GROUP, GROUP, generator=g) < success).float()
+    advantages = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)).reshape(-1)
     data = TensorDict({
         "input_ids": jagged([torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]),
-        "position_ids": jagged([torch.arange(args.prompt + args.response) for _ in range(args.rows)]),
+        "position_ids": jagged([torch.arange(args.prompt + args.response) for _ in range(rows)]),
         "prompts": jagged(prompts), "responses": jagged(responses),
         "response_mask": jagged(ones), "loss_mask": jagged([o.clone() for o in ones]),
-        "advantages": jagged([torch.full((args.response,), s) for s in signs]),
-    }, batch_size=[args.rows])  # fmt: skip
-    tu.assign_non_tensor(data, calculate_entropy=False, global_batch_size=args.rows, temperature=1.0,
-                         global_token_num=[args.prompt + args.response] * args.rows, update_lr_scheduler=False,
-                         disable_auto_offload=True)  # fmt: skip
+        "advantages": jagged([torch.full((args.response,), float(a)) for a in advantages]),
+    }, batch_size=[rows])  # fmt: skip
+    # what the v1 trainer's _update_actor passes (verl's actor defaults: 1 epoch, no shuffle)
+    tu.assign_non_tensor(data, calculate_entropy=False, global_batch_size=args.rows, mini_batch_size=args.rows,
+                         epochs=1, seed=42, dataloader_kwargs={"shuffle": False}, temperature=1.0,
+                         global_token_num=[args.prompt + args.response] * rows, disable_auto_offload=True)  # fmt: skip
     if old_pass is not None:
         data["old_log_probs"], data["entropy"] = old_pass
-    return data
+    return data, float((advantages > 0).float().mean())
 
 
 def old_log_prob_pass(worker, args, vocab):
@@ -167,7 +179,7 @@ def old_log_prob_pass(worker, args, vocab):
 
     from stapo_verl.verl_hook import response_values
 
-    data = mini_batch(args, vocab)
+    data, _ = step_batch(args, vocab)
     tu.assign_non_tensor(data, calculate_entropy=True, compute_loss=False)
     output = worker.infer_batch(data)
     as_jagged = lambda flat: _split(flat, args)  # noqa: E731
@@ -181,13 +193,33 @@ def _split(flat, args):
     return torch.nested.as_nested_tensor(list(flat.float().cpu().split(args.response)), layout=torch.jagged)
 
 
+class StatsPassTimer:
+    """Seconds and rows of the worker's ``current`` statistics passes (``_current_policy_stats``)."""
+
+    def __init__(self, worker, sync):
+        self.seconds, self.rows, self.calls = 0.0, 0, 0
+        original = worker._current_policy_stats
+
+        def timed(data, rows=None):
+            sync()
+            start = time.perf_counter()
+            stats = original(data, rows)
+            sync()
+            self.seconds += time.perf_counter() - start
+            self.rows += len(data) if rows is None else len(rows)
+            self.calls += 1
+            return stats
+
+        worker._current_policy_stats = timed
+
+
 def check_variant_ran(name: str, output) -> None:
     """The update logged the mask metrics of its variant (and no others): nothing was mislabelled."""
     from verl.utils import tensordict_utils as tu
 
     keys = set(tu.get(output, "metrics"))
     expected = {"grpo": None, "stapo_current": "s2t/silenced", "stapo_old": "s2t/silenced",
-                "entropy20": "entropy20/kept_tokens"}[name]  # fmt: skip
+                "entropy20": "entropy20/kept_tokens", "entropy20_micro_batch": "entropy20/kept_tokens"}[name]  # fmt: skip
     masked = {k for k in keys if k.startswith(("s2t/", "entropy20/"))}
     if (expected is None and masked) or (expected is not None and expected not in keys):
         raise RuntimeError(f"{name}: unexpected mask metrics {sorted(masked)}")
@@ -223,20 +255,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny preset's shape and a small batch")
     parser.add_argument("--smollm2", action="store_true", help="SmolLM2-135M (the smollm2_135m preset's model), fp32")
-    parser.add_argument("--rows", type=int, help="sequences (default 8; --tiny 4, --smollm2 24)")
+    parser.add_argument("--mini-batches", type=int, help="PPO mini-batches per step (default 4; --tiny 2)")
+    parser.add_argument("--rows", type=int, help="responses per mini-batch, a multiple of 8 (default 16; --tiny 8)")
     parser.add_argument("--prompt", type=int, help="prompt tokens (default 512; --tiny 16, --smollm2 109)")
     parser.add_argument("--response", type=int, help="response tokens (default 1536; --tiny 48, --smollm2 64)")
-    parser.add_argument(
-        "--repeats", type=int, help="timed calls per variant and round (default 5; --tiny 2, --smollm2 3)"
-    )
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds, one timed step per variant each (default 3; --tiny 1)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing steps: profile one `current` statistics pass (diagnostics on and off) "
+                             "and one GRPO mini-batch update (torch.profiler, top operators)")  # fmt: skip
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    # the preset's mini-batch for --smollm2: 24 responses, 109-token prompts, <= 64-token answers
-    sizes = (4, 16, 48, 2) if args.tiny else (24, 109, 64, 3) if args.smollm2 else (8, 512, 1536, 5)
-    for name, default in zip(("rows", "prompt", "response", "repeats"), sizes):
+    # --smollm2: the preset's prompts (109 tokens) and answers (<= 64 tokens)
+    sizes = (2, 8, 16, 48, 1) if args.tiny else (4, 16, 109, 64, 3) if args.smollm2 else (4, 16, 512, 1536, 3)
+    for name, default in zip(("mini_batches", "rows", "prompt", "response", "rounds"), sizes):
         if getattr(args, name) is None:
             setattr(args, name, default)
+    variants = args.variants.split(",")
+    if "grpo" not in variants or not set(variants) <= set(VARIANTS) or args.rows % GROUP:
+        parser.error(f"--variants must include grpo and come from {list(VARIANTS)}; --rows a multiple of {GROUP}")
     args.max_token_len = (args.prompt + args.response) * 2
     device = setup_environment()
 
@@ -260,37 +297,50 @@ def main():
     vocab = 260 if args.tiny else 49152 if args.smollm2 else 151936
     old_pass = old_log_prob_pass(worker, args, vocab)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    samples = {name: {"seconds": [], "peak_gib": []} for name in VARIANTS}
+    stats_pass = StatsPassTimer(worker, sync)
     memory = PeakRss if device == "cpu" else contextlib.nullcontext
+    samples = {name: {"seconds": [], "peak_gib": [], "stats_pass_s": [], "stats_pass_rows": []} for name in variants}
+
+    def update(name):
+        """One step's actor update (verl's train_mini_batch over every mini-batch) under ``name``."""
+        worker.set_loss_fn(loss_fn(cfg, VARIANTS[name]))
+        data, positive_share = step_batch(args, vocab, old_pass)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        before = (stats_pass.seconds, stats_pass.rows)
+        sync()
+        with memory() as rss:
+            start = time.perf_counter()
+            output = worker.train_mini_batch(data)
+            sync()
+            seconds = time.perf_counter() - start
+        check_variant_ran(name, output)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else rss.added_gib
+        return seconds, peak, stats_pass.seconds - before[0], stats_pass.rows - before[1], positive_share
+
+    update("stapo_current")  # warm-up: allocator, kernels, both the training and the statistics forward
+    if args.profile:
+        return write_profile(args, worker, cfg, vocab, old_pass, device)
     for round_index in range(args.rounds):
-        for name, overrides in VARIANTS.items():
-            worker.set_loss_fn(loss_fn(cfg, overrides))
-            worker.train_batch(mini_batch(args, vocab, old_pass))  # warm-up (allocator, kernels)
-            for _ in range(args.repeats):
-                data = mini_batch(args, vocab, old_pass)
-                if device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                sync()
-                with memory() as rss:
-                    start = time.perf_counter()
-                    output = worker.train_batch(data)
-                    sync()
-                    samples[name]["seconds"].append(time.perf_counter() - start)
-                if device == "cuda":
-                    samples[name]["peak_gib"].append(torch.cuda.max_memory_allocated() / 2**30)
-                else:
-                    samples[name]["peak_gib"].append(rss.added_gib)
-            check_variant_ran(name, output)
-            latest = statistics.median(samples[name]["seconds"][-args.repeats :])
-            print(f"round {round_index + 1}/{args.rounds} {name}: {1000 * latest:.1f} ms", flush=True)
+        for name in variants:
+            seconds, peak, pass_seconds, pass_rows, positive_share = update(name)
+            for key, value in zip(("seconds", "peak_gib", "stats_pass_s", "stats_pass_rows"),
+                                  (seconds, peak, pass_seconds, pass_rows)):  # fmt: skip
+                samples[name][key].append(value)
+            print(f"round {round_index + 1}/{args.rounds} {name}: {seconds:.2f} s, peak {peak:.2f} GiB, "
+                  f"statistics pass {pass_seconds:.2f} s over {pass_rows} rows", flush=True)  # fmt: skip
     results = {}
     for name, values in samples.items():
-        results[name] = {"median_ms": 1000 * statistics.median(values["seconds"]),
-                         "peak_gib": max(values["peak_gib"]) if values["peak_gib"] else None}  # fmt: skip
+        results[name] = {
+            "median_s": statistics.median(values["seconds"]),
+            "seconds": values["seconds"],
+            "peak_gib": max(values["peak_gib"]),
+            "stats_pass_s": statistics.median(values["stats_pass_s"]),
+            "stats_pass_rows": values["stats_pass_rows"][0],
+        }
     for name, values in results.items():
-        values["time_vs_grpo"] = values["median_ms"] / results["grpo"]["median_ms"]
-        if values["peak_gib"] is not None:
-            values["memory_vs_grpo"] = values["peak_gib"] / results["grpo"]["peak_gib"]
+        values["time_vs_grpo"] = values["median_s"] / results["grpo"]["median_s"]
+        values["memory_vs_grpo"] = values["peak_gib"] / results["grpo"]["peak_gib"]
     import transformers
     from verl import __version__ as verl_version
 
@@ -301,13 +351,60 @@ def main():
                      "python": sys.version.split()[0]},  # fmt: skip
         "model": "tiny (Qwen3 shape, 90k params)" if args.tiny else "SmolLM2-135M-Instruct, fp32" if args.smollm2
         else "Qwen3-1.7B shape, random bf16",
-        "memory": "peak CUDA allocation" if device == "cuda" else "peak RSS added during the call (5 ms samples)",
-        "batch": {"rows": args.rows, "prompt": args.prompt, "response": args.response},
-        "repeats": args.repeats, "rounds": args.rounds,
+        "memory": "peak CUDA allocation" if device == "cuda" else "peak RSS added during the step (5 ms samples)",
+        "step": {"mini_batches": args.mini_batches, "rows_per_mini_batch": args.rows, "group": GROUP,
+                 "prompt": args.prompt, "response": args.response, "max_token_len_per_micro_batch": args.max_token_len,
+                 "positive_advantage_share": positive_share},  # fmt: skip
+        "rounds": args.rounds,
         "results": results,
     }  # fmt: skip
     suffix = f"{device}_tiny" if args.tiny else f"{device}_smollm2" if args.smollm2 else device
     write_result(record, args.out or os.path.join(os.path.dirname(__file__), "results", f"actor_step_{suffix}.json"))
+
+
+def top_operators(run, count: int = 12) -> dict:
+    """Wall time of ``run()`` and its operators with the most self time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    seconds = time.perf_counter() - start
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return {"seconds": seconds, "top_self_cpu": [
+        {"op": e.key, "ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total, "calls": e.count}
+        for e in events[:count]]}  # fmt: skip
+
+
+def write_profile(args, worker, cfg, vocab, old_pass, device):
+    """Where STAPO `current`'s extra time goes: its statistics pass over the responses of one
+    mini-batch that can hold a candidate, with diagnostics (sum pi^2) on and off, next to one
+    GRPO update of that mini-batch."""
+    import torch
+    from common import cpu_description, write_result
+    from verl.utils import tensordict_utils as tu
+
+    from stapo_verl.verl_hook import rows_that_can_hold_a_candidate
+
+    data, _ = step_batch(args, vocab, old_pass)
+    mini_batch = tu.index_select_tensor_dict(data, torch.arange(args.rows, 2 * args.rows))  # the step's second
+    tu.assign_non_tensor(mini_batch, global_token_num=[args.prompt + args.response] * args.rows,
+                         update_lr_scheduler=False)  # fmt: skip
+    rows = rows_that_can_hold_a_candidate(mini_batch)
+    record = {"date": datetime.date.today().isoformat(), "device": cpu_description() if device == "cpu" else
+              torch.cuda.get_device_name(), "mini_batch_rows": args.rows, "pass_rows": len(rows)}  # fmt: skip
+    for diagnostics in (True, False):
+        worker.set_loss_fn(loss_fn(cfg, {**VARIANTS["stapo_current"], "diagnostics": diagnostics}))
+        worker._current_policy_stats(mini_batch, rows)  # warm
+        key = f"stats_pass_diagnostics_{'on' if diagnostics else 'off'}"
+        record[key] = top_operators(lambda: worker._current_policy_stats(mini_batch, rows))
+    worker.set_loss_fn(loss_fn(cfg, VARIANTS["grpo"]))
+    record["grpo_mini_batch_update"] = top_operators(lambda: worker.train_batch(mini_batch.copy()))
+    for key in ("stats_pass_diagnostics_on", "stats_pass_diagnostics_off"):
+        record[key]["vs_grpo_mini_batch_update"] = record[key]["seconds"] / record["grpo_mini_batch_update"]["seconds"]
+    suffix = f"{device}_smollm2" if args.smollm2 else device
+    write_result(record, args.out or os.path.join(os.path.dirname(__file__), "results", f"actor_step_{suffix}_profile.json"))
 
 
 if __name__ == "__main__":

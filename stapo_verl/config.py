@@ -65,8 +65,11 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
             over the mini-batch, in (0, 1]. Set to null to use ``entropy_threshold``.
         entropy_threshold: S2T absolute entropy cut-off in nats (>= 0), instead of the quantile.
         top_entropy_ratio: 20-Entropy fraction of valid tokens that keep a gradient, in (0, 1].
-        top_entropy_scope: ``mini_batch`` (global top-k over the mini-batch and all DP ranks) or
-            ``micro_batch`` (top-k within each micro-batch, as the 80/20 authors' verl fork).
+        top_entropy_scope: ``mini_batch`` (global top-k over the mini-batch and all DP ranks; ties
+            at the threshold all kept) or ``micro_batch`` (exactly ceil(ratio * n) of each
+            micro-batch's n tokens, ties to the earlier token, as the 80/20 authors' verl fork):
+            masked inside the loss with the training forward's own entropy, no extra pass; needs
+            stats_source=current, fp32_statistics=false, dump_dir=null.
         token_mask: the mask, when it is not the one ``loss_mode`` implies: ``s2t``,
             ``top_entropy`` or ``random`` (the control); with any other verl loss (``gspo``,
             ``cispo``, ``clip_cov``, ...) it puts that mask under that loss.
@@ -139,6 +142,15 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
                     f"{FIELD_PREFIX}.token_mask={self.token_mask} contradicts loss_mode={self.loss_mode} "
                     f"(accepted: {list(allowed)}); use loss_mode=vanilla to put this mask under plain GRPO"
                 )
+        if token_mask_kind(self) == "top_entropy" and self.top_entropy_scope == "micro_batch":
+            accepted = {"stats_source": "current", "fp32_statistics": False, "dump_dir": None}
+            for name, value in accepted.items():
+                if getattr(self, name) != value:
+                    raise ValueError(
+                        f"{FIELD_PREFIX}.top_entropy_scope=micro_batch takes H_t from the training forward itself "
+                        f"(the current policy, the engine's precision; the mask exists only inside the loss), so "
+                        f"{name} must be {value!r}, got {getattr(self, name)!r}"
+                    )
         if self.candidate_selection != "low_entropy" and token_mask_kind(self) != "s2t":
             raise ValueError(
                 f"{FIELD_PREFIX}.candidate_selection={self.candidate_selection} selects among S2T candidates: it "

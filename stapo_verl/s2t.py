@@ -38,7 +38,7 @@ class TopEntropyMask:
     """Result of :func:`top_entropy_keep_mask`."""
 
     keep_mask: torch.Tensor  # tokens that keep their gradient
-    entropy_threshold: Optional[float]  # smallest kept entropy (mini-batch scope); None if no valid token
+    entropy_threshold: Optional[float]  # smallest kept entropy; None if no valid token
 
 
 def _is_distributed(group) -> bool:
@@ -181,36 +181,35 @@ def select_candidates(
     return selected
 
 
-def top_entropy_keep_mask(
-    entropy: torch.Tensor,
-    response_mask: torch.Tensor,
-    ratio: float = 0.2,
-    segment_ids: Optional[torch.Tensor] = None,
-    group=None,
-) -> TopEntropyMask:
-    """20-Entropy: keep only the highest-entropy valid tokens (any advantage sign).
+def top_entropy_keep_mask(entropy: torch.Tensor, response_mask: torch.Tensor, ratio: float = 0.2, group=None) -> TopEntropyMask:
+    """20-Entropy over the mini-batch: keep only the highest-entropy valid tokens (any advantage sign).
 
-    Keeps the ``keep_count(n, ratio)`` highest-entropy tokens of each scope: the whole mini-batch
-    over all ranks of ``group`` by default, or, with ``segment_ids`` (an integer id per token,
-    e.g. the micro-batch index), each segment of this rank separately. Tokens tied with the
-    smallest kept entropy are all kept, so ties can keep a few more than the count.
+    Keeps the ``keep_count(n, ratio)`` highest-entropy of the n valid tokens of all ranks of
+    ``group``. Tokens tied with the smallest kept entropy are all kept, so ties can keep a few
+    more than the count.
     """
     valid = response_mask.bool()
     values = entropy.float()
-    if segment_ids is None:
-        pooled = gather_values(values[valid], group)
-        k = keep_count(pooled.numel(), ratio)
-        if k == 0:
-            return TopEntropyMask(keep_mask=torch.zeros_like(valid), entropy_threshold=None)
-        threshold = float(torch.topk(pooled, k).values[-1])
-        return TopEntropyMask(keep_mask=valid & (values >= threshold), entropy_threshold=threshold)
-    keep = torch.zeros_like(valid)
-    for segment in torch.unique(segment_ids[valid]).tolist():
-        in_segment = valid & (segment_ids == segment)
-        segment_values = values[in_segment]
-        threshold = torch.topk(segment_values, keep_count(segment_values.numel(), ratio)).values[-1]
-        keep |= in_segment & (values >= threshold)
-    return TopEntropyMask(keep_mask=keep, entropy_threshold=None)
+    pooled = gather_values(values[valid], group)
+    k = keep_count(pooled.numel(), ratio)
+    if k == 0:
+        return TopEntropyMask(keep_mask=torch.zeros_like(valid), entropy_threshold=None)
+    threshold = float(torch.topk(pooled, k).values[-1])
+    return TopEntropyMask(keep_mask=valid & (values >= threshold), entropy_threshold=threshold)
+
+
+def top_k_entropy_mask(entropy: torch.Tensor, response_mask: torch.Tensor, ratio: float = 0.2) -> torch.Tensor:
+    """20-Entropy within one micro-batch: exactly ``keep_count(n, ratio)`` of its n valid tokens
+    keep a gradient, the highest-entropy ones; of tokens with equal entropy the earlier one (in
+    flat order) is kept. The exact count lets the loss's renormalising token count be known
+    before the training forward computes the entropies. Returns the keep mask (shape as inputs).
+    """
+    positions = torch.nonzero(response_mask.bool().reshape(-1)).squeeze(1)
+    k = keep_count(positions.numel(), ratio)
+    order = torch.sort(entropy.reshape(-1)[positions].float(), descending=True, stable=True).indices[:k]
+    keep = torch.zeros(response_mask.numel(), dtype=torch.bool, device=response_mask.device)
+    keep[positions[order]] = True
+    return keep.view(response_mask.shape)
 
 
 def assert_finite(name: str, values: torch.Tensor, response_mask: torch.Tensor, group=None) -> None:

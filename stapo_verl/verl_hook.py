@@ -16,6 +16,11 @@ mini-batch, before the engine counts tokens:
    pass; ``attention_mask`` is untouched), so verl's own ``agg_loss`` renormalises over the kept
    tokens for every ``loss_agg_mode``, exactly, whatever the micro-batch split.
 
+20-Entropy with ``top_entropy_scope=micro_batch`` needs only the entropies of the micro-batch
+being trained, which verl's training forward computes (``calculate_entropy``): the hook plans
+the split and the kept-token count (:func:`plan_top_entropy_per_micro_batch`) and the mask is made
+inside each micro-batch's loss call (:func:`top_entropy_mask_in_loss`), with no extra pass.
+
 ``token_mask`` puts the same mask under any verl loss (``gspo``, ``cispo``, ...). The loss
 function is wrapped so the registered ``stapo``/``entropy20`` losses run only on a masked
 mini-batch, and so the mask metrics and diagnostics travel verl's metric path.
@@ -29,11 +34,12 @@ import verl  # noqa: F401  isort: skip
 
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Optional
 
 import torch
 from verl.utils import tensordict_utils as tu
+from verl.utils.metric import AggregationType, Metric
 from verl.workers import engine_workers
 from verl.workers.engine.utils import prepare_micro_batches
 from verl.workers.utils.padding import no_padding_2_padding, response_from_nested
@@ -46,11 +52,13 @@ from stapo_verl.s2t import (
     assert_finite,
     global_max,
     global_sum,
+    keep_count,
     random_silence_like,
     s2t_spurious_mask,
     select_candidates,
     token_group_stats,
     top_entropy_keep_mask,
+    top_k_entropy_mask,
 )
 
 logger = logging.getLogger("stapo_verl")
@@ -59,6 +67,19 @@ logger = logging.getLogger("stapo_verl")
 MASK_METRICS_KEY = "stapo_token_mask_metrics"
 # Key of the old-log-prob pass's entropy in the update batch (verl's v1 trainer writes it).
 OLD_ENTROPY_KEY = "entropy"
+# 20-Entropy per micro-batch: per row, the micro-batch it was planned into and that micro-batch's
+# valid tokens (a row tensor, so verl's split carries it to the loss call); and the mini-batch's
+# (valid, kept) token counts.
+PLANNED_MICRO_BATCH_KEY = "stapo_planned_micro_batch"
+PLANNED_TOKENS_KEY = "stapo_planned_tokens"
+# True when the hook, not the actor config, turned on the training forward's entropy.
+ENTROPY_FOR_MASK_ONLY_KEY = "stapo_entropy_for_mask_only"
+
+
+def masks_in_training_forward(policy_loss) -> bool:
+    """20-Entropy with ``top_entropy_scope=micro_batch``: the mask needs only the entropies of the
+    micro-batch being trained, which the training forward computes, so it is made in the loss."""
+    return stapo_config.token_mask_kind(policy_loss) == "top_entropy" and policy_loss.top_entropy_scope == "micro_batch"
 
 
 def _flat(tensor: torch.Tensor) -> torch.Tensor:
@@ -130,7 +151,6 @@ def apply_token_mask(
     data,
     policy_loss: "stapo_config.TokenMaskPolicyLossConfig",
     current_stats: Optional[Callable[[], tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]] = None,
-    micro_batch_ids: Optional[Callable[[], torch.Tensor]] = None,
     group=None,
     dump: Optional[Callable[..., None]] = None,
     old_stats_are_current: bool = False,
@@ -145,8 +165,6 @@ def apply_token_mask(
             in that order; None: every row); called only for ``stats_source=current``. For S2T
             with the old pass's statistics in the batch, ``rows`` are only the responses that
             can hold a candidate.
-        micro_batch_ids: returns the micro-batch index of each response token (flat); called
-            only for 20-Entropy with ``top_entropy_scope=micro_batch``.
         group: the data-parallel process group (None on one rank).
         dump: if given, called as dump(silenced, kept_candidates or None, log_prob, entropy,
             advantages) (flat tensors; kept candidates: S2T candidates that keep a gradient).
@@ -160,6 +178,8 @@ def apply_token_mask(
     kind = stapo_config.token_mask_kind(policy_loss)
     if kind is None:
         raise ValueError(f"loss_mode {policy_loss.loss_mode!r} with token_mask=null has no token mask")
+    if masks_in_training_forward(policy_loss):
+        raise ValueError("top_entropy_scope=micro_batch is masked in the loss (plan_top_entropy_per_micro_batch)")
     valid = _flat(data["response_mask"]).bool()
     has_old_stats = OLD_ENTROPY_KEY in data.keys() and "old_log_probs" in data.keys()
     if policy_loss.stats_source == "current" and not (old_stats_are_current and has_old_stats):
@@ -231,14 +251,7 @@ def apply_token_mask(
         if kind == "s2t" and selection != "low_entropy":  # the ablation's count next to the rule's
             metrics["s2t/rule_silenced"] = rule_silenced
     else:
-        micro_scope = policy_loss.top_entropy_scope == "micro_batch"
-        top = top_entropy_keep_mask(
-            entropy,
-            valid,
-            ratio=policy_loss.top_entropy_ratio,
-            segment_ids=micro_batch_ids().to(valid.device) if micro_scope else None,
-            group=group,
-        )
+        top = top_entropy_keep_mask(entropy, valid, ratio=policy_loss.top_entropy_ratio, group=group)
         silenced = valid & ~top.keep_mask
         num_kept = float(global_sum(top.keep_mask.sum(), group))
         metrics = {"entropy20/kept_tokens": num_kept, "entropy20/kept_frac": num_kept / denominator}
@@ -261,6 +274,13 @@ def apply_token_mask(
 
     if num_valid > 0 and not bool(global_sum(keep.sum(), group)):
         logger.warning("stapo-verl: the %s mask silenced every token of this mini-batch; no gradient", kind)
+    keep_only(data, keep)
+    return metrics
+
+
+def keep_only(data, keep: torch.Tensor) -> None:
+    """Zero every token outside ``keep`` (flat, aligned with ``_flat(response_mask)``) in ``data``'s
+    ``response_mask`` and ``loss_mask``."""
     for key in ("response_mask", "loss_mask"):
         if key not in data.keys():
             continue
@@ -269,7 +289,96 @@ def apply_token_mask(
         if flat.shape != keep.shape:
             raise ValueError(f"{key} is not aligned with response_mask ({tuple(flat.shape)} vs {tuple(keep.shape)})")
         data[key] = _unflat_like(torch.where(keep.to(flat.device), flat, torch.zeros_like(flat)), mask)
+
+
+def plan_top_entropy_per_micro_batch(data, policy_loss, micro_batch_rows: torch.Tensor, group=None) -> dict[str, float]:
+    """20-Entropy with ``top_entropy_scope=micro_batch``, before verl's engine runs the mini-batch.
+
+    The mask itself is made in each micro-batch's loss call from the entropy of the training
+    forward (:func:`top_entropy_mask_in_loss`): no extra forward pass. What the loss needs to know
+    beforehand is planned here: each micro-batch keeps exactly ``keep_count(n, ratio)`` of its n
+    valid tokens (:func:`~stapo_verl.s2t.top_k_entropy_mask`), so the mini-batch's kept-token count,
+    which renormalises the loss over every micro-batch and DP rank, is known now.
+
+    Args:
+        data: one mini-batch of this rank; gets the planned micro-batch of each row and the
+            kept-token count, and ``calculate_entropy=True`` for the training forward.
+        micro_batch_rows: (rows,) the micro-batch index of each row under verl's split.
+        group: the data-parallel process group (None on one rank).
+
+    Returns:
+        Mini-batch-global metrics (identical on every rank).
+    """
+    valid = _flat(data["response_mask"]).bool().cpu()
+    lengths = _response_offsets(data).diff()
+    row_valid = torch.zeros(len(lengths), dtype=torch.long).index_add_(
+        0, torch.repeat_interleave(torch.arange(len(lengths)), lengths), valid.long()
+    )
+    micro_batch_rows = micro_batch_rows.cpu()
+    per_micro_batch = torch.zeros(int(micro_batch_rows.max()) + 1 if len(micro_batch_rows) else 0, dtype=torch.long)
+    per_micro_batch.index_add_(0, micro_batch_rows, row_valid)
+    kept = sum(keep_count(int(n), policy_loss.top_entropy_ratio) for n in per_micro_batch.tolist())
+    device = _flat(data["response_mask"]).device
+    num_valid = float(global_sum(valid.sum().to(device), group))
+    num_kept = float(global_sum(torch.tensor(kept, device=device), group))
+    for_mask_only = not tu.get_non_tensor_data(data=data, key="calculate_entropy", default=False)
+    data[PLANNED_MICRO_BATCH_KEY] = torch.stack([micro_batch_rows, per_micro_batch[micro_batch_rows]], 1).to(device)
+    tu.assign_non_tensor(
+        data,
+        calculate_entropy=True,
+        **{PLANNED_TOKENS_KEY: (num_valid, num_kept), ENTROPY_FOR_MASK_ONLY_KEY: for_mask_only},
+    )
+    metrics = {"entropy20/kept_tokens": num_kept, "entropy20/kept_frac": num_kept / max(num_valid, 1.0)}
+    if policy_loss.diagnostics:
+        metrics.update({"token_mask/kept/tokens": num_kept, "token_mask/silenced/tokens": num_valid - num_kept})
     return metrics
+
+
+def top_entropy_mask_in_loss(data, model_output, policy_loss, group=None) -> dict:
+    """20-Entropy per micro-batch inside verl's loss call: keep the micro-batch's top
+    ``keep_count(n, ratio)`` tokens by the training forward's entropy, renormalise by the
+    mini-batch's planned kept-token count (:func:`plan_top_entropy_per_micro_batch`).
+
+    Changes ``data`` (this micro-batch: masks, ``batch_num_tokens``) and ``model_output`` (drops
+    the entropy when only the mask asked for it: the loss is then verl's, entropy-free). Returns
+    the diagnostics' per-micro-batch shares (empty without ``diagnostics``).
+    """
+    entropy_full = model_output.get("entropy")
+    if entropy_full is None:
+        raise RuntimeError(
+            "top_entropy_scope=micro_batch: the training forward returned no entropy; the worker hook sets "
+            "calculate_entropy=True on the mini-batch (is the actor's engine one that honours it?)"
+        )
+    valid = _flat(data["response_mask"]).bool()
+    planned = data[PLANNED_MICRO_BATCH_KEY].cpu()  # (rows, 2): micro-batch, its valid tokens
+    if len(planned) and not (bool((planned == planned[0]).all()) and int(planned[0, 1]) == int(valid.sum())):
+        raise RuntimeError(
+            f"top_entropy_scope=micro_batch: verl split the mini-batch otherwise than planned (this micro-batch: "
+            f"{int(valid.sum())} valid tokens from planned micro-batches {sorted(set(planned[:, 0].tolist()))}, "
+            f"planned {sorted(set(planned[:, 1].tolist()))} tokens); the kept-token count would be wrong"
+        )
+    entropy = response_values(entropy_full.detach(), data).to(valid.device)
+    assert_finite("entropy", entropy, valid, group)
+    keep = top_k_entropy_mask(entropy, valid, policy_loss.top_entropy_ratio)
+    keep_only(data, keep)
+    num_valid, num_kept = tu.get_non_tensor_data(data=data, key=PLANNED_TOKENS_KEY, default=None)
+    tu.assign_non_tensor(data, batch_num_tokens=num_kept)
+    if tu.get_non_tensor_data(data=data, key=ENTROPY_FOR_MASK_ONLY_KEY, default=False):
+        model_output.pop("entropy")
+    if not policy_loss.diagnostics:
+        return {}
+    # The means of token_mask/{kept,silenced}/*: this micro-batch's share of the mini-batch-global
+    # mean (summed over micro-batches, averaged over DP ranks by verl: hence * dp_size).
+    log_prob = response_values(model_output["log_probs"].detach(), data).to(valid.device)
+    advantages = _flat(data["advantages"]).to(valid.device)
+    local = token_group_stats(log_prob, entropy, advantages, valid, valid & ~keep)
+    dp_size = tu.get_non_tensor_data(data=data, key="dp_size", default=1)
+    shares = {}
+    for name, total in (("kept", num_kept), ("silenced", num_valid - num_kept)):
+        for stat in ("prob_mean", "entropy_mean", "positive_adv_frac"):
+            value = local.get(f"{name}/{stat}", 0.0) * local.get(f"{name}/tokens", 0.0) / max(total, 1.0) * dp_size
+            shares[f"token_mask/{name}/{stat}"] = Metric(value=value, aggregation=AggregationType.SUM)
+    return shares
 
 
 def with_token_mask(loss_fn: Callable) -> Callable:
@@ -283,16 +392,43 @@ def with_token_mask(loss_fn: Callable) -> Callable:
         mask_metrics = tu.get_non_tensor_data(data=kwargs["data"], key=MASK_METRICS_KEY, default=None)
         if mask_metrics is None:
             raise RuntimeError(f"token_mask={kind}: this micro-batch carries no token mask from the worker hook")
+        mask_metrics = dict(mask_metrics)
+        if masks_in_training_forward(config.policy_loss):
+            mask_metrics.update(
+                top_entropy_mask_in_loss(kwargs["data"], kwargs["model_output"], config.policy_loss, kwargs.get("dp_group"))
+            )
         if tu.get_non_tensor_data(data=kwargs["data"], key="batch_num_tokens", default=None) == 0:
             # Every token of the mini-batch was silenced: no gradient, and a finite loss instead
             # of verl's 0/0 under token-mean.
-            return (_flat(kwargs["model_output"]["log_probs"]) * 0.0).sum(), dict(mask_metrics)
+            return (_flat(kwargs["model_output"]["log_probs"]) * 0.0).sum(), mask_metrics
         with losses.token_mask_applied(kind):
             loss, metrics = loss_fn(**kwargs)
         metrics.update(mask_metrics)
         return loss, metrics
 
     return loss_with_token_mask
+
+
+@contextmanager
+def entropy_without_graph(engine):
+    """verl's FSDP engine computes the training forward's entropy under no_grad while the block
+    runs: it only feeds the 20-Entropy mask and leaves before verl's loss, so autograd need not keep
+    a softmax over the vocabulary per token. Engines without ``compute_entropy_from_logits`` keep
+    their entropy's graph (memory only: the loss never uses it)."""
+    compute = getattr(engine, "compute_entropy_from_logits", None)
+    if compute is None:
+        yield
+        return
+
+    def entropy_no_grad(*args, **kwargs):
+        with torch.no_grad():
+            return compute(*args, **kwargs)
+
+    engine.compute_entropy_from_logits = entropy_no_grad
+    try:
+        yield
+    finally:
+        engine.compute_entropy_from_logits = compute
 
 
 @contextmanager
@@ -345,19 +481,26 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
             self.weights_of_old_pass = False
 
     def train_batch(self, data):
-        if self.policy_loss is not None:
+        entropy_context = nullcontext()
+        if self.policy_loss is not None and masks_in_training_forward(self.policy_loss):
+            group = self.engine.get_data_parallel_group()
+            metrics = plan_top_entropy_per_micro_batch(data, self.policy_loss, self._micro_batch_rows(data), group)
+            if tu.get_non_tensor_data(data=data, key=ENTROPY_FOR_MASK_ONLY_KEY, default=False):
+                entropy_context = entropy_without_graph(self.engine)
+        elif self.policy_loss is not None:
             metrics = apply_token_mask(
                 data,
                 self.policy_loss,
                 current_stats=lambda rows: self._current_policy_stats(data, rows),
-                micro_batch_ids=lambda: self._micro_batch_ids(data),
                 group=self.engine.get_data_parallel_group(),
                 dump=self._silenced_token_dump(data),
                 old_stats_are_current=self.weights_of_old_pass,
             )
+        if self.policy_loss is not None:
             tu.assign_non_tensor(data, **{MASK_METRICS_KEY: metrics})
         self.weights_of_old_pass = False  # this call steps the optimizer
-        return super().train_batch(data)
+        with entropy_context:
+            return super().train_batch(data)
 
     def infer_batch(self, data):
         # Both statistics sources pass here: the trainer's old-log-prob pass (compute_log_prob)
@@ -419,8 +562,8 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
 
         return dump
 
-    def _micro_batch_ids(self, data) -> torch.Tensor:
-        """Micro-batch index of each response token, as verl's engine will split this mini-batch."""
+    def _micro_batch_rows(self, data) -> torch.Tensor:
+        """Micro-batch index of each row, as verl's engine will split this mini-batch."""
         probe = data.copy()
         # The same defaults TrainingWorker.train_batch gives the engine (kept if already set).
         defaults = dict(
@@ -430,7 +573,7 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
             sp_size=getattr(self.engine, "ulysses_sequence_parallel_size", 1),
         )
         tu.assign_non_tensor(probe, **{k: v for k, v in defaults.items() if k not in probe.keys()})
-        return micro_batch_ids(probe, self.engine.get_data_parallel_group())
+        return micro_batch_rows(probe, self.engine.get_data_parallel_group())
 
 
 def write_token_dump(path, data, groups, log_prob, entropy, advantages, decode, config, update: int) -> None:
@@ -451,8 +594,8 @@ def write_token_dump(path, data, groups, log_prob, entropy, advantages, decode, 
         append_jsonl(path, records, update=update, group=group)
 
 
-def micro_batch_ids(data, group=None) -> torch.Tensor:
-    """Micro-batch index of each response token under verl's ``prepare_micro_batches`` split."""
+def micro_batch_rows(data, group=None) -> torch.Tensor:
+    """Micro-batch index of each row under verl's ``prepare_micro_batches`` split."""
     micro_batches, indices = prepare_micro_batches(data=data, dp_group=group, same_micro_num_in_dp=True)
     row_ids = torch.empty(len(data), dtype=torch.long)
     if indices is None:  # fixed micro-batch size: consecutive chunks
@@ -463,10 +606,7 @@ def micro_batch_ids(data, group=None) -> torch.Tensor:
     else:
         for i, rows in enumerate(indices):
             row_ids[torch.as_tensor(rows, dtype=torch.long)] = i
-    response_mask = data["response_mask"]
-    if response_mask.is_nested:
-        return row_ids.repeat_interleave(response_mask.offsets().diff().cpu())
-    return row_ids[:, None].expand(response_mask.shape).reshape(-1)
+    return row_ids
 
 
 def install_worker_hook() -> None:

@@ -96,6 +96,15 @@ class MiniBatch:
         tu.assign_non_tensor(data, global_batch_size=global_batch_size or len(rows))
         return data
 
+    def full_sequence_entropy(self, rows) -> torch.Tensor:
+        """The entropies laid out as the model's per-position output over whole sequences of
+        ``rows`` (what the training forward returns with ``calculate_entropy``); 0 off-response."""
+        full = torch.zeros_like(self.theta.detach())
+        for i in range(len(self.seq_lens)):
+            start = int(self.offsets[i] + self.prompt_lens[i] - 1)
+            full[start : start + int(self.response_lens[i])] = self.entropy[i]
+        return torch.cat([full[int(self.offsets[r]) : int(self.offsets[r + 1])] for r in rows])
+
     def current_stats(self, rows=None):
         """(log_prob, entropy, sum_pi_squared) of the 'current policy' on the response tokens of
         ``rows`` (all when None), flat in that order."""
@@ -130,6 +139,7 @@ class TinyEngine:
         self.batch = batch
         self.log_prob_dtype = log_prob_dtype
         self.dp_size = dp_size
+        self.trained_masks = {}  # row -> its response_mask as the loss left it (masks made in the loss)
 
     def get_data_parallel_group(self):
         return None  # the default group: every rank of the test
@@ -141,13 +151,20 @@ class TinyEngine:
         return nullcontext()
 
     def forward_step(self, micro_batch, loss_function, forward_only):
+        from verl.utils import tensordict_utils as tu
+
         rows = micro_batch["row_index"].tolist()
         values = torch.cat([self.batch.theta[int(self.batch.offsets[r]) : int(self.batch.offsets[r + 1])] for r in rows])
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.batch.seq_lens[rows].cumsum(0)])
         if self.log_prob_dtype is not None:
             values = values.to(self.log_prob_dtype)
-        log_probs = torch.nested.nested_tensor_from_jagged(values, offsets=offsets)
-        loss, metrics = loss_function(model_output={"log_probs": log_probs}, data=micro_batch, dp_group=None)
+        model_output = {"log_probs": torch.nested.nested_tensor_from_jagged(values, offsets=offsets)}
+        if tu.get_non_tensor_data(data=micro_batch, key="calculate_entropy", default=False):
+            entropy = self.batch.full_sequence_entropy(rows)
+            model_output["entropy"] = torch.nested.nested_tensor_from_jagged(entropy, offsets=offsets)
+        loss, metrics = loss_function(model_output=model_output, data=micro_batch, dp_group=None)
+        for row, mask in zip(rows, micro_batch["response_mask"].unbind()):
+            self.trained_masks[row] = mask
         return loss, {"model_output": {}, "loss": loss.detach().item(), "metrics": metrics}
 
     def forward_backward_batch(self, data, loss_function):
@@ -239,21 +256,35 @@ def run_minibatch(
     """One mini-batch through the hook's mask and verl's micro-batch loop.
 
     Returns (data, output): the masked mini-batch and verl's output, whose "loss" lists each
-    micro-batch's (globally normalised) loss and "metrics" the per-micro-batch metrics.
+    micro-batch's (globally normalised) loss and "metrics" the per-micro-batch metrics. A mask the
+    loss makes (20-Entropy per micro-batch) is put in ``data``'s ``response_mask`` afterwards.
     """
     from verl.utils import tensordict_utils as tu
 
-    from stapo_verl.verl_hook import MASK_METRICS_KEY, apply_token_mask
+    from stapo_verl.verl_hook import (
+        MASK_METRICS_KEY,
+        apply_token_mask,
+        masks_in_training_forward,
+        micro_batch_rows,
+        plan_top_entropy_per_micro_batch,
+    )
 
     data = batch.tensordict() if data is None else data
     if micro_batch_size is not None:
         tu.assign_non_tensor(data, use_dynamic_bsz=False, micro_batch_size_per_gpu=micro_batch_size)
     else:
         tu.assign_non_tensor(data, use_dynamic_bsz=True, max_token_len_per_gpu=max_token_len)
-    if mask:
+    in_loss = mask and masks_in_training_forward(config.policy_loss)
+    if in_loss:
+        metrics = plan_top_entropy_per_micro_batch(data, config.policy_loss, micro_batch_rows(data, group), group)
+        tu.assign_non_tensor(data, **{MASK_METRICS_KEY: metrics})
+    elif mask:
         metrics = apply_token_mask(data, config.policy_loss, current_stats=stats or batch.stats_of(data), group=group)
         tu.assign_non_tensor(data, **{MASK_METRICS_KEY: metrics})
     batch.theta.grad = None
     dp_size = 1 if group is None else torch.distributed.get_world_size(group)
-    output = TinyEngine(batch, log_prob_dtype, dp_size).forward_backward_batch(data, actor_loss_fn(config))
+    engine = TinyEngine(batch, log_prob_dtype, dp_size)
+    output = engine.forward_backward_batch(data, actor_loss_fn(config))
+    if in_loss:
+        data["response_mask"] = _jagged([engine.trained_masks[r] for r in data["row_index"].tolist()])
     return data, output

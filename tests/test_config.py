@@ -50,3 +50,14 @@ def test_verl_builds_it_from_hydra_config():
 
     with pytest.raises(InstantiationException, match=r"policy_loss\.tau_prob must be a number in \(0\.0, 1\.0\], got 2\.0"):
         actor_config("stapo", tau_prob=2.0)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("stats_source", "old"), ("fp32_statistics", True), ("dump_dir", "/tmp/silenced")]
+)
+def test_micro_batch_top_entropy_refuses_what_the_training_forward_cannot_give(field, value):
+    """top_entropy_scope=micro_batch masks with the training forward's own entropy: no old source,
+    no fp32 statistics pass, no mini-batch-level token dump."""
+    with pytest.raises(ValueError, match=rf"top_entropy_scope=micro_batch .* {field} must be"):
+        TokenMaskPolicyLossConfig(loss_mode="entropy20", top_entropy_scope="micro_batch", **{field: value})
+    assert getattr(TokenMaskPolicyLossConfig(loss_mode="entropy20", **{field: value}), field) == value  # mini_batch

@@ -20,6 +20,9 @@ CASES = {
     # each rank's fresh pass covers only its rows that can hold a candidate
     "stapo_current": dict(loss_mode="stapo", tau_prob=0.05, stats_source="current"),
     "entropy20": dict(loss_mode="entropy20", top_entropy_ratio=0.2, stats_source="old"),
+    # masked in the loss; each rank's micro-batches here are the one-process run's, and the
+    # renormalising kept-token count sums over ranks
+    "entropy20_micro_batch": dict(loss_mode="entropy20", top_entropy_ratio=0.2, top_entropy_scope="micro_batch"),
     # one global choice among all ranks' candidates, not a per-rank one
     "stapo_high_entropy": dict(loss_mode="stapo", tau_prob=0.05, stats_source="old", candidate_selection="high_entropy"),
     "stapo_random": dict(loss_mode="stapo", tau_prob=0.05, stats_source="old", candidate_selection="random"),

@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import HAND_CASE, MiniBatch, actor_config, run_minibatch
+from conftest import HAND_CASE, MiniBatch, actor_config, actor_loss_fn, run_minibatch
 from verl.utils import tensordict_utils as tu
 
 from stapo_verl.losses import token_mask_applied
@@ -122,19 +122,124 @@ def test_gradient_does_not_depend_on_micro_batch_split(agg_mode, source, loss_mo
         assert loss == pytest.approx(losses[0], rel=1e-6)
 
 
-def test_top_entropy_micro_batch_scope_follows_verls_split():
+@pytest.mark.parametrize("split", [dict(micro_batch_size=2), dict(micro_batch_size=4), dict(max_token_len=40)])
+def test_top_entropy_micro_batch_scope_masks_in_the_training_forward(split):
+    """top_entropy_scope=micro_batch: no statistics pass; the mask made in each loss call from the
+    entropy the training forward returns equals the rule over verl's micro-batches with the same
+    entropies from a separate pass (as before, entropies distinct), and the loss is renormalised
+    by the mini-batch's kept tokens."""
+    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+
+    from stapo_verl.s2t import top_entropy_keep_mask
+    from stapo_verl.verl_hook import micro_batch_rows
+
+    def no_pass(rows):
+        raise AssertionError("top_entropy_scope=micro_batch ran a statistics pass")
+
     batch = MiniBatch(seed=6, n_seqs=8)
-    config = actor_config("entropy20", top_entropy_ratio=0.2, top_entropy_scope="micro_batch", stats_source="old")
+    config = actor_config("entropy20", top_entropy_ratio=0.2, top_entropy_scope="micro_batch")
+    data, output = run_minibatch(batch, config, stats=no_pass, **split)
+    keep = _flat(data["response_mask"]).bool()
+
+    probe = batch.tensordict()  # the reference: verl's split of the same mini-batch, a pass's entropies
+    tu.assign_non_tensor(probe, use_dynamic_bsz="max_token_len" in split,
+                         micro_batch_size_per_gpu=split.get("micro_batch_size"), max_token_len_per_gpu=split.get("max_token_len"))  # fmt: skip
+    token_micro_batch = micro_batch_rows(probe).repeat_interleave(batch.response_lens)
+    entropy = _flat(probe["entropy"])
+    expected = torch.zeros_like(keep)
+    for micro_batch in token_micro_batch.unique():
+        rows = token_micro_batch == micro_batch
+        expected[rows] = top_entropy_keep_mask(entropy[rows], torch.ones_like(entropy[rows]), 0.2).keep_mask
+    assert len(token_micro_batch.unique()) > 1 and 0 < int(expected.sum()) < expected.numel()
+    assert torch.equal(keep, expected)
+    assert output["metrics"]["entropy20/kept_tokens"][0] == int(expected.sum())
+
+    grad = batch.response_grad().clone()
+    padded = data.select("response_mask", "old_log_probs", "advantages").to_padded_tensor()
+    batch.theta.grad = None
+    log_prob = torch.nn.utils.rnn.pad_sequence([batch.response_values(batch.theta, i) for i in range(8)], batch_first=True)
+    reference, _ = compute_policy_loss_vanilla(
+        old_log_prob=padded["old_log_probs"],
+        log_prob=log_prob,
+        advantages=padded["advantages"],
+        response_mask=padded["response_mask"].bool(),
+        loss_agg_mode="token-mean",
+        config=actor_config("vanilla"),
+    )
+    reference.backward()
+    assert total_loss(output) == pytest.approx(reference.item(), rel=1e-9)
+    assert torch.allclose(grad, batch.response_grad(), rtol=1e-9, atol=1e-15)
+
+
+def test_top_entropy_micro_batch_scope_refuses_a_split_other_than_planned():
+    """The kept-token count is planned from verl's split; a loss call on another split stops."""
+    from conftest import TinyEngine
+
+    from stapo_verl.verl_hook import micro_batch_rows, plan_top_entropy_per_micro_batch
+
+    batch = MiniBatch(seed=6, n_seqs=8)
+    config = actor_config("entropy20", top_entropy_scope="micro_batch")
     data = batch.tensordict()
     tu.assign_non_tensor(data, use_dynamic_bsz=False, micro_batch_size_per_gpu=2)
-    from stapo_verl.verl_hook import micro_batch_ids
+    metrics = plan_top_entropy_per_micro_batch(data, config.policy_loss, micro_batch_rows(data))
+    tu.assign_non_tensor(data, micro_batch_size_per_gpu=4, **{MASK_METRICS_KEY: metrics})
+    with pytest.raises(RuntimeError, match="split the mini-batch otherwise than planned"):
+        TinyEngine(batch).forward_backward_batch(data, actor_loss_fn(config))
 
-    ids = micro_batch_ids(data)
-    apply_token_mask(data, config.policy_loss, micro_batch_ids=lambda: ids)
+
+def test_top_entropy_micro_batch_diagnostics_are_mini_batch_means():
+    """The per-micro-batch shares verl sums give the mini-batch's means of the kept and the
+    silenced tokens, as the mini-batch-scope path computes them from the same mask."""
+    from verl.utils.metric import Metric
+
+    from stapo_verl.s2t import token_group_stats
+
+    batch = MiniBatch(seed=7, n_seqs=8)
+    data, output = run_minibatch(batch, actor_config("entropy20", top_entropy_scope="micro_batch"), micro_batch_size=2)
     keep = _flat(data["response_mask"]).bool()
-    sizes = batch.response_lens.view(4, 2).sum(1).tolist()  # micro-batch = 2 consecutive rows
-    for micro_batch, size in enumerate(sizes):
-        assert int(keep[ids == micro_batch].sum()) == -(-size // 5)  # ceil(0.2 * size), entropies distinct
+    log_prob, entropy, _ = batch.current_stats()
+    expected = token_group_stats(log_prob, entropy, _flat(data["advantages"]), torch.ones_like(keep), ~keep)
+    metrics = output["metrics"]
+    for name in ("kept", "silenced"):
+        assert metrics[f"token_mask/{name}/tokens"][0] == expected[f"{name}/tokens"]
+        for stat in ("prob_mean", "entropy_mean", "positive_adv_frac"):
+            value = Metric.aggregate_dp([metrics[f"token_mask/{name}/{stat}"]])
+            assert value == pytest.approx(expected[f"{name}/{stat}"], rel=1e-9, abs=1e-12)
+
+
+def test_worker_masks_micro_batch_top_entropy_in_the_training_forward():
+    """The worker runs no statistics pass, asks verl's forward for the entropy, which it computes
+    without autograd while the update runs (only the mask reads it); an actor that asked for the
+    entropy itself (entropy_coeff != 0) keeps it, with its gradient."""
+    import verl.workers.engine_workers as engine_workers
+
+    def entropy_fn(logits):
+        return logits.sum(-1)
+
+    for asked_by_actor in (False, True):
+        worker = TokenMaskTrainingWorker.__new__(TokenMaskTrainingWorker)
+        worker.engine = mock.Mock(get_data_parallel_group=lambda: None, compute_entropy_from_logits=entropy_fn)
+        worker.engine_config = mock.Mock(use_dynamic_bsz=False, max_token_len_per_gpu=None, micro_batch_size_per_gpu=2)
+        with mock.patch.object(engine_workers.TrainingWorker, "set_loss_fn"):
+            worker.set_loss_fn(partial(engine_workers.ppo_loss, config=actor_config("entropy20", top_entropy_scope="micro_batch")))
+        data = MiniBatch(seed=3, n_seqs=8).tensordict()
+        tu.assign_non_tensor(data, calculate_entropy=asked_by_actor)
+        seen = {}
+
+        def verls_train_batch(self, data):
+            logits = torch.ones(3, 5, requires_grad=True)
+            seen.update(data=data, entropy_has_grad=self.engine.compute_entropy_from_logits(logits).requires_grad)
+
+        with (
+            mock.patch.object(engine_workers.TrainingWorker, "train_batch", verls_train_batch),
+            mock.patch.object(TokenMaskTrainingWorker, "_current_policy_stats", side_effect=AssertionError("a pass")),
+        ):
+            worker.train_batch(data)
+        assert tu.get_non_tensor_data(seen["data"], "calculate_entropy", None) is True
+        assert seen["entropy_has_grad"] is asked_by_actor
+        assert worker.engine.compute_entropy_from_logits is entropy_fn  # restored
+        assert tu.get_non_tensor_data(seen["data"], MASK_METRICS_KEY, None)["entropy20/kept_tokens"] > 0
+        assert torch.equal(_flat(seen["data"]["response_mask"]), _flat(data["response_mask"]))  # masked in the loss
 
 
 def test_every_token_silenced_gives_zero_gradient_and_finite_loss(caplog):
@@ -408,3 +513,70 @@ def test_fp32_statistics_give_both_sources_passes_fp32_logits():
     exact = entropy_from_logits(bf16.double())
     assert (entropy_from_logits(fp32).double() - exact).abs().max() < 1e-5
     assert (entropy_from_logits(bf16).double() - exact).abs().max() > 1e-3
+
+
+MICRO_BATCH_MASKS_ON_VERLS_ENGINE = """
+import sys, tempfile, types
+import torch
+sys.path.insert(0, {benchmarks!r})
+import actor_step
+device = actor_step.setup_environment()
+import stapo_verl.plugin, stapo_verl.verl_hook as hook
+from verl.utils import tensordict_utils as tu
+from stapo_verl.s2t import top_entropy_keep_mask
+
+args = types.SimpleNamespace(tiny=True, smollm2=False, mini_batches=1, rows=8, prompt=16, response=48, max_token_len=128)
+model_dir = tempfile.mkdtemp()
+actor_step.make_model_dir(model_dir, True, device)
+cfg = actor_step.actor_section(model_dir, args, tuple(actor_step.FP32_OVERRIDES))  # bf16 entropies tie
+worker = actor_step.build_worker(cfg)
+data, _ = actor_step.step_batch(args, 260, actor_step.old_log_prob_pass(worker, args, 260))
+data["entropy"] = 10.0 - data["entropy"]  # an old pass ranking the other way: the mask must not read it
+probe = data.copy()  # today's mask: a separate pass's entropies, the rule over verl's micro-batches
+tu.assign_non_tensor(probe, calculate_entropy=True, compute_loss=False)
+entropy = hook.response_values(tu.get(worker.infer_batch(probe), "entropy"), probe)
+tokens = worker._micro_batch_rows(data).repeat_interleave(args.response)
+before = torch.zeros_like(entropy, dtype=torch.bool)
+for micro_batch in tokens.unique():
+    rows = tokens == micro_batch
+    before[rows] = top_entropy_keep_mask(entropy[rows], torch.ones_like(entropy[rows]), 0.2).keep_mask
+
+made_in_loss, passes = [], []
+def capture(micro_batch, model_output, policy_loss, group):
+    metrics = mask_in_loss(micro_batch, model_output, policy_loss, group)
+    made_in_loss.append((micro_batch["row_index"], micro_batch["response_mask"].values().bool()))
+    return metrics
+mask_in_loss, hook.top_entropy_mask_in_loss = hook.top_entropy_mask_in_loss, capture
+current_stats = worker._current_policy_stats
+worker._current_policy_stats = lambda *a: passes.append(1) or current_stats(*a)
+data["row_index"] = torch.arange(len(data))
+worker.set_loss_fn(actor_step.loss_fn(cfg, dict(loss_mode="entropy20", top_entropy_scope="micro_batch")))
+output = worker.train_batch(data)
+after = torch.zeros_like(before)
+for rows, keep in made_in_loss:
+    for i, row in enumerate(rows.tolist()):
+        after[row * args.response : (row + 1) * args.response] = keep[i * args.response : (i + 1) * args.response]
+assert not passes, "a statistics pass ran"
+assert len(made_in_loss) == len(tokens.unique()) > 1
+assert entropy.dtype == torch.float32
+assert torch.equal(after, before), (after ^ before).sum()
+kept = tu.get(output, "metrics")["entropy20/kept_tokens"]  # per DP rank, per micro-batch
+assert torch.tensor(kept).unique().tolist() == [int(before.sum())]
+print("kept", int(after.sum()), "of", after.numel(), "in", len(made_in_loss), "micro-batches")
+"""
+
+
+def test_micro_batch_masks_on_verls_fsdp_engine_equal_a_separate_pass():
+    """On verl's FSDP2 engine (tiny model, CPU): the masks the loss makes from the training
+    forward's entropy equal the rule over verl's micro-batches with a separate pass's entropies,
+    and no statistics pass runs."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    benchmarks = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    code = textwrap.dedent(MICRO_BATCH_MASKS_ON_VERLS_ENGINE).format(benchmarks=benchmarks)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "kept" in result.stdout

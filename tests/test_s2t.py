@@ -14,6 +14,7 @@ from stapo_verl.s2t import (
     quantile,
     s2t_spurious_mask,
     top_entropy_keep_mask,
+    top_k_entropy_mask,
 )
 
 
@@ -61,12 +62,13 @@ def test_hand_computed_top_entropy():
     assert torch.equal(result.keep_mask, torch.tensor([[0, 0, 0, 1, 0, 1], [0] * 6], dtype=torch.bool))
 
 
-def test_top_entropy_per_segment():
-    # segment 0 = response 0 (6 tokens, keep 2), segment 1 = response 1 (2 valid tokens, keep 1 + tie)
-    segments = torch.tensor([[0] * 6, [1] * 6])
-    result = top_entropy_keep_mask(HAND_ENTROPY, HAND_VALID, ratio=0.2, segment_ids=segments)
-    expected = torch.tensor([[0, 0, 0, 1, 0, 1], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)  # tie at 0.1 keeps both
-    assert torch.equal(result.keep_mask, expected)
+def test_top_k_entropy_keeps_exactly_k_ties_to_the_earlier_token():
+    # response 0: 6 tokens, keep 2 (H = 3 and 2); response 1: 2 valid tokens tied at H = 0.1, keep 1:
+    # the earlier one (the mini-batch rule, a threshold, keeps both)
+    kept = [top_k_entropy_mask(HAND_ENTROPY[i], HAND_VALID[i], ratio=0.2) for i in range(2)]
+    expected = torch.tensor([[0, 0, 0, 1, 0, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(torch.stack(kept), expected)
+    assert not top_k_entropy_mask(HAND_ENTROPY, torch.zeros_like(HAND_VALID)).any()
 
 
 def test_no_positive_advantage_silences_nothing():
@@ -164,3 +166,7 @@ def test_top_entropy_properties(args):
         assert int((valid.bool() & (entropy > result.entropy_threshold)).sum()) < k
     if keep.any() and (valid.bool() & ~keep).any():
         assert entropy[keep].min() >= entropy[valid.bool() & ~keep].max()
+    exact = top_k_entropy_mask(entropy, valid, ratio=ratio)  # the micro-batch rule: exactly k
+    assert int(exact.sum()) == k and not (exact & ~keep).any()
+    if distinct:
+        assert torch.equal(exact, keep)
