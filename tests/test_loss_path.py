@@ -48,23 +48,11 @@ def test_hand_computed_loss_and_gradients():
     assert torch.all(log_prob.grad[silenced] == 0)  # exactly zero, not small
 
 
-@pytest.mark.parametrize("source", ["old", "current"])
-def test_engine_loss_is_clipped_objective_over_kept_tokens(source):
-    """Through verl's micro-batch loop, STAPO equals verl's vanilla loss on the whole padded
-    mini-batch with the silenced tokens removed (the renormalisation counts kept tokens only)."""
+def assert_equals_vanilla_over_kept_tokens(batch, data, output, grad):
+    """The loss and gradient of a run equal verl's ``vanilla`` in one call on the padded
+    mini-batch with ``data``'s response_mask (the kept tokens): no micro-batching, local count."""
     from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
 
-    batch = MiniBatch(seed=3, n_seqs=8)
-    config = actor_config("stapo", tau_prob=0.05, stats_source=source)
-    data, output = run_minibatch(batch, config, micro_batch_size=2)
-    grad = batch.response_grad().clone()
-    keep = _flat(data["response_mask"]).bool()
-    silenced = int((~keep).sum())
-    assert silenced > 0
-    assert output["metrics"]["s2t/silenced"][0] == silenced
-    assert torch.all(grad[~keep] == 0)
-
-    # reference: one call on the padded mini-batch, no micro-batching, local token count
     padded = data.select("response_mask", "old_log_probs", "advantages").to_padded_tensor()
     batch.theta.grad = None
     log_prob = torch.nn.utils.rnn.pad_sequence([batch.response_values(batch.theta, i) for i in range(8)], batch_first=True)
@@ -79,6 +67,22 @@ def test_engine_loss_is_clipped_objective_over_kept_tokens(source):
     reference.backward()
     assert total_loss(output) == pytest.approx(reference.item(), rel=1e-9)
     assert torch.allclose(grad, batch.response_grad(), rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("source", ["old", "current"])
+def test_engine_loss_is_clipped_objective_over_kept_tokens(source):
+    """Through verl's micro-batch loop, STAPO equals verl's vanilla loss on the whole padded
+    mini-batch with the silenced tokens removed (the renormalisation counts kept tokens only)."""
+    batch = MiniBatch(seed=3, n_seqs=8)
+    config = actor_config("stapo", tau_prob=0.05, stats_source=source)
+    data, output = run_minibatch(batch, config, micro_batch_size=2)
+    grad = batch.response_grad().clone()
+    keep = _flat(data["response_mask"]).bool()
+    silenced = int((~keep).sum())
+    assert silenced > 0
+    assert output["metrics"]["s2t/silenced"][0] == silenced
+    assert torch.all(grad[~keep] == 0)
+    assert_equals_vanilla_over_kept_tokens(batch, data, output, grad)
 
 
 @pytest.mark.parametrize("agg_mode", AGG_MODES)
@@ -128,8 +132,6 @@ def test_top_entropy_micro_batch_scope_masks_in_the_training_forward(split):
     entropy the training forward returns equals the rule over verl's micro-batches with the same
     entropies from a separate pass (as before, entropies distinct), and the loss is renormalised
     by the mini-batch's kept tokens."""
-    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
-
     from stapo_verl.s2t import top_entropy_keep_mask
     from stapo_verl.verl_hook import micro_batch_rows
 
@@ -154,21 +156,7 @@ def test_top_entropy_micro_batch_scope_masks_in_the_training_forward(split):
     assert torch.equal(keep, expected)
     assert output["metrics"]["entropy20/kept_tokens"][0] == int(expected.sum())
 
-    grad = batch.response_grad().clone()
-    padded = data.select("response_mask", "old_log_probs", "advantages").to_padded_tensor()
-    batch.theta.grad = None
-    log_prob = torch.nn.utils.rnn.pad_sequence([batch.response_values(batch.theta, i) for i in range(8)], batch_first=True)
-    reference, _ = compute_policy_loss_vanilla(
-        old_log_prob=padded["old_log_probs"],
-        log_prob=log_prob,
-        advantages=padded["advantages"],
-        response_mask=padded["response_mask"].bool(),
-        loss_agg_mode="token-mean",
-        config=actor_config("vanilla"),
-    )
-    reference.backward()
-    assert total_loss(output) == pytest.approx(reference.item(), rel=1e-9)
-    assert torch.allclose(grad, batch.response_grad(), rtol=1e-9, atol=1e-15)
+    assert_equals_vanilla_over_kept_tokens(batch, data, output, batch.response_grad().clone())
 
 
 def test_top_entropy_micro_batch_scope_refuses_a_split_other_than_planned():
