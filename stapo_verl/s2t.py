@@ -181,7 +181,9 @@ def select_candidates(
     return selected
 
 
-def top_entropy_keep_mask(entropy: torch.Tensor, response_mask: torch.Tensor, ratio: float = 0.2, group=None) -> TopEntropyMask:
+def top_entropy_keep_mask(
+    entropy: torch.Tensor, response_mask: torch.Tensor, ratio: float = 0.2, group=None
+) -> TopEntropyMask:
     """20-Entropy over the mini-batch: keep only the highest-entropy valid tokens (any advantage sign).
 
     Keeps the ``keep_count(n, ratio)`` highest-entropy of the n valid tokens of all ranks of

@@ -394,9 +394,8 @@ def with_token_mask(loss_fn: Callable) -> Callable:
             raise RuntimeError(f"token_mask={kind}: this micro-batch carries no token mask from the worker hook")
         mask_metrics = dict(mask_metrics)
         if masks_in_training_forward(config.policy_loss):
-            mask_metrics.update(
-                top_entropy_mask_in_loss(kwargs["data"], kwargs["model_output"], config.policy_loss, kwargs.get("dp_group"))
-            )
+            data, model_output, group = kwargs["data"], kwargs["model_output"], kwargs.get("dp_group")
+            mask_metrics.update(top_entropy_mask_in_loss(data, model_output, config.policy_loss, group))
         if tu.get_non_tensor_data(data=kwargs["data"], key="batch_num_tokens", default=None) == 0:
             # Every token of the mini-batch was silenced: no gradient, and a finite loss instead
             # of verl's 0/0 under token-mean.
