@@ -9,7 +9,7 @@ rewards (each group its own success rate) and group z-score advantages, old log-
 entropy from verl's own log-prob pass. The variants run interleaved in one process on one worker
 (the loss function is switched between steps); reported per variant: median wall time of the
 step's update and its peak memory, their ratios to GRPO, and the time spent in the ``current``
-statistics pass (where STAPO's extra cost goes).
+statistics pass (where STAPO's extra cost goes); ``--profile`` then profiles that pass.
 
     python benchmarks/actor_step.py          # GPU: Qwen3-1.7B-shaped random bf16 model, 4 x 16 x (512 + 1536)
     python benchmarks/actor_step.py --tiny   # anywhere (CPU: VERL_PLATFORM=cpu): the plumbing only
@@ -262,8 +262,8 @@ def main():
     parser.add_argument("--rounds", type=int, help="interleaved rounds, one timed step per variant each (default 3; --tiny 1)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     parser.add_argument("--profile", action="store_true",
-                        help="instead of timing steps: profile one `current` statistics pass (diagnostics on and off) "
-                             "and one GRPO mini-batch update (torch.profiler, top operators)")  # fmt: skip
+                        help="then profile one `current` statistics pass (diagnostics on and off) and one GRPO "
+                             "mini-batch update (torch.profiler, top operators), into <out>_profile.json")  # fmt: skip
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     # --smollm2: the preset's prompts (109 tokens) and answers (<= 64 tokens)
@@ -319,8 +319,6 @@ def main():
         return seconds, peak, stats_pass.seconds - before[0], stats_pass.rows - before[1], positive_share
 
     update("stapo_current")  # warm-up: allocator, kernels, both the training and the statistics forward
-    if args.profile:
-        return write_profile(args, worker, cfg, vocab, old_pass, device)
     for round_index in range(args.rounds):
         for name in variants:
             seconds, peak, pass_seconds, pass_rows, positive_share = update(name)
@@ -359,7 +357,10 @@ def main():
         "results": results,
     }  # fmt: skip
     suffix = f"{device}_tiny" if args.tiny else f"{device}_smollm2" if args.smollm2 else device
-    write_result(record, args.out or os.path.join(os.path.dirname(__file__), "results", f"actor_step_{suffix}.json"))
+    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"actor_step_{suffix}.json")
+    write_result(record, out)
+    if args.profile:
+        write_profile(args, worker, cfg, vocab, old_pass, device, os.path.splitext(out)[0] + "_profile.json")
 
 
 def top_operators(run, count: int = 12) -> dict:
@@ -377,7 +378,7 @@ def top_operators(run, count: int = 12) -> dict:
         for e in events[:count]]}  # fmt: skip
 
 
-def write_profile(args, worker, cfg, vocab, old_pass, device):
+def write_profile(args, worker, cfg, vocab, old_pass, device, out: str):
     """Where STAPO `current`'s extra time goes: its statistics pass over the responses of one
     mini-batch that can hold a candidate, with diagnostics (sum pi^2) on and off, next to one
     GRPO update of that mini-batch."""
@@ -403,8 +404,7 @@ def write_profile(args, worker, cfg, vocab, old_pass, device):
     record["grpo_mini_batch_update"] = top_operators(lambda: worker.train_batch(mini_batch.copy()))
     for key in ("stats_pass_diagnostics_on", "stats_pass_diagnostics_off"):
         record[key]["vs_grpo_mini_batch_update"] = record[key]["seconds"] / record["grpo_mini_batch_update"]["seconds"]
-    suffix = f"{device}_smollm2" if args.smollm2 else device
-    write_result(record, args.out or os.path.join(os.path.dirname(__file__), "results", f"actor_step_{suffix}_profile.json"))
+    write_result(record, out)
 
 
 if __name__ == "__main__":
