@@ -197,7 +197,7 @@ class StatsPassTimer:
     """Seconds and rows of the worker's ``current`` statistics passes (``_current_policy_stats``)."""
 
     def __init__(self, worker, sync):
-        self.seconds, self.rows, self.calls = 0.0, 0, 0
+        self.seconds, self.rows = 0.0, 0
         original = worker._current_policy_stats
 
         def timed(data, rows=None):
@@ -207,7 +207,6 @@ class StatsPassTimer:
             sync()
             self.seconds += time.perf_counter() - start
             self.rows += len(data) if rows is None else len(rows)
-            self.calls += 1
             return stats
 
         worker._current_policy_stats = timed
