@@ -114,6 +114,12 @@ def _response_offsets(data) -> torch.Tensor:
     return torch.arange(mask.shape[0] + 1) * mask.shape[1]
 
 
+def _row_of_token(data) -> torch.Tensor:
+    """The row (response) of each token in the flat layout (``_flat(response_mask)``), on CPU."""
+    offsets = _response_offsets(data)
+    return torch.repeat_interleave(torch.arange(len(offsets) - 1), offsets.diff())
+
+
 def rows_that_can_hold_a_candidate(data, positive_only: bool = True) -> torch.Tensor:
     """The responses with a valid token whose advantage can make it an S2T candidate (A > 0;
     A != 0 when ``positive_only`` is false). The other responses' p_t and H_t change nothing in
@@ -121,9 +127,7 @@ def rows_that_can_hold_a_candidate(data, positive_only: bool = True) -> torch.Te
     valid = _flat(data["response_mask"]).bool().cpu()
     advantages = _flat(data["advantages"]).cpu()
     eligible = valid & ((advantages > 0) if positive_only else (advantages != 0))
-    offsets = _response_offsets(data)
-    row_of_token = torch.repeat_interleave(torch.arange(len(offsets) - 1), offsets.diff())
-    return torch.unique(row_of_token[eligible])
+    return torch.unique(_row_of_token(data)[eligible])
 
 
 def _current_stats_where_candidates_can_be(data, current_stats, positive_only: bool):
@@ -310,10 +314,7 @@ def plan_top_entropy_per_micro_batch(data, policy_loss, micro_batch_rows: torch.
         Mini-batch-global metrics (identical on every rank).
     """
     valid = _flat(data["response_mask"]).bool().cpu()
-    lengths = _response_offsets(data).diff()
-    row_valid = torch.zeros(len(lengths), dtype=torch.long).index_add_(
-        0, torch.repeat_interleave(torch.arange(len(lengths)), lengths), valid.long()
-    )
+    row_valid = torch.zeros(len(data), dtype=torch.long).index_add_(0, _row_of_token(data), valid.long())
     micro_batch_rows = micro_batch_rows.cpu()
     per_micro_batch = torch.zeros(int(micro_batch_rows.max()) + 1 if len(micro_batch_rows) else 0, dtype=torch.long)
     per_micro_batch.index_add_(0, micro_batch_rows, row_valid)
