@@ -25,6 +25,7 @@ Graders:
 from __future__ import annotations
 
 import atexit
+import cmath
 import contextlib
 import logging
 import multiprocessing
@@ -48,8 +49,15 @@ MAX_GOLD_CHARS = 10_000
 # one, only this many trailing characters.
 CONTEXT_BEFORE_BOX_CHARS = 100
 UNBOXED_TAIL_CHARS = 2000
-# math-verify's own per-step timeouts inside the helper process (seconds).
-MATH_VERIFY_STEP_TIMEOUT_S = 1
+# CPU seconds one math_verify grade (two parses and the comparison) may use in the helper
+# process; past it the answer is wrong. Grades take milliseconds (tests/test_reward.py).
+MATH_VERIFY_CPU_BUDGET_S = 2.0
+# The helper's address-space cap: math-verify and sympy need ~0.1 GB.
+HELPER_MEMORY_BYTES = 2 * 2**30
+# Graded once when a helper starts: imports and parser set-up, so that they are not charged to
+# the first real grade's CPU budget.
+WARM_UP = (("\\frac{84}{2}", "42"), ("[0, 1)", "[0,1)"), ("\\{2, 1\\}", "\\{1,2\\}"), ("2\\sqrt{3}", "\\sqrt{12}"),
+           ("x = 3", "3"), ("0.5", "\\frac{1}{2}"))
 # How long a new helper process may take to import math-verify and sympy.
 HELPER_START_TIMEOUT_S = 300
 
@@ -93,38 +101,136 @@ def dapo_score(solution: str, ground_truth: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- math_verify in a helper process
 
 
+class CpuBudgetExceeded(BaseException):
+    """Raised by the helper's CPU-time timer (a BaseException: math-verify's ``except Exception``
+    must not turn it into a "not equal" and go on comparing in a half-interrupted sympy)."""
+
+
+class CpuBudget:
+    """A CPU-time limit for the code under :meth:`limit`, from ``setitimer(ITIMER_PROF)``.
+
+    CPU time, not wall time: a grade must not depend on how much of the machine the helper got
+    (issue 27: with math-verify's wall-clock ``signal.alarm`` timeouts, 5 of ~600 grades changed
+    with both cores busy). The timer keeps firing until the block ends, so code that swallows one
+    interruption is interrupted again, and :attr:`expired` records that it fired at all.
+    """
+
+    REPEAT_S = 0.01
+
+    def __init__(self):
+        import signal
+
+        self.expired = False
+        signal.signal(signal.SIGPROF, self._fire)
+
+    def _fire(self, signum, frame):
+        self.expired = True
+        raise CpuBudgetExceeded()
+
+    @contextlib.contextmanager
+    def limit(self, seconds: float):
+        import signal
+
+        self.expired = False
+        signal.setitimer(signal.ITIMER_PROF, seconds, self.REPEAT_S)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+
+
+def _non_finite(expressions) -> bool:
+    """Whether any parsed expression holds an infinity or nan anywhere in its tree (unevaluated
+    ones included: math-verify parses with evaluate=False, so ``9^{\\infty^{99}}`` stays a tower)."""
+    from sympy import S
+
+    non_finite = {S.Infinity, S.NegativeInfinity, S.ComplexInfinity, S.NaN}
+    return any(hasattr(e, "atoms") and not non_finite.isdisjoint(e.atoms()) for e in expressions)
+
+
+def _numeric_value(expression):
+    """A scalar number's value at 30 digits (a percentage read as math-verify reads it: 9% as 9),
+    or None when it is not a plain number (symbols, sets, relations, matrices)."""
+    from math_verify.grader import get_pct_val
+    from sympy import Expr
+
+    expression = get_pct_val(expression, expression)
+    if not isinstance(expression, Expr) or not expression.is_number:
+        return None
+    return complex(expression.evalf(30))  # raises on a value that is not finite or not a number
+
+
+def confirmed_equal(gold: list, pred: list) -> bool:
+    """An independent check of a math-verify "equal" (its ``verify`` said True for these parses).
+
+    sympy's ``simplify`` mis-handles unevaluated infinities: ``simplify(42 - 9**(oo**99))`` is 0,
+    so math-verify 0.9.0 grades ``9^{\\infty^{99}}`` (and towers holding ``\\infty``) equal to
+    any finite gold. Kept only if: the texts are the same; or the prediction holds no infinity or
+    nan where the gold holds none, and, when both are scalar numbers, their values are finite and
+    agree to 1e-6 relative (math-verify's own float rounding is 6 decimals).
+    """
+    gold_texts = {x.strip() for x in gold if isinstance(x, str)} - {""}
+    if gold_texts & {x.strip() for x in pred if isinstance(x, str)}:
+        return True
+    gold_expressions = [x for x in gold if not isinstance(x, str)]
+    pred_expressions = [x for x in pred if not isinstance(x, str)]
+    if _non_finite(pred_expressions) and not _non_finite(gold_expressions):
+        return False
+    for g in gold_expressions[:1]:
+        for p in pred_expressions[:1]:
+            try:
+                g_value, p_value = _numeric_value(g), _numeric_value(p)
+            except (TypeError, ValueError, OverflowError, ArithmeticError):
+                return False  # a scalar with no finite value is no finite gold's equal
+            if g_value is not None and p_value is not None:
+                scale = max(1.0, abs(g_value))
+                if not (cmath.isfinite(g_value) and cmath.isfinite(p_value)) or abs(g_value - p_value) > 1e-6 * scale:
+                    return False
+    return True
+
+
+def _grade(parse, verify, solution: str, ground_truth: str) -> tuple[bool, Optional[str]]:
+    """(correct, pred) with math-verify's own timeouts off (the caller bounds CPU time)."""
+    gold = parse(f"\\boxed{{{ground_truth}}}", parsing_timeout=None)
+    pred = parse(solution, parsing_timeout=None)
+    correct = bool(gold and pred and verify(gold, pred, timeout_seconds=None) and confirmed_equal(gold, pred))
+    return correct, str(pred[-1]) if pred else None
+
+
 def _math_verify_main(conn) -> None:
     """Helper process loop: (solution, ground_truth) -> (correct, pred, clean) with math-verify.
 
-    ``clean`` is False when math-verify's signal-based timeout interrupted a parse or a
-    comparison: code interrupted mid-way (sympy's caches included) may leave this process in a
-    bad state, so the caller replaces it and re-grades a "correct" answer in a fresh one.
+    Each grade starts from an empty sympy cache (a cache filled by an earlier comparison changed
+    later grades: ``\\infty^\\infty`` was equal to 42 right after ``9^{\\infty^{99}}`` had been
+    compared) and runs under a CPU-time budget. ``clean`` is False when the budget interrupted
+    it: such a grade is never "correct", and the caller replaces this process (code interrupted
+    mid-way may leave state behind). Memory is capped, so that an answer like ``2^{9^{99}}``,
+    which sympy tries to expand inside one C call no signal interrupts, fails with MemoryError
+    instead of taking the machine's memory until the caller's wall-clock bound kills it.
     """
     import logging
+    import resource
 
     from math_verify import parse, verify
+    from sympy.core.cache import clear_cache
 
-    interrupted = []
-
-    class TimeoutWatch(logging.Handler):  # math-verify reports its timeouts as warnings
-        def emit(self, record):
-            if "Timeout" in record.getMessage():
-                interrupted.append(record.getMessage())
-
-    logging.getLogger("math_verify").addHandler(TimeoutWatch(logging.WARNING))
+    resource.setrlimit(resource.RLIMIT_AS, (HELPER_MEMORY_BYTES, HELPER_MEMORY_BYTES))
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled": the budget below bounds it
+    budget = CpuBudget()
+    for answer, gold in WARM_UP:  # lazy imports and parser set-up: not charged to the first real grade
+        _grade(parse, verify, f"\\boxed{{{answer}}}", gold)
     conn.send("ready")  # imports done: the caller's time bound starts with the first call
     while True:
         try:
             solution, ground_truth = conn.recv()
         except EOFError:
             return
-        interrupted.clear()
+        clear_cache()
         try:
-            gold = parse(f"\\boxed{{{ground_truth}}}", parsing_timeout=MATH_VERIFY_STEP_TIMEOUT_S)
-            pred = parse(solution, parsing_timeout=MATH_VERIFY_STEP_TIMEOUT_S)
-            correct = bool(gold and pred and verify(gold, pred, timeout_seconds=MATH_VERIFY_STEP_TIMEOUT_S))
-            reply = (correct, str(pred[-1]) if pred else None, not interrupted)
-        except BaseException:  # math-verify's own timeout, sympy errors, recursion: wrong
+            with budget.limit(MATH_VERIFY_CPU_BUDGET_S):
+                correct, pred = _grade(parse, verify, solution, ground_truth)
+            reply = (correct and not budget.expired, pred, not budget.expired)
+        except BaseException:  # the budget, MemoryError, recursion, sympy errors: wrong
             reply = (False, None, False)
         conn.send(reply)
 
@@ -181,22 +287,15 @@ class _HelperProcess:
 
     def call(self, solution: str, ground_truth: str, hard_timeout_s: float) -> Optional[tuple[bool, Optional[str]]]:
         """(correct, pred), or None when the call ran past ``hard_timeout_s`` or the helper died.
-
-        A "correct" from a helper that hit one of math-verify's internal timeouts is graded again
-        in a fresh helper and kept only if that run is clean. (Seen once in CI, not reproduced:
-        ``\\infty^\\infty`` graded correct for 42 in a fuzz run full of comparison timeouts.)
-        """
+        A grade the helper's CPU budget interrupted comes back wrong; the helper is then replaced."""
         with self._lock:
-            for _ in range(2):
-                reply = self._call_once(solution, ground_truth, hard_timeout_s)
-                if reply is None:
-                    return None
-                correct, pred, clean = reply
-                if not clean:
-                    self.stop()  # the next call starts a fresh helper
-                if clean or not correct:
-                    return correct, pred
-            return False, pred
+            reply = self._call_once(solution, ground_truth, hard_timeout_s)
+            if reply is None:
+                return None
+            correct, pred, clean = reply
+            if not clean:
+                self.stop()  # the next call starts a fresh helper
+            return correct, pred
 
     def _call_once(self, solution: str, ground_truth: str, hard_timeout_s: float):
         if self._process is None or not self._process.is_alive():

@@ -200,23 +200,26 @@ def test_grader_semantics():
         compute_score("x", "\\boxed{1}", "1", grader="llm")
 
 
-def test_a_correct_grade_from_an_interrupted_helper_is_redone_in_a_fresh_one(monkeypatch):
-    """math-verify interrupts sympy with SIGALRM; a positive from such a helper is not trusted."""
-    from stapo_verl import reward
+def test_the_cpu_budget_interrupts_even_code_that_swallows_the_first_interruption():
+    """The helper's budget is CPU time (SIGPROF), re-armed until the block ends."""
+    from stapo_verl.reward import CpuBudget, CpuBudgetExceeded
 
-    helper = reward._HelperProcess()
-    replies = []
-    monkeypatch.setattr(helper, "_call_once", lambda *args: replies.pop(0))
-    monkeypatch.setattr(helper, "stop", lambda: stops.append(1))
-    stops = []
-    replies[:] = [(True, "42", False), (True, "42", True)]
-    assert helper.call("s", "42", 1.0) == (True, "42") and stops == [1] and not replies  # re-graded, clean
-    replies[:] = [(True, "oo", False), (True, "oo", False)]
-    assert helper.call("s", "42", 1.0) == (False, "oo")  # never clean: not trusted
-    replies[:] = [(False, None, False)]
-    assert helper.call("s", "42", 1.0) == (False, None) and not replies  # a negative is not redone
-    replies[:] = [None]
-    assert helper.call("s", "42", 1.0) is None  # hard timeout
+    budget = CpuBudget()
+    swallowed = 0
+    with pytest.raises(CpuBudgetExceeded):
+        with budget.limit(0.05):
+            while True:
+                try:
+                    while True:
+                        pass
+                except BaseException:  # sympy-like code that swallows everything, once
+                    swallowed += 1
+                    if swallowed > 1:
+                        raise
+    assert budget.expired and swallowed == 2
+    with budget.limit(5.0):
+        sum(range(1000))
+    assert not budget.expired
 
 
 def test_an_interrupted_exchange_never_shifts_later_grades(monkeypatch):
@@ -284,3 +287,168 @@ def test_an_over_long_gold_answer_is_wrong_without_normalising_it(caplog, monkey
         assert compute_score("src", f"\\boxed{{{gold}}}", gold, grader="dapo")["score"] == -1.0
     normalise.assert_not_called()
     assert "a ground truth of 100,000 characters" in caplog.text
+
+
+# ---------------------------------------------------------------- issue 27: no wrong "correct"
+
+# Found by a user: math-verify 0.9.0 (sympy 1.14) grades these equal to the gold (README, "Grading").
+ISSUE_27_TABLE = [
+    ("42", "\\boxed{9^{\\infty^{99}}}"),
+    ("42", "\\boxed{e^{\\infty^{99}}}"),
+    ("42", "\\boxed{\\infty^\\infty}"),
+    ("\\{1,2\\}", "\\boxed{2^{9^{99^{9^{99^{\\infty^{e^{e^{2}}}}}}}}}"),
+]
+HOSTILE_GOLDS = ["42", "\\frac{1}{2}", "2\\sqrt{3}", "\\{1,2\\}", "[0,1]", "0", "-3"]
+# Right answers in another form: math-verify's equivalences must stay right, per gold.
+RIGHT_FORMS = {
+    "42": ["\\frac{84}{2}", "6\\cdot 7", "42^{1}", "42.0", "40+2"],
+    "\\frac{1}{2}": ["0.5", "\\frac{2}{4}", "1/2"],
+    "2\\sqrt{3}": ["\\sqrt{12}", "2 \\sqrt{3}"],
+    "\\{1,2\\}": ["\\{2,1\\}", "\\{1, 2\\}"],
+    "[0,1]": ["[0, 1]"],
+    "0": ["0", "0.0", "1-1", "e^{-\\infty}"],  # e^{-oo}: 0 in the extended reals (sympy evaluates it)
+    "-3": ["-3", "-\\frac{6}{2}"],
+}
+
+
+def hostile_answers() -> list[str]:
+    """Wrong for every finite gold: towers, infinities, indeterminate forms, sets and intervals
+    holding infinity, and a few exponents too large to evaluate."""
+    bases, tops = ["9", "e", "2", "42", "\\pi", "0", "1"], ["\\infty", "-\\infty", "\\infty^{99}", "e^{e^{2}}"]
+    # (0 and 1 to a finite power are 0 and 1: those towers stay finite and are left out)
+    answers = [f"{b}^{{{t}}}" for b in bases for t in tops if "infty" in t or b not in ("0", "1")]
+    answers += [f"{b}^{{9^{{99^{{{t}}}}}}}" for b in ("2", "9") for t in ("\\infty", "\\infty^{e}")]
+    answers += ["\\infty", "-\\infty", "\\pm\\infty", "\\infty^\\infty", "\\infty^{-\\infty}", "\\frac{1}{0}",
+                "\\frac{0}{0}", "0^0", "\\infty-\\infty", "0\\cdot\\infty", "1^\\infty", "\\frac{\\infty}{\\infty}",
+                "\\infty^0", "\\infty+42", "42\\infty", "\\sqrt{\\infty}", "\\log(0)", "e^{\\infty}-e^{\\infty}",
+                "\\{\\infty\\}", "\\{1, \\infty\\}", "\\{1,2,\\infty\\}", "[0, \\infty)", "(-\\infty, \\infty)",
+                "[42, \\infty]", "(-\\infty, 0]", "\\{42^{\\infty}\\}"]  # fmt: skip
+    return answers
+
+
+HUGE_EXPONENTS = ["2^{9^{99}}", "9^{9^{9^{9}}}"]  # sympy would expand them: CPU budget / memory cap
+
+
+def hostile_family() -> list[tuple[str, str, bool]]:
+    """(gold, response, true grade): every hostile answer against every gold (all wrong), the
+    right forms (all right), and the huge exponents against one gold (wrong; they cost seconds)."""
+    cases = [(gold, f"So the answer is $\\boxed{{{a}}}$.", False)
+             for gold in HOSTILE_GOLDS for a in hostile_answers() if a not in RIGHT_FORMS[gold]]
+    cases += [(gold, f"\\boxed{{{a}}}", True) for gold, forms in RIGHT_FORMS.items() for a in forms]
+    cases += [("42", f"\\boxed{{{a}}}", False) for a in HUGE_EXPONENTS]
+    return cases
+
+
+@pytest.mark.parametrize("gold, response", ISSUE_27_TABLE)
+def test_the_issue_27_table_is_graded_wrong(gold, response):
+    assert compute_score("x", response, gold, grader="math_verify")["acc"] is False
+    assert compute_score("x", response, gold, grader="dapo")["acc"] is False
+
+
+def test_infinite_golds_keep_their_right_answers():
+    for gold, response in [("\\infty", "\\infty"), ("[1,\\infty)", "[1, \\infty)"), ("(-\\infty, 0]", "(-\\infty,0]")]:
+        assert compute_score("x", f"\\boxed{{{response}}}", gold, grader="math_verify")["acc"], (gold, response)
+    assert not compute_score("x", "\\boxed{[2, \\infty)}", "[1,\\infty)", grader="math_verify")["acc"]
+
+
+def grades(cases, grader="math_verify") -> list[bool]:
+    return [compute_score("x", response, gold, grader=grader)["acc"] for gold, response, _ in cases]
+
+
+@pytest.fixture(scope="module")
+def family_grades():
+    """The hostile family graded once, in order (shared by the tests below)."""
+    cases = hostile_family()
+    return cases, grades(cases)
+
+
+def test_no_hostile_answer_is_graded_correct_and_right_forms_stay_right(family_grades):
+    cases, graded = family_grades
+    assert len(cases) > 300
+    wrong = [(gold, response, truth) for (gold, response, truth), got in zip(cases, graded) if got != truth]
+    assert not wrong, wrong[:20]
+
+
+def test_a_grade_does_not_depend_on_what_was_graded_before(family_grades):
+    """sympy's cache once carried one comparison into the next: reversed order, same grades."""
+    cases, graded = family_grades
+    assert grades(cases[::-1])[::-1] == graded
+
+
+class Starvation:
+    """Two busy processes on the machine's cores, and the grading helper stopped and continued
+    in bursts (SIGSTOP / SIGCONT): a helper that gets a fraction of the CPU, irregularly."""
+
+    def __init__(self, stop_s=0.03, run_s=0.03):
+        self.stop_s, self.run_s, self.bursts = stop_s, run_s, 0
+        self._done = threading.Event()
+
+    def _stop_and_continue(self):
+        import os
+        import signal
+
+        from stapo_verl import reward
+
+        while not self._done.is_set():
+            process = reward._helper._process
+            pid = process.pid if process is not None else None
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                    time.sleep(self.stop_s)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                self.bursts += 1
+            time.sleep(self.run_s)
+
+    def __enter__(self):
+        self._busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+        self._thread = threading.Thread(target=self._stop_and_continue, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        for busy in self._busy:
+            busy.kill()
+            busy.wait()
+
+
+def test_grades_under_starvation_equal_the_grades_alone(family_grades):
+    """A grade is a function of (response, gold): CPU-time budgets, not wall-clock ones."""
+    cases, graded = family_grades
+    with Starvation() as starvation:
+        starved = grades(cases)
+    assert starvation.bursts > 50  # the helper really was stopped, many times
+    assert starved == graded
+
+
+def test_the_dapo_grader_and_the_preset_tasks_pay_no_hostile_answer():
+    """The training reward (dapo: last box, normalised string equality) pays no hostile answer,
+    neither against the family's golds nor against the CPU presets' own tasks' gold answers,
+    graded the way their configs ask (reward_kwargs.grader)."""
+    cases = hostile_family()
+    assert [(gold, r) for (gold, r, truth), got in zip(cases, grades(cases, "dapo")) if got and not truth] == []
+    from stapo_verl.smollm2 import multiplication_rows
+    from stapo_verl.tiny import arithmetic_rows
+
+    for model, rows in (("smollm2_135m", multiplication_rows(16, 0, "train")), ("tiny_cpu", arithmetic_rows(16, 0, "train"))):
+        grader = preset_grader(model)
+        for row in rows:
+            gold = row["reward_model"]["ground_truth"]
+            for answer in hostile_answers() + HUGE_EXPONENTS:
+                assert not compute_score(row["data_source"], f"\\boxed{{{answer}}}", gold, grader=grader)["acc"]
+            assert compute_score(row["data_source"], f"\\boxed{{{gold}}}", gold, grader=grader)["acc"]
+
+
+def preset_grader(model: str) -> str:
+    import verl  # noqa: F401  (the plugin's config resolvers)
+    from hydra import compose, initialize_config_dir
+
+    from stapo_verl.recipe import CONFIG_DIR, CONFIG_NAME
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(CONFIG_NAME, overrides=[f"model={model}"])
+    assert cfg.reward.custom_reward_function.path == "pkg://stapo_verl.reward"
+    return cfg.reward.custom_reward_function.reward_kwargs.grader
