@@ -39,6 +39,11 @@ def run(method: str, backend: str, steps: int, work_dir: str) -> dict:
         output = result.stdout[-3000:] + result.stderr[-3000:]
         raise SystemExit(f"{method} / {backend} failed (exit {result.returncode}):\n{output}")
     (log,) = glob.glob(os.path.join(out, "logs", "*.jsonl"))
+    return phase_times(log, wall)
+
+
+def phase_times(log: str, wall: float) -> dict:
+    """verl's per-step phase timings from a run's metrics file, and the run's start-up."""
     rows = [row for row in read_metrics(log) if "timing_s/step" in row]
     per_step = [{name: round(row[key], 2) for name, key in PHASES.items()} for row in rows]
     # verl logs the wall clock it has spent by each step's end; the run's start-up is what came
@@ -51,6 +56,7 @@ def run(method: str, backend: str, steps: int, work_dir: str) -> dict:
         "wall_s": round(wall, 1),
         "startup_s": round(wall - steps_time, 1),
         "rollout_probs_diff_max": max(row["training/rollout_probs_diff_max"] for row in rows),
+        "rollout_probs_diff_mean": [round(row["training/rollout_probs_diff_mean"], 6) for row in rows],
     }
 
 

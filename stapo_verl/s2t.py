@@ -61,6 +61,12 @@ def global_max(value: torch.Tensor, group=None) -> torch.Tensor:
     return value
 
 
+def rank_spread(value: torch.Tensor, group=None) -> tuple[float, float]:
+    """(smallest, largest) of a per-rank scalar over the ranks of ``group``: how unevenly a
+    mini-batch's tokens of one kind fell on the data-parallel ranks."""
+    return -float(global_max(-value, group)), float(global_max(value, group))
+
+
 def gather_values(values: torch.Tensor, group=None) -> torch.Tensor:
     """Concatenate 1-D tensors of different lengths from every rank of ``group``."""
     return gather_with_offset(values, group)[0]

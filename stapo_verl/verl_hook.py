@@ -54,6 +54,7 @@ from stapo_verl.s2t import (
     global_sum,
     keep_count,
     random_silence_like,
+    rank_spread,
     s2t_spurious_mask,
     select_candidates,
     token_group_stats,
@@ -243,12 +244,16 @@ def apply_token_mask(
                 s2t.candidate_mask, entropy, int(rule_silenced), selection, torch.Generator().manual_seed(seed), group
             )
         num_silenced = float(global_sum(silenced.sum(), group))
+        candidates_rank_min, candidates_rank_max = rank_spread(s2t.candidate_mask.sum(), group)
         metrics = {
             "s2t/valid_tokens": num_valid,
             "s2t/candidates": num_candidates,
             "s2t/silenced": num_silenced,
             "s2t/candidate_frac": num_candidates / denominator,
             "s2t/silenced_frac": num_silenced / denominator,
+            # the fewest and most candidates one data-parallel rank held (the rule pools them all)
+            "s2t/candidates_rank_min": candidates_rank_min,
+            "s2t/candidates_rank_max": candidates_rank_max,
         }
         if s2t.tau_entropy is not None:
             metrics["s2t/tau_entropy"] = s2t.tau_entropy
@@ -258,7 +263,9 @@ def apply_token_mask(
         top = top_entropy_keep_mask(entropy, valid, ratio=policy_loss.top_entropy_ratio, group=group)
         silenced = valid & ~top.keep_mask
         num_kept = float(global_sum(top.keep_mask.sum(), group))
-        metrics = {"entropy20/kept_tokens": num_kept, "entropy20/kept_frac": num_kept / denominator}
+        kept_rank_min, kept_rank_max = rank_spread(top.keep_mask.sum(), group)
+        metrics = {"entropy20/kept_tokens": num_kept, "entropy20/kept_frac": num_kept / denominator,
+                   "entropy20/kept_tokens_rank_min": kept_rank_min, "entropy20/kept_tokens_rank_max": kept_rank_max}
         if top.entropy_threshold is not None:
             metrics["entropy20/entropy_threshold"] = top.entropy_threshold
     keep = valid & ~silenced

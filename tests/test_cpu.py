@@ -60,10 +60,11 @@ def tiny_model(tmp_path_factory):
     return os.path.join(path, "model")
 
 
-def make_server(model_path):
+def make_server(model_path, dtype="float32"):
+    """An HF rollout server; fp32 unless asked (the tests below compare with an fp32 forward)."""
     from stapo_verl.cpu.hf_rollout import HFGenerationServer
 
-    config = SimpleNamespace(response_length=12, prompt_length=32, seed=0)
+    config = SimpleNamespace(response_length=12, prompt_length=32, seed=0, dtype=dtype)
     return HFGenerationServer(config, SimpleNamespace(path=model_path), replica_rank=0)
 
 
@@ -116,6 +117,24 @@ def test_seeded_requests_give_the_same_responses_whatever_the_batching(tiny_mode
     assert responses([3, 2, 1, 0], together=True) == reference
     assert responses([1, 3, 0, 2], together=False) == reference  # one request per batch
     assert responses([0, 1, 2, 3], together=True, seed=1) != reference
+
+
+def test_a_request_carrying_its_own_seed_is_sampled_with_it_on_any_replica(tiny_model):
+    """The seeded agent loop puts a seed in every request: then the response does not depend on
+    which replica serves it (1 or 2 trainer ranks give the same samples); without one, the
+    server's own seed includes its replica."""
+    prompt = [50, 43, 51, 61]
+
+    def response(replica_rank, **seed):
+        server = make_server(tiny_model)
+        server.replica_rank, server.global_steps = replica_rank, 1
+        params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, **seed}
+        return [tuple(asyncio.run(server.generate(str(i), prompt_ids=prompt, sampling_params=params)).token_ids)
+                for i in range(4)]  # fmt: skip
+
+    seeded = [response(rank, seed=1234) for rank in (0, 1)]
+    assert seeded[0] == seeded[1] and len(set(seeded[0])) == 1  # one seed: one response, anywhere
+    assert response(0) != response(1)  # the server's own seeds differ per replica
 
 
 @pytest.mark.parametrize("temperature, top_p, top_k", [(1.0, 1.0, -1), (0.7, 1.0, -1), (1.0, 0.8, -1), (1.0, 1.0, 2)])

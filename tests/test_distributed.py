@@ -63,3 +63,10 @@ def test_two_ranks_match_one_process(case, process_group):
     for key in ("s2t/silenced", "s2t/tau_entropy", "entropy20/kept_tokens", "entropy20/entropy_threshold"):
         if key in output["metrics"]:  # global metrics: the same number on every rank
             assert all(r["metrics"][key][0] == pytest.approx(output["metrics"][key][0]) for r in ranks)
+    # how the candidates (kept tokens) fell on the ranks: on two ranks min + max is the total
+    for total, spread in (("s2t/candidates", "s2t/candidates_rank"), ("entropy20/kept_tokens", "entropy20/kept_tokens_rank")):
+        if f"{spread}_max" in output["metrics"]:
+            one = output["metrics"]
+            assert one[f"{spread}_min"][0] == one[f"{spread}_max"][0] == one[total][0]  # one rank holds all
+            low, high = ranks[0]["metrics"][f"{spread}_min"][0], ranks[0]["metrics"][f"{spread}_max"][0]
+            assert low <= high and low + high == one[total][0]

@@ -101,24 +101,27 @@ def test_the_platform_sends_vllms_cpu_settings_to_the_server_processes(site, mon
         PlatformCPU().rollout_env_vars()
 
 
-def test_the_cpu_vllm_preset_composes_for_verl():
+@pytest.mark.parametrize("precision, dtype", [("bf16", "bfloat16"), ("fp32", "float32")])
+def test_the_cpu_vllm_preset_composes_for_verl(precision, dtype):
+    import verl  # noqa: F401  (the plugin's precision resolver)
     from hydra import compose, initialize_config_dir
 
     from stapo_verl.recipe import CONFIG_DIR, CONFIG_NAME
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose(CONFIG_NAME, overrides=["algorithm=stapo", "model=smollm2_135m", "cpu_rollout=vllm"])
+        cfg = compose(CONFIG_NAME, overrides=["algorithm=stapo", "model=smollm2_135m", "cpu_rollout=vllm",
+                                              f"stapo.cpu_precision={precision}"])  # fmt: skip
         default = compose(CONFIG_NAME, overrides=["algorithm=stapo", "model=smollm2_135m"])
     rollout = cfg.actor_rollout_ref.rollout
     settings = (rollout.name, rollout.dtype, rollout.enforce_eager, rollout.enable_sleep_mode)
-    assert settings == ("vllm", "float32", True, False)
+    assert settings == ("vllm", dtype, True, False)  # vLLM samples in the actor's precision
     assert default.actor_rollout_ref.rollout.name == "hf"  # the CPU presets' default is unchanged
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("actor_rollout_ref.rollout.dtype=bfloat16", "actor_rollout_ref.rollout.dtype must be float32 on CPU"),
+        ("actor_rollout_ref.rollout.dtype=float16", "actor_rollout_ref.rollout.dtype must be the actor's precision"),
         ("actor_rollout_ref.rollout.enable_sleep_mode=true", "enable_sleep_mode must be false on CPU"),
     ],
 )  # fmt: skip
@@ -129,7 +132,10 @@ def test_bad_cpu_vllm_settings_are_refused_before_ray_starts(override, message, 
     check_config("stapo", "smollm2_135m", ["cpu_rollout=vllm"])
     with pytest.raises(ValueError, match=message):
         check_config("stapo", "smollm2_135m", ["cpu_rollout=vllm", override])
-    # rollout.name=vllm without the preset's settings: verl's bf16 default is named
+    with pytest.raises(ValueError, match="rollout.dtype must be the actor's precision"):  # a bf16 rollout, fp32 actor
+        check_config("stapo", "smollm2_135m", ["cpu_rollout=vllm", "stapo.cpu_precision=fp32",
+                                               "actor_rollout_ref.rollout.dtype=bfloat16"])  # fmt: skip
+    # rollout.name=vllm without the preset's settings: verl's sleep-mode default is named
     with pytest.raises(ValueError, match="use cpu_rollout=vllm"):
         check_config("stapo", "smollm2_135m", ["actor_rollout_ref.rollout.name=vllm"])
 

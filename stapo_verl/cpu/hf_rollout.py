@@ -6,10 +6,12 @@ preset and tests. Two pieces, following verl's hybrid (colocated) mode:
 
 - :class:`HFGenerationServer`: one Ray actor per replica holding an HF model copy. Requests that
   arrive together are sampled as one batch (:func:`stapo_verl.hf_sampling.sample`: token-in,
-  token-out like vLLM, raw log-probs). Each request is sampled with its own seed, made from the
-  rollout seed, the training step, its prompt and how many requests with that prompt came before
-  it in the step (:func:`stapo_verl.hf_sampling.request_seed`): the same seed gives the same
-  responses whatever the batching, so runs of different methods see the same samples at step 1.
+  token-out like vLLM, raw log-probs). Each request is sampled with its own seed: the request's
+  ``seed`` where it carries one (as vLLM; the CPU presets' seeded agent loop gives every request
+  one, so samples do not depend on how many replicas serve them), else one made from the rollout
+  seed, the replica, the training step, its prompt and how many requests with that prompt came
+  before it in the step (:func:`stapo_verl.hf_sampling.request_seed`). The same seed gives the
+  same responses whatever the batching, so runs of different methods see the same samples at step 1.
 - :class:`HFServerAdapter`: the ``BaseRollout`` inside each trainer worker. verl's weight sync
   (``checkpoint_engine.backend=naive``) hands it the actor's parameters; the replica's first rank
   ships them to its server through Ray's object store, in buckets.
@@ -59,11 +61,15 @@ class HFGenerationServer:
     def __init__(self, config: Any, model_config: Any, replica_rank: int):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from verl.utils.fs import copy_to_local
+        from verl.utils.torch_dtypes import PrecisionType
 
         self.config = config
         self.replica_rank = replica_rank
         path = copy_to_local(model_config.path)  # a DictConfig here, as verl's replicas receive it
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        # rollout.dtype, as vLLM reads it (the CPU presets set the actor's precision); the weight
+        # sync casts the actor's fp32 master weights into it
+        dtype = PrecisionType.to_dtype(config.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         self.eos_ids, self.pad_id = eos_and_pad_ids(self.model, tokenizer)
         self.global_steps: Optional[int] = None
@@ -98,9 +104,10 @@ class HFGenerationServer:
         key = sampling_key(sampling_params, max_tokens)
         repeat = self._prompt_repeats[tuple(prompt_ids)]
         self._prompt_repeats[tuple(prompt_ids)] += 1
-        # the repeat-th request (from 0) with these prompt ids in this step
-        seed = request_seed(int(getattr(self.config, "seed", 0) or 0), self.replica_rank, self.global_steps, repeat,
-                            prompt_ids)  # fmt: skip
+        seed = sampling_params.get("seed")  # a request's own seed, as vLLM takes it (the seeded agent loop's)
+        if seed is None:  # else: the repeat-th request (from 0) with these prompt ids in this step, on this replica
+            seed = request_seed(int(getattr(self.config, "seed", 0) or 0), self.replica_rank, self.global_steps,
+                                repeat, prompt_ids)  # fmt: skip
         self._pending.append((key, prompt_ids, bool(sampling_params.get("logprobs")), seed, future))
         if self._drain_task is None or self._drain_task.done():
             self._drain_task = asyncio.create_task(self._drain())

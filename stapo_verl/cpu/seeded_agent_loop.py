@@ -1,4 +1,4 @@
-"""verl's single-turn agent loop with a seed in every sampling request (``cpu_rollout=vllm``).
+"""verl's single-turn agent loop with a seed in every sampling request (the CPU presets' default).
 
 verl 0.9.1 seeds vLLM requests only under ``rollout.full_determinism``, and then with the same
 seed for every request of a replica (a prompt's n rollouts would come out identical). This agent
