@@ -11,6 +11,8 @@
                                           make a CPU preset's model and data files now
     stapo-verl sweep selection|tau_prob [--model M] [--seeds S...] [--run] [OVERRIDES...]
                                           the paper's ablation grids: print the runs, or run them
+    stapo-verl grid [--methods ...] [--seeds ...] [--steps N] [OVERRIDES...]
+                                          methods x seeds of an experiment, one run at a time, resumable
     stapo-verl eval MODEL_DIR --out DIR [...]   a checkpoint on the six benchmarks (-h for options)
     stapo-verl report EVAL_DIR... [--logs LOG...] --out DIR   tables, error bars, plots
 """
@@ -357,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
     sweep_parser.add_argument("--run", action="store_true", help="run the grid (default: print it)")
     sweep_parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    commands.add_parser("grid", help="methods x seeds of an experiment on a CPU preset, resumable", add_help=False)
     commands.add_parser("eval", help="evaluate a checkpoint on the six benchmarks", add_help=False)
     commands.add_parser("report", help="tables with error bars and paired tests, training plots", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -368,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         from stapo_verl import report
 
         return report.main(argv[1:])
+    if argv[:1] == ["grid"]:
+        from stapo_verl import grid
+
+        return grid.main(argv[1:])
     if argv[:1] == ["demo"]:  # options and overrides in any order
         args = demo_parser.parse_intermixed_args(argv[1:])
         if "=" in args.method:  # `stapo-verl demo key=value`: an override, not a method

@@ -190,6 +190,11 @@ class VLLMEngine:
                        max_model_len=max_model_len, **cpu)  # fmt: skip
         self.prompts_per_call = prompts_per_call
 
+    def close(self) -> None:
+        """Stop vLLM's engine processes now: left to interpreter exit, vLLM's monitor thread logs
+        its shutdown into streams the caller (pytest, a script's redirect) may have closed."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def generate(self, prompts, k, temperature, top_p, max_tokens, seed, progress):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -337,7 +342,9 @@ def run_eval(config: EvalConfig) -> dict:
                                         config.seed, progress)  # fmt: skip
             for problem, problem_responses in zip(bench_problems, responses, strict=True):
                 all_rows.extend(score_rows(problem, problem_responses, tokenizer, config.grader))
-    del engine  # vLLM's engine processes shut down now, while the caller's streams are still open
+    if isinstance(engine, VLLMEngine):
+        engine.close()  # while the caller's streams are still open
+    del engine
     with open(os.path.join(config.out_dir, "samples.jsonl"), "w") as f:
         for row in all_rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

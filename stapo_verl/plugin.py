@@ -25,6 +25,7 @@ from stapo_verl import install_state
 logger = logging.getLogger("stapo_verl")
 WORKERS_MODULE = "verl.workers.engine_workers"
 AGENT_LOOP_MODULE = "verl.experimental.agent_loop.agent_loop"
+RAY_MODULE = "verl.single_controller.ray.base"
 SEEDED_AGENT_LOOP = "seeded_single_turn_agent"  # the CPU presets' rollout.agent.default_agent_loop
 
 
@@ -55,7 +56,19 @@ def register_agent_loops() -> None:
         _failed(exc)
 
 
-AFTER_IMPORT = {WORKERS_MODULE: install_into_workers, AGENT_LOOP_MODULE: register_agent_loops}
+def install_placement_check() -> None:
+    """verl's resource check, extended per Ray node (:mod:`stapo_verl.cluster`): a cluster that
+    cannot place the trainer's processes fails at once instead of waiting forever."""
+    try:
+        from stapo_verl.cluster import install_placement_check
+
+        install_placement_check()
+    except Exception as exc:
+        _failed(exc)
+
+
+AFTER_IMPORT = {WORKERS_MODULE: install_into_workers, AGENT_LOOP_MODULE: register_agent_loops,
+                RAY_MODULE: install_placement_check}  # fmt: skip
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -21,6 +21,9 @@ Outputs (all deterministic given the inputs and ``--seed``):
 - ``silenced_tokens.png`` from ``--dumps`` (the policy-loss ``dump_dir`` files): the most
   frequent silenced tokens and kept candidates, and their shares by category.
 - ``report.json``: every number above.
+
+With ``--grid DIR`` (the output of ``stapo-verl grid``) it writes the comparison's report instead
+(:mod:`stapo_verl.grid_report`).
 """
 
 from __future__ import annotations
@@ -540,6 +543,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--logs", nargs="*", default=[], help="training logs: PATH or LABEL=PATH (verl file logger)")
     parser.add_argument("--dumps", nargs="*", default=[],
                         help="silenced-token dumps: policy_loss.dump_dir directories or their JSONL files")  # fmt: skip
+    parser.add_argument("--grid", help="a `stapo-verl grid` output directory: the comparison's report (grid.md, plots)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap / permutation seed")
     parser.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates")
@@ -548,8 +552,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     for option in ("replicates", "permutations"):  # zero draws give no interval and p = 1 for anything
         if getattr(args, option) < 100:
             parser.error(f"--{option} must be at least 100, got {getattr(args, option)}")
+    if args.grid:
+        if args.evals or args.logs or args.dumps:
+            parser.error("--grid reads the grid's own logs: give it alone (with --out)")
+        from stapo_verl import grid_report
+
+        written = grid_report.write(args.grid, args.out)
+        print(f"stapo-verl report -> {args.out}: " + ", ".join(written))
+        return 0
     if not args.evals and not args.logs and not args.dumps:
-        parser.error("give eval directories, --logs and/or --dumps")
+        parser.error("give eval directories, --logs and/or --dumps (or --grid DIR)")
     os.makedirs(args.out, exist_ok=True)
     written = []
     report: dict = {}

@@ -37,7 +37,7 @@ SOURCE_ENV = "STAPO_SMOLLM2_SOURCE"
 END_OF_TURN = "<|im_end|>"
 
 TASK_DATA_SOURCE = "smollm2_multiplication"
-FILES_VERSION = 2  # bump when the conversion, the task or the prompt below changes
+FILES_VERSION = 3  # bump when the conversion, a task or a prompt changes
 INSTRUCTION = " Put your final answer within \\boxed{}."
 WORKED_EXAMPLE = [
     {"role": "user", "content": "What is 2 * 5?" + INSTRUCTION},
@@ -188,15 +188,18 @@ def multiplication_rows(count: int, seed: int, split: str) -> list[dict]:
 
 def prepare_smollm2(out_dir: str, source: str | None = None, seed: int = 0, train_size: int = 512,
                     val_size: int = 32, log=print) -> dict:  # fmt: skip
-    """Write the preset's model (``model/``) and data (``data/{train,val}.parquet``) once.
+    """Write the preset's model (``model/``) and data (``data/{train,val}.parquet``; the comparison
+    task's ``data/sums/{train,held_out}.parquet``) once.
 
     A second call with the same arguments reuses the files (``smollm2.json`` records what was
     built). Raises :class:`ModelUnavailable` when the weights can be neither found nor fetched.
     """
     import pandas as pd
 
+    from stapo_verl import arithmetic  # the CPU comparison's task (experiment=cpu_comparison)
+
     spec = {"version": FILES_VERSION, "gguf_sha256": GGUF_SHA256, "seed": seed, "train_size": train_size,
-            "val_size": val_size}  # fmt: skip
+            "val_size": val_size, "comparison_task": arithmetic.spec()}  # fmt: skip
     marker = os.path.join(out_dir, "smollm2.json")
     built = built_files(marker, spec)
     if built is not None:
@@ -214,6 +217,9 @@ def prepare_smollm2(out_dir: str, source: str | None = None, seed: int = 0, trai
     os.makedirs(data_dir, exist_ok=True)
     for split, size in (("train", train_size), ("val", val_size)):
         pd.DataFrame(multiplication_rows(size, seed, split)).to_parquet(os.path.join(data_dir, f"{split}.parquet"))
+    os.makedirs(os.path.join(data_dir, arithmetic.FILES_SUBDIR), exist_ok=True)
+    for name, rows in (("train", arithmetic.training_rows()), ("held_out", arithmetic.held_out_rows())):
+        pd.DataFrame(rows).to_parquet(os.path.join(data_dir, arithmetic.FILES_SUBDIR, f"{name}.parquet"))
     built = {**spec, "parameters": parameters, "weights_from": path}
     with open(marker, "w") as f:
         json.dump(built, f, indent=1)

@@ -160,3 +160,76 @@ def bootstrap_averages(
         per_bench = [np.einsum("rs,sp,rp->r", seed_weights, scores[b], problem_weights[b]) for b in benches]
         result[name] = 100.0 * np.mean(per_bench, axis=0)
     return result
+
+
+# ---------------------------------------------------------------- over seeds (a few training runs)
+
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for aa in (m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
+                   -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m))):  # fmt: skip
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
+    import math
+
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1.0 - x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
+    return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_critical(df: int, level: float = 0.95) -> float:
+    """The two-sided critical value: P(|T| >= value) = 1 - level (bisection on the p-value)."""
+    low, high = 0.0, 1e6
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        low, high = (mid, high) if t_two_sided_p(mid, df) > 1.0 - level else (low, mid)
+    return (low + high) / 2.0
+
+
+def seed_interval(values, level: float = 0.95) -> dict:
+    """Mean of per-seed values and its t interval (n - 1 degrees of freedom; none from one seed)."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return {"mean": mean, "low": None, "high": None, "n": len(values)}
+    half = t_critical(len(values) - 1, level) * float(values.std(ddof=1)) / float(np.sqrt(len(values)))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
+
+
+def paired_t(differences, level: float = 0.95) -> dict:
+    """Paired differences (one per seed): mean, t interval and the two-sided paired t-test p-value."""
+    result = seed_interval(differences, level)
+    values = np.asarray(differences, dtype=float)
+    sd = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    if len(values) < 2:
+        result["p"] = None
+    elif sd == 0.0:
+        result["p"] = 1.0 if result["mean"] == 0.0 else 0.0
+    else:
+        result["p"] = t_two_sided_p(result["mean"] / (sd / float(np.sqrt(len(values)))), len(values) - 1)
+    return result

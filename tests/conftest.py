@@ -207,6 +207,41 @@ def tiny_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_stapo_run(tiny_dir, tmp_path_factory):
+    """One trainer rank, STAPO on the tiny preset for 2 steps (fp32, tau_p = 1, validation and a
+    checkpoint at step 2): (run directory, metrics file). Shared by the resume test and the
+    one-vs-two-ranks test, so that both read the same reference run."""
+    from e2e_runs import ALL_POSITIVE_ARE_CANDIDATES, EXACT, train
+
+    run_dir = tmp_path_factory.mktemp("tiny_stapo")
+    train("stapo", tiny_dir, run_dir, 2, ALL_POSITIVE_ARE_CANDIDATES, EXACT)
+    return run_dir, run_dir / "logs" / "stapo" / "stapo_tiny_cpu.jsonl"
+
+
+TOY_GRID = ["--model", "tiny_cpu", "--experiment", "none", "--rollout", "hf", "--methods", "grpo", "entropy20",
+            "--seeds", "0", "1", "--steps", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def toy_grid(tiny_dir, tmp_path_factory):
+    """`stapo-verl grid` at toy size (tiny preset, GRPO and 20-Entropy x seeds 0, 1 x 1 step, fp32):
+    (its output directory, its printed output). Its 20-Entropy seed-0 run is the one-rank
+    reference of the two-ranks test."""
+    import subprocess
+    import sys
+
+    from e2e_runs import EXACT
+
+    out = tmp_path_factory.mktemp("toy_grid")
+    env = {**os.environ, "STAPO_TINY_DIR": tiny_dir}
+    result = subprocess.run([sys.executable, "-m", "stapo_verl", "grid", *TOY_GRID, "--out", str(out / "grid"),
+                             "--scratch", str(out / "scratch"), EXACT, "trainer.test_freq=-1"],
+                            env=env, capture_output=True, text=True, timeout=1800, cwd=str(out))  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    return out / "grid", result.stdout
+
+
 @lru_cache(maxsize=None)
 def _composed_actor_section():
     import verl

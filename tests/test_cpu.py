@@ -92,6 +92,23 @@ def test_concurrent_requests_share_one_batch_and_log_probs_match_a_forward_pass(
         torch.testing.assert_close(torch.tensor(output.log_probs), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_large_validation_is_generated_in_bounded_batches(tiny_model, monkeypatch):
+    from stapo_verl.cpu import hf_rollout
+
+    monkeypatch.setattr(hf_rollout, "MAX_BATCH", 2)
+    server = make_server(tiny_model)
+    calls = []
+    generate_batch = server._generate_batch
+    server._generate_batch = lambda prompts, *a: calls.append(len(prompts)) or generate_batch(prompts, *a)
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1}
+
+    async def requests():
+        return await asyncio.gather(*[server.generate(str(i), prompt_ids=[50, 43, 51, 61], sampling_params=params)
+                                      for i in range(5)])  # fmt: skip
+
+    assert len(asyncio.run(requests())) == 5 and calls == [2, 2, 1]
+
+
 def test_seeded_requests_give_the_same_responses_whatever_the_batching(tiny_model):
     """Per-request seeds: a response depends on the rollout seed, the step, its prompt and its
     repeat number, not on which requests share its batch or their order (the CPU comparison's

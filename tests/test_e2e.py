@@ -9,61 +9,21 @@ The real model (SmolLM2-135M) runs STAPO at the paper's thresholds: about 4 minu
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 
 import pytest
+from e2e_runs import ALL_POSITIVE_ARE_CANDIDATES, EXACT, assert_trained, train, training_rows
+from test_data import fixture_file
 
 from stapo_verl.cli import main as cli
-from stapo_verl.cpu.precision import resolve_precision
 from stapo_verl.data import convert_file
-from stapo_verl.recipe import CPU_MODELS
 from stapo_verl.runlog import read_jsonl, read_metrics
 from stapo_verl.tiny import TINY_DATA_SOURCE
-from test_data import fixture_file
 
 pytestmark = pytest.mark.e2e
 VAL_ACC = f"val-core/{TINY_DATA_SOURCE}/acc/mean@1"
-
-
-def train(method: str, files_dir: str, run_dir, steps: int, *overrides: str, log_path=None, model="tiny_cpu") -> str:
-    env = {**os.environ, CPU_MODELS[model][0]: files_dir, "STAPO_RUN_DIR": str(run_dir)}
-    env.pop("VERL_FILE_LOGGER_ROOT", None)
-    if log_path is not None:
-        env["VERL_FILE_LOGGER_PATH"] = str(log_path)
-    command = [sys.executable, "-m", "stapo_verl", "train", method, model,
-               f"trainer.total_training_steps={steps}", *overrides]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=str(run_dir))
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    return output
-
-
-def training_rows(log_path) -> list[dict]:
-    return [row for row in read_metrics(str(log_path)) if "actor/pg_loss" in row]
-
-
-# The CPU presets' default precision on this machine (stapo.cpu_precision=auto).
-DEFAULT_PRECISION = resolve_precision("auto")[0]
-# Largest rollout-vs-actor probability difference per precision, when the rollout serves the
-# actor's current weights. fp32: ~1e-6 measured (one stale update would differ by ~1e-3). bf16:
-# both sides round to bf16 but run different kernels (a KV-cached decode vs one whole-sequence
-# forward); README, "Precision on CPU", has the measured values.
-ROLLOUT_PROBS_DIFF_MAX = {"fp32": 1e-4, "bf16": 0.5}
-ROLLOUT_PROBS_DIFF_MEAN = {"fp32": 1e-5, "bf16": 0.02}
-
-
-def assert_trained(rows: list[dict], steps: list[int], precision: str = DEFAULT_PRECISION) -> None:
-    assert [row["step"] for row in rows] == steps
-    for row in rows:
-        assert math.isfinite(row["actor/pg_loss"]) and math.isfinite(row["actor/grad_norm"])
-        assert math.isfinite(row["actor/entropy"]) and row["actor/entropy"] > 0
-        assert -1.0 <= row["critic/score/mean"] <= 1.0  # the DAPO reward ran
-        # the rollout served the actor's current weights, in the actor's precision
-        assert row["training/rollout_probs_diff_max"] < ROLLOUT_PROBS_DIFF_MAX[precision]
-        assert row["training/rollout_probs_diff_mean"] < ROLLOUT_PROBS_DIFF_MEAN[precision]
 
 
 def assert_checkpoint(run_dir, experiment: str, step: int) -> None:
@@ -73,19 +33,9 @@ def assert_checkpoint(run_dir, experiment: str, step: int) -> None:
         assert f.read().strip() == str(step)
 
 
-# The SFT-initialised tiny model is so peaked that at the paper's tau_p = 0.002 (even 0.05) no
-# sampled token is a candidate; with tau_p = 1 every positive-advantage token is one, so S2T
-# must silence some (those below the 75th entropy percentile) inside the real update.
-ALL_POSITIVE_ARE_CANDIDATES = "actor_rollout_ref.actor.policy_loss.tau_prob=1.0"
-
-
-# fp32 here, explicitly: the exactness check that the rollout serves the synced weights (1e-4)
-EXACT = "stapo.cpu_precision=fp32"
-
-
-def test_stapo_trains_two_steps_checkpoints_and_resumes_at_step_3(tiny_dir, tmp_path):
-    train("stapo", tiny_dir, tmp_path, 2, ALL_POSITIVE_ARE_CANDIDATES, EXACT)
-    log = tmp_path / "logs" / "stapo" / "stapo_tiny_cpu.jsonl"
+def test_stapo_trains_two_steps_checkpoints_and_resumes_at_step_3(tiny_dir, tiny_stapo_run):
+    """The shared one-rank run (conftest.tiny_stapo_run: 2 steps, fp32, tau_p = 1), then a resume."""
+    tmp_path, log = tiny_stapo_run
     rows = training_rows(log)
     assert_trained(rows, [1, 2], "fp32")
     for row in rows:  # S2T ran inside verl's actor update

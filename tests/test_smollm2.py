@@ -138,7 +138,7 @@ sys.exit(int(sys.argv[2]))
 @pytest.mark.parametrize("exit_code", [0, 3])
 def test_demo_keeps_verls_output_in_a_log_and_shows_its_tail_on_failure(exit_code, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STAPO_TINY_DIR", str(tmp_path / "tiny"))
-    monkeypatch.setattr(cli, "in_child_process", lambda *a: "a model")
+    monkeypatch.setattr(cli, "in_child_process", lambda *a: ("bf16: this CPU has AMX-BF16", "a model"))
     metrics = tmp_path / "run" / "logs" / "stapo_tiny_cpu.jsonl"
     fake = [sys.executable, "-c", FAKE_TRAINER, str(metrics), str(exit_code)]
     monkeypatch.setattr(cli, "train_command", lambda *a: fake)
@@ -179,7 +179,7 @@ def test_a_ray_memory_kill_is_one_line_naming_the_worker_the_machine_and_the_kno
 
 
 def test_the_demo_says_when_ray_killed_a_worker_for_memory(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "in_child_process", lambda *a: "a model")
+    monkeypatch.setattr(cli, "in_child_process", lambda *a: ("bf16: this CPU has AMX-BF16", "a model"))
     log = tmp_path / "run" / "logs" / "stapo_tiny_cpu.log"
     fake = [sys.executable, "-c", f"import sys; print({RAY_OOM_OUTPUT!r}); sys.exit(1)"]
     monkeypatch.setattr(cli, "train_command", lambda *a: fake)

@@ -234,6 +234,39 @@ def test_the_seeded_agent_loop_gives_each_rollout_of_a_prompt_its_own_reproducib
     assert not set(step([prompts[0]] * 4)) & set(first)
 
 
+def test_a_row_may_carry_its_own_decoding_with_its_own_seeds(monkeypatch):
+    """extra_info.sampling: one validation file, two decodings of the same problems (told apart
+    by data_source); each decoding's repeats are counted apart, and nothing else is accepted."""
+    import asyncio
+    import collections
+    import types
+
+    from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
+
+    from stapo_verl.cpu.seeded_agent_loop import SeededSingleTurnAgentLoop
+
+    sent = []
+
+    async def fake_run(self, sampling_params, **kwargs):
+        sent.append(sampling_params)
+
+    monkeypatch.setattr(SingleTurnAgentLoop, "run", fake_run)
+    monkeypatch.setattr(SeededSingleTurnAgentLoop, "repeats", collections.Counter())
+    loop = SeededSingleTurnAgentLoop.__new__(SeededSingleTurnAgentLoop)
+    loop.rollout_config = types.SimpleNamespace(seed=0)
+    prompt = [{"role": "user", "content": "What is 12 + 30?"}]
+    default = {"sampling": {"temperature": 0.7, "top_p": 0.9}}
+    for extra_info in ({}, default, {}, default):
+        asyncio.run(loop.run({"temperature": 1.0, "top_p": 1.0}, raw_prompt=prompt, extra_info=extra_info))
+    assert [(p["temperature"], p["top_p"]) for p in sent] == [(1.0, 1.0), (0.7, 0.9)] * 2
+    assert len({p["seed"] for p in sent}) == 4
+    monkeypatch.setattr(SeededSingleTurnAgentLoop, "repeats", collections.Counter())
+    asyncio.run(loop.run({"temperature": 1.0}, raw_prompt=prompt, extra_info=default))
+    assert sent[-1]["seed"] == sent[1]["seed"]  # a fresh run: the same seed for the same (prompt, decoding, repeat)
+    with pytest.raises(ValueError, match=r"extra_info.sampling accepts \['temperature', 'top_p'\], got \['top_k'\]"):
+        asyncio.run(loop.run({"temperature": 1.0}, raw_prompt=prompt, extra_info={"sampling": {"top_k": 5}}))
+
+
 @pytest.mark.parametrize("first", ["verl", "stapo_verl.cpu.seeded_agent_loop"])
 def test_the_plugin_registers_the_seeded_agent_loop_where_verl_loads_its_agent_loops(first):
     """In a process that imports verl's agent loops (whichever module comes first: hydra imports

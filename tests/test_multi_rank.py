@@ -1,0 +1,156 @@
+"""Several trainer ranks, and two Ray nodes, through verl's own main_ppo on CPU (issue 28).
+
+S2T's decisions are mini-batch-global (the entropy quantile over every rank's candidates, the
+renormalising token count over all ranks). Here one seeded step of the tiny preset runs on one
+rank and on two ranks, and what verl logged is compared: the same samples (the seeded agent loop
+puts a seed in every request, so two rollout replicas sample what one does), the same S2T
+decisions, the same loss and gradient norm to float precision (fp32: the two runs split the
+mini-batch into other micro-batches and sum in another order). The two STAPO ranks run on two
+Ray nodes joined on this machine (``ray start --head`` + ``ray start --address``, each offering
+one "GPU" slot), through ``ray_kwargs.ray_init.address`` as on a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from e2e_runs import ALL_POSITIVE_ARE_CANDIDATES, EXACT, train, training_rows
+
+pytestmark = pytest.mark.e2e
+NO_VALIDATION = ("trainer.val_before_train=false", "trainer.test_freq=-1")
+# float tolerance of the one-vs-two-ranks comparison (fp32 sums in another order)
+RELATIVE = 1e-4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TwoRayNodes:
+    """A head node and a second node on this machine, both on 127.0.0.1, one "GPU" slot each.
+    Stopped by killing only their own processes (``ray stop`` would stop every Ray on the machine)."""
+
+    def __init__(self, temp_dir: str):
+        self.temp_dir, self.port = temp_dir, free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    def _ray(self, *args: str) -> None:
+        ray = os.path.join(os.path.dirname(sys.executable), "ray")
+        result = subprocess.run([ray, "start", "--node-ip-address=127.0.0.1", "--num-cpus=8", "--num-gpus=1",
+                                 "--disable-usage-stats", *args], env=self.env, capture_output=True, text=True,
+                                timeout=180)  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    def __enter__(self):
+        self._ray("--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}", "--include-dashboard=false")
+        self._ray(f"--address={self.address}")
+        return self
+
+    def nodes(self) -> list[dict]:
+        code = ("import ray; ray.init(address='%s'); "
+                "print([n['Resources'].get('GPU', 0) for n in ray.nodes() if n['Alive']])") % self.address  # fmt: skip
+        result = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
+        return eval(result.stdout.strip().splitlines()[-1])
+
+    def __exit__(self, *exc):
+        mine = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            if self.temp_dir in cmdline or f"127.0.0.1:{self.port}" in cmdline:
+                mine.append(int(pid))
+        for pid in mine:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def two_ray_nodes():
+    import tempfile
+
+    with TwoRayNodes(tempfile.mkdtemp(prefix="ray_", dir="/tmp")) as cluster:  # short: Ray's socket paths
+        assert cluster.nodes() == [1.0, 1.0]
+        yield cluster
+
+
+def joining(cluster: TwoRayNodes) -> list[str]:
+    """verl's usual way onto an existing cluster: ray_init's address; the CPU presets' local
+    sizes (num_cpus, num_gpus) must go, as Ray refuses them when it joins a cluster."""
+    return [f"+ray_kwargs.ray_init.address={cluster.address}", "ray_kwargs.ray_init.num_cpus=null",
+            "ray_kwargs.ray_init.num_gpus=null"]  # fmt: skip
+
+
+def first_step(log) -> dict:
+    return next(row for row in training_rows(log) if row["step"] == 1)
+
+
+def assert_same_samples(one: dict, two: dict) -> None:
+    for key in ("response_length/mean", "response_length/max", "critic/score/mean", "critic/advantages/max"):
+        assert two[key] == pytest.approx(one[key], rel=1e-6), key
+
+
+def test_stapo_decides_alike_on_one_rank_and_on_two_ray_nodes(tiny_dir, tiny_stapo_run, two_ray_nodes, tmp_path):
+    _, one_rank_log = tiny_stapo_run  # the same run on one rank (validation before it changes no sample)
+    train("stapo", tiny_dir, tmp_path, 1, ALL_POSITIVE_ARE_CANDIDATES, EXACT, "trainer.nnodes=2",
+          "trainer.n_gpus_per_node=1", *joining(two_ray_nodes), *NO_VALIDATION)  # fmt: skip
+    one, two = first_step(one_rank_log), first_step(tmp_path / "logs" / "stapo" / "stapo_tiny_cpu.jsonl")
+    assert_same_samples(one, two)
+    assert one["actor/s2t/candidates"] > 0 and one["actor/s2t/silenced"] > 0  # S2T acts at this threshold
+    for key in ("actor/s2t/valid_tokens", "actor/s2t/candidates", "actor/s2t/silenced"):
+        assert two[key] == one[key], key  # counts: exactly
+    assert two["actor/s2t/tau_entropy"] == pytest.approx(one["actor/s2t/tau_entropy"], rel=RELATIVE)
+    # the two ranks held different numbers of candidates, and the rule pooled them
+    assert one["actor/s2t/candidates_rank_min"] == one["actor/s2t/candidates_rank_max"] == one["actor/s2t/candidates"]
+    low, high = two["actor/s2t/candidates_rank_min"], two["actor/s2t/candidates_rank_max"]
+    assert low < high and low + high == two["actor/s2t/candidates"]
+    for key in ("actor/pg_loss", "actor/grad_norm"):
+        assert two[key] == pytest.approx(one[key], rel=RELATIVE), key
+
+
+def test_entropy20_keeps_the_same_tokens_on_one_and_two_ranks(tiny_dir, tmp_path):
+    runs = {}
+    for ranks in (1, 2):
+        run_dir = tmp_path / f"ranks{ranks}"
+        run_dir.mkdir()
+        train("entropy20", tiny_dir, run_dir, 1, EXACT, f"trainer.n_gpus_per_node={ranks}", *NO_VALIDATION)
+        runs[ranks] = first_step(run_dir / "logs" / "stapo" / "entropy20_tiny_cpu.jsonl")
+    one, two = runs[1], runs[2]
+    assert_same_samples(one, two)
+    assert 0 < one["actor/entropy20/kept_tokens"] < one["actor/token_mask/kept/tokens"] + one[
+        "actor/token_mask/silenced/tokens"]  # fmt: skip
+    assert two["actor/entropy20/kept_tokens"] == one["actor/entropy20/kept_tokens"]
+    low, high = two["actor/entropy20/kept_tokens_rank_min"], two["actor/entropy20/kept_tokens_rank_max"]
+    assert low < high and low + high == two["actor/entropy20/kept_tokens"]
+    assert two["actor/entropy20/entropy_threshold"] == pytest.approx(one["actor/entropy20/entropy_threshold"],
+                                                                     rel=RELATIVE)  # fmt: skip
+    for key in ("actor/pg_loss", "actor/grad_norm"):
+        assert two[key] == pytest.approx(one[key], rel=RELATIVE), key
+
+
+@pytest.mark.parametrize("nnodes, per_node", [(3, 1), (1, 2)])
+def test_ranks_the_cluster_cannot_place_fail_before_training_naming_the_numbers(
+    nnodes, per_node, tiny_dir, two_ray_nodes, tmp_path
+):
+    """3 nodes on a 2-node cluster; and 2 ranks on one node where each node has 1 slot, which
+    verl's own check (the cluster's total) lets through and then waits for forever."""
+    output = train("stapo", tiny_dir, tmp_path, 1, f"trainer.nnodes={nnodes}", f"trainer.n_gpus_per_node={per_node}",
+                   *joining(two_ray_nodes), *NO_VALIDATION, check=False)  # fmt: skip
+    line = next(line for line in output.splitlines() if "the Ray cluster cannot place" in line)
+    assert f"cannot place {nnodes} node(s) x {per_node} trainer process(es)" in line
+    assert "[(1, 8), (1, 8)]" in line  # the cluster's free (GPU, CPU) slots per node
+    assert "actor/pg_loss" not in output
