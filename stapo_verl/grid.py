@@ -50,9 +50,19 @@ def run_overrides(run: Run, experiment: str, steps: int, run_dir: str, validate_
     overrides += [f"data.seed={run.seed}", f"actor_rollout_ref.rollout.seed={run.seed}",
                  f"trainer.total_training_steps={steps}", f"trainer.val_before_train={str(validate_first).lower()}",
                  f"trainer.experiment_name={run.name}", "trainer.resume_mode=disable"]  # fmt: skip
-    if run.method == "stapo":  # what S2T silenced, for the report's token table
-        overrides += [f"actor_rollout_ref.actor.policy_loss.dump_dir={os.path.join(run_dir, 'dump')}"]
+    if run.method == "stapo":  # what S2T silenced, for the report's token table (every third update)
+        overrides += [f"actor_rollout_ref.actor.policy_loss.dump_dir={os.path.join(run_dir, 'dump')}",
+                      "actor_rollout_ref.actor.policy_loss.dump_every=3"]  # fmt: skip
     return overrides + list(extra)
+
+
+RUN_DIR = "<run_dir>"
+
+
+def portable(overrides: list[str], run_dir: str) -> list[str]:
+    """The overrides with the run's directory as ``<run_dir>``: a finished run is recognised in
+    any checkout of the results."""
+    return [o.replace(run_dir, RUN_DIR) for o in overrides]
 
 
 def finished(run_dir: str, overrides: Optional[list[str]] = None) -> Optional[dict]:
@@ -64,7 +74,7 @@ def finished(run_dir: str, overrides: Optional[list[str]] = None) -> Optional[di
         record = json.load(f)
     if record.get("exit_code") != 0:
         return None
-    if overrides is not None and record.get("overrides") != overrides:
+    if overrides is not None and record.get("overrides") != portable(overrides, run_dir):
         return None
     return record
 
@@ -141,8 +151,8 @@ def train_one(run: Run, model: str, overrides: list[str], run_dir: str, scratch:
     wall = time.time() - started
     with open(log_path, "rb") as src, gzip.open(os.path.join(run_dir, "train.log.gz"), "wb") as dst:
         shutil.copyfileobj(src, dst)
-    record = {"method": run.method, "seed": run.seed, "model": model, "overrides": overrides,
-              "command": shlex.join(["stapo-verl", "train", run.method, model, *overrides]),
+    record = {"method": run.method, "seed": run.seed, "model": model, "overrides": portable(overrides, run_dir),
+              "command": shlex.join(["stapo-verl", "train", run.method, model, *portable(overrides, run_dir)]),
               "exit_code": process.returncode, "wall_s": round(wall, 1),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
     with open(os.path.join(run_dir, "run.json"), "w") as f:

@@ -38,12 +38,15 @@ def fake_run(out, method: str, seed: int, entropy: list[float], held_out: dict[i
 
 
 def test_a_finished_run_is_skipped_only_with_the_same_overrides(tmp_path):
-    overrides = run_overrides(Run("stapo", 1), "cpu_comparison", 30, str(tmp_path), True, [])
+    run_dir = str(tmp_path / "runs" / "stapo_seed1")
+    overrides = run_overrides(Run("stapo", 1), "cpu_comparison", 30, run_dir, True, [])
     assert "data.seed=1" in overrides and "actor_rollout_ref.rollout.seed=1" in overrides
     assert any(o.startswith("actor_rollout_ref.actor.policy_loss.dump_dir=") for o in overrides)  # STAPO's tokens
     assert not any("dump_dir" in o for o in run_overrides(Run("grpo", 1), "cpu_comparison", 30, "d", True, []))
     assert "experiment=cpu_comparison" not in run_overrides(Run("grpo", 1), "none", 30, "d", True, [])
-    done = fake_run(tmp_path, "stapo", 1, [1.0], {0: 0.2, 1: 0.3}, overrides=overrides)
+    stored = grid.portable(overrides, run_dir)  # as run.json keeps them: no absolute path
+    assert "actor_rollout_ref.actor.policy_loss.dump_dir=<run_dir>/dump" in stored
+    done = fake_run(tmp_path, "stapo", 1, [1.0], {0: 0.2, 1: 0.3}, overrides=stored)
     assert finished(str(done), overrides) and finished(str(done))
     assert finished(str(done), overrides + ["actor_rollout_ref.actor.optim.lr=1e-4"]) is None  # other settings
     failed = fake_run(tmp_path, "grpo", 1, [1.0], {}, exit_code=1)
@@ -71,7 +74,7 @@ def test_the_grid_refuses_bad_input_naming_the_field(capsys):
 def test_the_dry_run_prints_the_plan_with_what_is_finished(tmp_path, capsys):
     out = tmp_path / "grid"
     overrides = run_overrides(Run("justrl", 0), "cpu_comparison", 2, str(out / "runs" / "justrl_seed0"), True, [])
-    fake_run(out, "justrl", 0, [1.0, 1.0], {0: 20.0, 2: 25.0}, overrides=overrides)
+    fake_run(out, "justrl", 0, [1.0, 1.0], {0: 0.2, 2: 0.25}, overrides=overrides)
     assert grid.main(["--methods", "justrl", "stapo", "--seeds", "0", "--steps", "2", "--rollout", "hf", "--out", str(out),
                       "--dry-run"]) == 0
     printed = capsys.readouterr().out
