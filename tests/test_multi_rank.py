@@ -89,9 +89,10 @@ def two_ray_nodes():
 
 
 def joining(cluster: TwoRayNodes) -> list[str]:
-    """verl's usual way onto an existing cluster: ray_init's address; the CPU presets' local
-    sizes (num_cpus, num_gpus) must go, as Ray refuses them when it joins a cluster."""
-    return [f"+ray_kwargs.ray_init.address={cluster.address}", "ray_kwargs.ray_init.num_cpus=null",
+    """verl's usual way onto an existing cluster: ray_init's address (the CPU presets' default,
+    ``local``, starts a Ray of the run's own); their local sizes (num_cpus, num_gpus) must go, as
+    Ray refuses them when it joins a cluster."""
+    return [f"ray_kwargs.ray_init.address={cluster.address}", "ray_kwargs.ray_init.num_cpus=null",
             "ray_kwargs.ray_init.num_gpus=null"]  # fmt: skip
 
 
