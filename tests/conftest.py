@@ -209,13 +209,13 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_stapo_run(tiny_dir, tmp_path_factory):
-    """One trainer rank, STAPO on the tiny preset for 2 steps (fp32, tau_p = 1, validation and a
-    checkpoint at step 2): (run directory, metrics file). Shared by the resume test and the
-    one-vs-two-ranks test, so that both read the same reference run."""
-    from e2e_runs import ALL_POSITIVE_ARE_CANDIDATES, EXACT, train
+    """One trainer rank, STAPO on the tiny preset for 2 steps (fp32, tau_p = 1, one mini-batch a
+    step, validation and a checkpoint at step 2): (run directory, metrics file). Shared by the
+    resume test and the one-vs-two-ranks test, so that both read the same reference run."""
+    from e2e_runs import ALL_POSITIVE_ARE_CANDIDATES, EXACT, ONE_MINI_BATCH, train
 
     run_dir = tmp_path_factory.mktemp("tiny_stapo")
-    train("stapo", tiny_dir, run_dir, 2, ALL_POSITIVE_ARE_CANDIDATES, EXACT)
+    train("stapo", tiny_dir, run_dir, 2, ALL_POSITIVE_ARE_CANDIDATES, EXACT, ONE_MINI_BATCH)
     return run_dir, run_dir / "logs" / "stapo" / "stapo_tiny_cpu.jsonl"
 
 
@@ -225,18 +225,18 @@ TOY_GRID = ["--model", "tiny_cpu", "--experiment", "none", "--rollout", "hf", "-
 
 @pytest.fixture(scope="session")
 def toy_grid(tiny_dir, tmp_path_factory):
-    """`stapo-verl grid` at toy size (tiny preset, GRPO and 20-Entropy x seeds 0, 1 x 1 step, fp32):
-    (its output directory, its printed output). Its 20-Entropy seed-0 run is the one-rank
-    reference of the two-ranks test."""
+    """`stapo-verl grid` at toy size (tiny preset, GRPO and 20-Entropy x seeds 0, 1 x 1 step, fp32,
+    one mini-batch a step): (its output directory, its printed output). Its 20-Entropy seed-0 run
+    is the one-rank reference of the two-ranks test."""
     import subprocess
     import sys
 
-    from e2e_runs import EXACT
+    from e2e_runs import EXACT, ONE_MINI_BATCH
 
     out = tmp_path_factory.mktemp("toy_grid")
     env = {**os.environ, "STAPO_TINY_DIR": tiny_dir}
     result = subprocess.run([sys.executable, "-m", "stapo_verl", "grid", *TOY_GRID, "--out", str(out / "grid"),
-                             "--scratch", str(out / "scratch"), EXACT, "trainer.test_freq=-1"],
+                             "--scratch", str(out / "scratch"), EXACT, ONE_MINI_BATCH, "trainer.test_freq=-1"],
                             env=env, capture_output=True, text=True, timeout=1800, cwd=str(out))  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     return out / "grid", result.stdout

@@ -19,6 +19,10 @@ ALL_POSITIVE_ARE_CANDIDATES = "actor_rollout_ref.actor.policy_loss.tau_prob=1.0"
 # fp32, explicitly, for the checks that compare with a reference to float precision (the rollout
 # serves the synced weights; one rank and two ranks decide alike)
 EXACT = "stapo.cpu_precision=fp32"
+# One PPO mini-batch per step (the tiny preset's 8 prompts): with several, verl deals the batch to
+# the data-parallel ranks before cutting mini-batches, so one and two ranks would train other
+# responses together in each mini-batch; with one, both decide over the same tokens
+ONE_MINI_BATCH = "actor_rollout_ref.actor.ppo_mini_batch_size=8"
 # The CPU presets' default precision on this machine (stapo.cpu_precision=auto).
 DEFAULT_PRECISION = resolve_precision("auto")[0]
 # Largest rollout-vs-actor probability difference per precision, when the rollout serves the
@@ -30,10 +34,10 @@ ROLLOUT_PROBS_DIFF_MEAN = {"fp32": 1e-5, "bf16": 0.02}
 
 
 def train(method: str, files_dir: str, run_dir, steps: int, *overrides: str, log_path=None, model="tiny_cpu",
-          check=True) -> str:  # fmt: skip
-    """``stapo-verl train METHOD MODEL`` for ``steps`` steps; its output (asserted successful
-    unless ``check`` is false)."""
-    env = {**os.environ, CPU_MODELS[model][0]: files_dir, "STAPO_RUN_DIR": str(run_dir)}
+          check=True, env=None) -> str:  # fmt: skip
+    """``stapo-verl train METHOD MODEL`` for ``steps`` steps (in ``env``, default this process's);
+    its output (asserted successful unless ``check`` is false)."""
+    env = {**(os.environ if env is None else env), CPU_MODELS[model][0]: files_dir, "STAPO_RUN_DIR": str(run_dir)}
     env.pop("VERL_FILE_LOGGER_ROOT", None)
     if log_path is not None:
         env["VERL_FILE_LOGGER_PATH"] = str(log_path)

@@ -36,3 +36,18 @@ def test_the_plugin_puts_the_check_in_front_of_verls(monkeypatch):
     manager = ResourcePoolManager(resource_pool_spec={"global_pool": [2]}, mapping={})
     with pytest.raises(ValueError, match=r"stapo-verl: the Ray cluster cannot place 1 node\(s\) x 2"):
         check(manager)
+
+
+def test_a_run_that_joins_a_cluster_hands_its_environment_to_the_workers():
+    """On a Ray of the run's own the workers inherit the driver's environment; on a joined
+    cluster only ray_init's runtime_env reaches them: the preset's files, run dir and metrics."""
+    from stapo_verl.cli import forwarded_env, joins_a_cluster
+
+    assert joins_a_cluster(["ray_kwargs.ray_init.address=10.0.0.1:6379"])
+    assert not joins_a_cluster([]) and not joins_a_cluster(["ray_kwargs.ray_init.address=local"])
+    env = {"STAPO_TINY_DIR": "/data/tiny", "STAPO_RUN_DIR": "/runs/a", "VERL_FILE_LOGGER_PATH": "/runs/a/m.jsonl"}
+    assert forwarded_env("tiny_cpu", env) == [
+        "++ray_kwargs.ray_init.runtime_env.env_vars.STAPO_TINY_DIR='/data/tiny'",
+        "++ray_kwargs.ray_init.runtime_env.env_vars.STAPO_RUN_DIR='/runs/a'",
+        "++ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH='/runs/a/m.jsonl'",
+    ]

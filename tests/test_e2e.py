@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from e2e_runs import ALL_POSITIVE_ARE_CANDIDATES, EXACT, assert_trained, train, training_rows
+from e2e_runs import ALL_POSITIVE_ARE_CANDIDATES, EXACT, ONE_MINI_BATCH, assert_trained, train, training_rows
 from test_data import fixture_file
 
 from stapo_verl.cli import main as cli
@@ -48,8 +48,8 @@ def test_stapo_trains_two_steps_checkpoints_and_resumes_at_step_3(tiny_dir, tiny
     assert_checkpoint(tmp_path, "stapo_tiny_cpu", 2)
 
     resumed_log = tmp_path / "resumed.jsonl"  # verl's file logger truncates its file on start
-    output = train("stapo", tiny_dir, tmp_path, 3, ALL_POSITIVE_ARE_CANDIDATES, EXACT, "trainer.resume_mode=auto",
-                   log_path=resumed_log)  # fmt: skip
+    output = train("stapo", tiny_dir, tmp_path, 3, ALL_POSITIVE_ARE_CANDIDATES, EXACT, ONE_MINI_BATCH,
+                   "trainer.resume_mode=auto", log_path=resumed_log)  # fmt: skip
     assert "global_step_2" in output  # verl names the checkpoint it loads
     assert_trained(training_rows(resumed_log), [3], "fp32")
     assert_checkpoint(tmp_path, "stapo_tiny_cpu", 3)

@@ -113,8 +113,8 @@ def test_the_cpu_vllm_preset_composes_for_verl(precision, dtype):
                                               f"stapo.cpu_precision={precision}"])  # fmt: skip
         default = compose(CONFIG_NAME, overrides=["algorithm=stapo", "model=smollm2_135m"])
     rollout = cfg.actor_rollout_ref.rollout
-    settings = (rollout.name, rollout.dtype, rollout.enforce_eager, rollout.enable_sleep_mode)
-    assert settings == ("vllm", dtype, True, False)  # vLLM samples in the actor's precision
+    settings = (rollout.name, rollout.dtype, rollout.enforce_eager, rollout.enable_sleep_mode, rollout.enable_chunked_prefill)
+    assert settings == ("vllm", dtype, True, False, False)  # vLLM samples in the actor's precision; no split prefill
     assert default.actor_rollout_ref.rollout.name == "hf"  # the CPU presets' default is unchanged
 
 
