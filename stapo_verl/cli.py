@@ -204,6 +204,25 @@ def train_env(model: str, env: dict | None = None) -> dict:
     return env
 
 
+# What a CPU preset's run reads from the environment in verl's processes (its files, run
+# directory, metrics file): Ray workers inherit the driver's environment only on a Ray of the
+# run's own; on a cluster it joins, they get only ray_init's runtime_env.
+FORWARDED_ENV = ("STAPO_RUN_DIR", "VERL_FILE_LOGGER_ROOT", "VERL_FILE_LOGGER_PATH")
+
+
+def joins_a_cluster(overrides: list[str]) -> bool:
+    """Whether the run's Ray is an existing cluster (ray_init.address other than ``local``)."""
+    addresses = [o.split("=", 1)[1] for o in hydra_overrides(overrides)
+                 if o.split("=", 1)[0].lstrip("+") == "ray_kwargs.ray_init.address"]  # fmt: skip
+    return bool(addresses) and addresses[-1] not in ("local", "null")
+
+
+def forwarded_env(model: str, env: dict) -> list[str]:
+    """Overrides that hand a CPU preset's environment to the workers of a joined cluster."""
+    names = (CPU_MODELS[model][0], *FORWARDED_ENV)
+    return [f"++ray_kwargs.ray_init.runtime_env.env_vars.{name}='{env[name]}'" for name in names if env.get(name)]
+
+
 def tail(path: str, lines: int) -> str:
     with open(path, errors="replace") as f:
         return "".join(collections.deque(f, maxlen=lines))
@@ -416,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     print(shlex.join(command), flush=True)
     if dry_run:
         return 0
+    env = train_env(args.model)
     if args.model in CPU_MODELS:  # the preset's model and data are made locally, once
         prepare_cpu_model(args.model, cpu_model_dir(args.model))
-    return subprocess.call(command, env=train_env(args.model))
+        if joins_a_cluster(args.overrides):
+            command += forwarded_env(args.model, env)
+    return subprocess.call(command, env=env)
