@@ -61,7 +61,7 @@ def make_model_dir(path: str, tiny: bool, device: str) -> None:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from stapo_verl.tiny import byte_tokenizer, tiny_qwen3_config
+    from stapo_verl.cpu.tiny import byte_tokenizer, tiny_qwen3_config
 
     tokenizer = byte_tokenizer()
     if tiny:
@@ -109,7 +109,7 @@ def build_worker(cfg):
     from verl.utils.config import omega_conf_to_dataclass
     from verl.workers.config import HFModelConfig, TrainingWorkerConfig
 
-    from stapo_verl.verl_hook import TokenMaskTrainingWorker
+    from stapo_verl.integration.worker import TokenMaskTrainingWorker
 
     model_config: HFModelConfig = omega_conf_to_dataclass(cfg.model)
     actor = omega_conf_to_dataclass(cfg.actor)
@@ -177,7 +177,7 @@ def old_log_prob_pass(worker, args, vocab):
     """The trainer's old-log-prob pass (entropy on), response-aligned: what `old` reads."""
     from verl.utils import tensordict_utils as tu
 
-    from stapo_verl.verl_hook import response_values
+    from stapo_verl.integration.token_mask import response_values
 
     data, _ = step_batch(args, vocab)
     tu.assign_non_tensor(data, calculate_entropy=True, compute_loss=False)
@@ -283,7 +283,7 @@ def main():
 
     if args.smollm2:
         from stapo_verl.cli import cpu_model_dir
-        from stapo_verl.smollm2 import prepare_smollm2
+        from stapo_verl.cpu.smollm2 import prepare_smollm2
 
         files = cpu_model_dir("smollm2_135m")
         prepare_smollm2(files)
@@ -385,7 +385,7 @@ def write_profile(args, worker, cfg, vocab, old_pass, device, out: str):
     from common import cpu_description, write_result
     from verl.utils import tensordict_utils as tu
 
-    from stapo_verl.verl_hook import rows_that_can_hold_a_candidate
+    from stapo_verl.integration.token_mask import rows_that_can_hold_a_candidate
 
     data, _ = step_batch(args, vocab, old_pass)
     mini_batch = tu.index_select_tensor_dict(data, torch.arange(args.rows, 2 * args.rows))  # the step's second

@@ -6,7 +6,7 @@ For each: how many distinct problems it has, and on ``--problems`` of them x ``-
 at temperature 1 (the rollout's setting, in the precision training uses here): the pass rate
 (DAPO rule reward), the share of problems with mixed groups (GRPO advantages not all zero), the
 response length, and S2T's candidates (A > 0, p < 0.002) per 1,000 tokens. The chosen one
-becomes the comparison's task (stapo_verl/arithmetic.py); this file keeps the measurement.
+becomes the comparison's task (stapo_verl/tasks/sums.py); this file keeps the measurement.
 
     python benchmarks/comparison_task.py [--problems 48] [--samples 4] [--out benchmarks/results/comparison_task.json]
 """
@@ -21,10 +21,11 @@ import torch
 from common import cpu_description, write_result
 
 from stapo_verl.cli import cpu_model_dir
+from stapo_verl.cpu.hf_sampling import eos_and_pad_ids, request_seed, sample
 from stapo_verl.cpu.precision import DTYPE_NAMES, resolve_precision
-from stapo_verl.hf_sampling import eos_and_pad_ids, request_seed, sample
-from stapo_verl.reward import compute_score
-from stapo_verl.smollm2 import INSTRUCTION, prepare_smollm2
+from stapo_verl.cpu.smollm2 import prepare_smollm2
+from stapo_verl.tasks.multiplication import INSTRUCTION
+from stapo_verl.tasks.reward import compute_score
 
 TAU_PROB = 0.002
 MAX_TOKENS = 64  # model/smollm2_135m.yaml: data.max_response_length

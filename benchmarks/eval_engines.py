@@ -24,7 +24,7 @@ import time
 from common import cpu_description, write_result
 
 from stapo_verl.cli import cpu_model_dir
-from stapo_verl.smollm2 import prepare_smollm2
+from stapo_verl.cpu.smollm2 import prepare_smollm2
 
 FILED_AS = "math500"
 

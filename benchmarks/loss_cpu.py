@@ -42,7 +42,7 @@ def main():
 
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
-    from stapo_verl.s2t import s2t_spurious_mask
+    from stapo_verl.method.s2t import s2t_spurious_mask
 
     config = actor_config()
     # what verl's ppo_loss fills in before calling the policy loss

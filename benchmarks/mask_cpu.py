@@ -15,7 +15,7 @@ import time
 import torch
 from common import cpu_description, write_result
 
-from stapo_verl.s2t import s2t_spurious_mask, top_entropy_keep_mask
+from stapo_verl.method.s2t import s2t_spurious_mask, top_entropy_keep_mask
 
 
 def median_seconds(fn, repeats=5):

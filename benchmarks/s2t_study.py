@@ -62,10 +62,10 @@ def task_prompts(files: str, tokenizer, count: int):
 
 
 def dapo_prompts(path: str, tokenizer, count: int):
-    """The first ``count`` DAPO-Math-17k problems with the training prompt (stapo_verl.data)."""
+    """The first ``count`` DAPO-Math-17k problems with the training prompt (stapo_verl.tasks.data)."""
     import pandas as pd
 
-    from stapo_verl.data import convert_row
+    from stapo_verl.tasks.data import convert_row
 
     rows = [convert_row(row, i, "dapo_math_17k", "train", "boxed")[0]
             for i, row in enumerate(pd.read_parquet(path).head(count).to_dict(orient="records"))]  # fmt: skip
@@ -84,8 +84,8 @@ def roll_out(model, tokenizer, prompts, truths, data_source, samples, temperatur
     """``samples`` responses per prompt, graded (DAPO rule, +1/-1), GRPO advantages per group."""
     from tqdm import tqdm
 
-    from stapo_verl.hf_sampling import eos_and_pad_ids, sample
-    from stapo_verl.reward import compute_score
+    from stapo_verl.cpu.hf_sampling import eos_and_pad_ids, sample
+    from stapo_verl.tasks.reward import compute_score
 
     eos_ids, pad_id = eos_and_pad_ids(model, tokenizer)
     requests = [i for i in range(len(prompts)) for _ in range(samples)]
@@ -143,7 +143,7 @@ def flat(rows, prompts_per_mini_batch: int) -> dict[str, torch.Tensor]:
 
 def s2t_masks(tokens: dict, tau_prob: float, quantile: float = QUANTILE):
     """(candidate, silenced, tau_h per mini-batch): the S2T rule applied per mini-batch."""
-    from stapo_verl.s2t import s2t_spurious_mask
+    from stapo_verl.method.s2t import s2t_spurious_mask
 
     candidate = torch.zeros_like(tokens["log_prob"], dtype=torch.bool)
     silenced = torch.zeros_like(candidate)
@@ -185,8 +185,8 @@ def fractions(tokens: dict, rows) -> dict:
 
 
 def who_is_silenced(tokens: dict, candidate, silenced, decode) -> dict:
-    """The report's token summary (stapo_verl.report) of silenced, kept candidates, all tokens."""
-    from stapo_verl.report import token_summary
+    """The report's token summary (stapo_verl.analysis.report) of silenced, kept candidates, all tokens."""
+    from stapo_verl.analysis.report import token_summary
 
     groups = {"silenced": silenced, "kept_candidates": candidate & ~silenced, "all_tokens": torch.ones_like(silenced)}
     return token_summary({name: [decode([t]) for t in tokens["token_id"][members].tolist()]
@@ -194,7 +194,7 @@ def who_is_silenced(tokens: dict, candidate, silenced, decode) -> dict:
 
 
 def grad_norm_bound(tokens: dict, candidate, silenced) -> dict:
-    from stapo_verl.s2t import logit_grad_norm
+    from stapo_verl.method.s2t import logit_grad_norm
 
     bound = logit_grad_norm(tokens["log_prob"].exp(), tokens["sum_pi_squared"])
     mean = lambda m: float(bound[m].mean()) if m.any() else None  # noqa: E731
@@ -219,7 +219,7 @@ def engine_run(args) -> None:
     from verl.utils import tensordict_utils as tu
 
     import stapo_verl.plugin  # noqa: F401
-    from stapo_verl import verl_hook
+    from stapo_verl.integration import worker as verl_hook
 
     rows = torch.load(args.rollouts, weights_only=False)
     mini_batches = [rows[k : k + args.rows_per_mini_batch] for k in range(0, len(rows), args.rows_per_mini_batch)]
@@ -302,7 +302,7 @@ def run_engine(
 
 def mask_of(stats: dict, rows) -> tuple[torch.Tensor, torch.Tensor, float | None]:
     """S2T on one mini-batch's engine statistics: (candidate, silenced, tau_h)."""
-    from stapo_verl.s2t import s2t_spurious_mask
+    from stapo_verl.method.s2t import s2t_spurious_mask
 
     advantages = torch.cat([torch.full((len(r["response_ids"]),), r["advantage"]) for r in rows]).double()
     mask = s2t_spurious_mask(stats["log_prob"], stats["entropy"], advantages, torch.ones_like(advantages).bool(),
@@ -361,7 +361,7 @@ def reuse_run(args) -> None:
     from verl.utils import tensordict_utils as tu
 
     import stapo_verl.plugin  # noqa: F401
-    from stapo_verl import verl_hook
+    from stapo_verl.integration import worker as verl_hook
 
     rows = torch.load(args.rollouts, weights_only=False)[: 2 * args.rows_per_mini_batch]
     setup = argparse.Namespace(tiny=False, smollm2=True, max_token_len=8192)
@@ -440,12 +440,13 @@ def main():
             parser.error("give --dapo PATH (DAPO-Math-17k's parquet) or set STAPO_FULL_DATA_DIR to the folder holding it")
         args.dapo = os.path.join(os.environ["STAPO_FULL_DATA_DIR"], "dapo_math_17k.parquet")
 
+    from common import cpu_description, write_result
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from common import cpu_description, write_result
+    from stapo_verl.analysis.report import plot_tokens, token_summary
     from stapo_verl.cli import cpu_model_dir
-    from stapo_verl.report import plot_tokens, token_summary
-    from stapo_verl.smollm2 import TASK_DATA_SOURCE, prepare_smollm2
+    from stapo_verl.cpu.smollm2 import prepare_smollm2
+    from stapo_verl.tasks.multiplication import TASK_DATA_SOURCE
 
     started = time.time()
     # sizes: prompts x samples per source; the engine uses the task's first mini-batches
@@ -563,7 +564,7 @@ def main():
 
 def write_summary(record: dict, path: str) -> None:
     """The markdown summary next to the JSON (quoted by the README)."""
-    from stapo_verl.report import TOKEN_CATEGORIES
+    from stapo_verl.analysis.report import TOKEN_CATEGORIES
 
     pct = lambda x: f"{100 * x:.3f}%"  # noqa: E731
     lines = [f"# S2T on a real model: SmolLM2-135M on CPU ({record['date']}, {record['device']})", "",

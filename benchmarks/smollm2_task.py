@@ -1,7 +1,7 @@
 """The smollm2_135m preset's task as the model sees it before training: pass rate and S2T candidates.
 
 Samples the preset's training prompts the way its rollout does (HF generate, temperature 1,
-top-p 1, at most 64 tokens; stapo_verl.hf_sampling), grades them with the training reward (DAPO
+top-p 1, at most 64 tokens; stapo_verl.cpu.hf_sampling), grades them with the training reward (DAPO
 rule, +1 / -1), computes GRPO advantages per prompt group and counts the tokens S2T would take
 as candidates (A > 0, p < tau_p = 0.002), plus the greedy pass rate (the preset's validation).
 
@@ -19,9 +19,9 @@ from common import cpu_description, write_result
 from tqdm import tqdm
 
 from stapo_verl.cli import cpu_model_dir
-from stapo_verl.hf_sampling import eos_and_pad_ids, sample
-from stapo_verl.reward import compute_score
-from stapo_verl.smollm2 import prepare_smollm2
+from stapo_verl.cpu.hf_sampling import eos_and_pad_ids, sample
+from stapo_verl.cpu.smollm2 import prepare_smollm2
+from stapo_verl.tasks.reward import compute_score
 
 TAU_PROB = 0.002
 MAX_TOKENS = 64  # model/smollm2_135m.yaml: data.max_response_length

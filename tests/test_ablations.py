@@ -6,8 +6,8 @@ import torch
 from conftest import MiniBatch, actor_config, run_minibatch
 from omegaconf import OmegaConf
 
-from stapo_verl.s2t import logit_grad_norm, random_silence_like, s2t_spurious_mask, token_group_stats
-from stapo_verl.verl_hook import _flat, apply_token_mask
+from stapo_verl.integration.token_mask import apply_token_mask, flat_tokens
+from stapo_verl.method.s2t import logit_grad_norm, random_silence_like, s2t_spurious_mask, token_group_stats
 
 pytestmark = pytest.mark.usefixtures("process_group")
 
@@ -58,19 +58,19 @@ def test_random_control_silences_exactly_as_many_tokens_as_s2t():
     for kind in ("s2t", "random"):
         config = actor_config("stapo", tau_prob=0.05, stats_source="old", token_mask=None if kind == "s2t" else kind)
         data, output = run_minibatch(batch, config, micro_batch_size=2)
-        masks[kind] = ~_flat(data["response_mask"]).bool()
+        masks[kind] = ~flat_tokens(data["response_mask"]).bool()
         counts[kind] = output["metrics"]["s2t/silenced"][0]
         assert torch.all(batch.response_grad()[masks[kind]] == 0)
     assert counts["random"] == counts["s2t"] == int(masks["s2t"].sum()) == int(masks["random"].sum()) > 0
     assert not torch.equal(masks["s2t"], masks["random"])
     # deterministic for a seed, different for another
     again, _ = run_minibatch(batch, actor_config("stapo", tau_prob=0.05, stats_source="old", token_mask="random"), micro_batch_size=2)
-    assert torch.equal(~_flat(again["response_mask"]).bool(), masks["random"])
+    assert torch.equal(~flat_tokens(again["response_mask"]).bool(), masks["random"])
     other, _ = run_minibatch(
         batch, actor_config("stapo", tau_prob=0.05, stats_source="old", token_mask="random", random_mask_seed=1),
         micro_batch_size=2,
     )
-    assert not torch.equal(~_flat(other["response_mask"]).bool(), masks["random"])
+    assert not torch.equal(~flat_tokens(other["response_mask"]).bool(), masks["random"])
 
 
 def test_random_silence_like_is_uniform_over_valid_tokens():
@@ -100,8 +100,8 @@ def test_s2t_on_negative_advantages_too():
     config = actor_config("stapo", tau_prob=0.05, stats_source="old", s2t_advantage_sign="any")
     data = batch.tensordict()
     apply_token_mask(data, config.policy_loss)
-    silenced = ~_flat(data["response_mask"]).bool()
-    assert (_flat(data["advantages"])[silenced] < 0).any()
+    silenced = ~flat_tokens(data["response_mask"]).bool()
+    assert (flat_tokens(data["advantages"])[silenced] < 0).any()
 
 
 @pytest.mark.parametrize("loss_mode", ["gspo", "cispo", "clip_cov", "vanilla"])
@@ -109,7 +109,7 @@ def test_s2t_as_a_mask_under_other_verl_losses(loss_mode):
     batch = MiniBatch(seed=3, n_seqs=8)
     config = actor_config(loss_mode, tau_prob=0.05, stats_source="old", token_mask="s2t")
     data, output = run_minibatch(batch, config, micro_batch_size=2)
-    silenced = ~_flat(data["response_mask"]).bool()
+    silenced = ~flat_tokens(data["response_mask"]).bool()
     grad = batch.response_grad()
     assert silenced.any() and torch.all(grad[silenced] == 0) and grad[~silenced].abs().sum() > 0
     assert output["metrics"]["s2t/silenced"][0] == int(silenced.sum())
@@ -120,7 +120,7 @@ def test_s2t_as_a_mask_under_other_verl_losses(loss_mode):
 
     import verl.workers.engine_workers as engine_workers
 
-    from stapo_verl.verl_hook import TokenMaskTrainingWorker
+    from stapo_verl.integration.worker import TokenMaskTrainingWorker
 
     worker = TokenMaskTrainingWorker.__new__(TokenMaskTrainingWorker)
     with mock.patch.object(engine_workers.TrainingWorker, "set_loss_fn"):
@@ -187,8 +187,8 @@ def test_silenced_token_dump(tmp_path):
 
     import verl.workers.engine_workers as engine_workers
 
-    from stapo_verl.tiny import byte_tokenizer
-    from stapo_verl.verl_hook import TokenMaskTrainingWorker
+    from stapo_verl.cpu.tiny import byte_tokenizer
+    from stapo_verl.integration.worker import TokenMaskTrainingWorker
 
     tokenizer = byte_tokenizer()
     config = actor_config(
@@ -211,8 +211,8 @@ def test_silenced_token_dump(tmp_path):
     assert all(line["advantage"] > 0 and line["prob"] < 0.05 for line in kept)  # candidates
     # kept candidates are at or above tau_h, silenced ones below it
     assert min(line["entropy"] for line in kept) > max(line["entropy"] for line in lines[:3])
-    silenced = torch.nonzero(~_flat(masked[0]["response_mask"]).bool()).squeeze(1)[:3].tolist()
-    response_ids = _flat(masked[0]["responses"])
+    silenced = torch.nonzero(~flat_tokens(masked[0]["response_mask"]).bool()).squeeze(1)[:3].tolist()
+    response_ids = flat_tokens(masked[0]["responses"])
     starts = torch.cat([torch.zeros(1, dtype=torch.long), batch.response_lens.cumsum(0)])
     for line, index in zip(lines, silenced):
         row = int(torch.searchsorted(starts, index, right=True)) - 1

@@ -42,7 +42,7 @@ def test_eval_names_missing_benchmarks_and_a_missing_engine_first(model_dir, tmp
     out = tmp_path / "eval"
     err = one_line_error(capsys, 1, "eval", model_dir, "--out", str(out), "--data-dir", str(data), "--engine", "hf",
                          "--benchmarks", "aime24,math500,minerva")  # fmt: skip
-    assert f"math500.parquet, minerva.parquet not found in {data}" in err and "python -m stapo_verl.data" in err
+    assert f"math500.parquet, minerva.parquet not found in {data}" in err and "python -m stapo_verl.tasks.data" in err
     import importlib.util
 
     from stapo_verl.cpu import vllm_cpu
@@ -86,7 +86,7 @@ def test_the_debug_flag_and_variable_give_the_traceback(tmp_path, monkeypatch):
 
 
 def data_cli(*args: str):
-    from stapo_verl.data.__main__ import main
+    from stapo_verl.tasks.data.__main__ import main
 
     return main(list(args))
 
@@ -131,7 +131,7 @@ def test_every_policy_loss_field_overrides_without_a_plus(capsys):
 
     from verl.workers.config import PolicyLossConfig
 
-    from stapo_verl.config import TokenMaskPolicyLossConfig
+    from stapo_verl.method.config import TokenMaskPolicyLossConfig
 
     ours = {f.name for f in dataclasses.fields(TokenMaskPolicyLossConfig)} - {
         f.name for f in dataclasses.fields(PolicyLossConfig)}  # fmt: skip

@@ -1,8 +1,8 @@
-"""The per-node placement check added to verl's resource check (stapo_verl/cluster.py)."""
+"""The per-node placement check added to verl's resource check (stapo_verl/integration/cluster.py)."""
 
 import pytest
 
-from stapo_verl.cluster import placement_problem
+from stapo_verl.integration.cluster import placement_problem
 
 TWO_ONE_SLOT_NODES = [{"GPU": 1.0, "CPU": 8.0}, {"GPU": 1.0, "CPU": 8.0}]
 

@@ -3,7 +3,7 @@
 import pytest
 from conftest import actor_config
 
-from stapo_verl.config import TokenMaskPolicyLossConfig
+from stapo_verl.method.config import TokenMaskPolicyLossConfig
 
 
 def test_defaults_are_the_papers():

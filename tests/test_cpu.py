@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from stapo_verl.tiny import prepare_tiny
+from stapo_verl.cpu.tiny import prepare_tiny
 
 
 def run_python(code: str, **env: str) -> str:
@@ -158,7 +158,7 @@ def test_a_request_carrying_its_own_seed_is_sampled_with_it_on_any_replica(tiny_
 def test_seeded_sampling_draws_from_the_tempered_truncated_distribution(temperature, top_p, top_k):
     """The Gumbel-max processor's argmax, over 20,000 seeded rows, has the frequencies of the
     distribution vLLM / HF sampling would draw from (tempered, then top-k / top-p cut)."""
-    from stapo_verl.hf_sampling import SeededSampling
+    from stapo_verl.cpu.hf_sampling import SeededSampling
 
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
     expected = (logits / temperature).softmax(-1)

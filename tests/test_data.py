@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from stapo_verl.data import TEMPLATES, BadRowError, clean_ground_truth, convert_file, repair_latex_escapes
+from stapo_verl.tasks.data import TEMPLATES, BadRowError, clean_ground_truth, convert_file, repair_latex_escapes
 
 FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "math")
 FULL_DATA_VARIABLE = "STAPO_FULL_DATA_DIR"
@@ -51,7 +51,7 @@ def expected_rows(which: str, name: str) -> int:
 def test_cli_converts_the_six_benchmarks(which, tmp_path):
     inputs = [data_file(which, name) for name in BENCHMARKS]
     result = subprocess.run(
-        [sys.executable, "-m", "stapo_verl.data", *inputs, "--split", "test", "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", "stapo_verl.tasks.data", *inputs, "--split", "test", "--out-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -77,7 +77,7 @@ def test_training_set_round_trips_through_verls_dataset(which, tmp_path):
     from omegaconf import OmegaConf
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from stapo_verl.tiny import byte_tokenizer
+    from stapo_verl.cpu.tiny import byte_tokenizer
 
     rows = expected_rows(which, "dapo_math_17k")
     report = convert_file(data_file(which, "dapo_math_17k"), str(tmp_path), split="train")
@@ -110,7 +110,7 @@ def test_malformed_rows_are_named_or_skipped_and_counted(tmp_path):
     with pytest.raises(BadRowError, match=r"mixed\.jsonl: row 1: empty or missing problem"):
         convert_file(str(source), str(tmp_path / "out"), split="train")
     result = subprocess.run(
-        [sys.executable, "-m", "stapo_verl.data", str(source), "--out-dir", str(tmp_path / "out"), "--skip-bad"],
+        [sys.executable, "-m", "stapo_verl.tasks.data", str(source), "--out-dir", str(tmp_path / "out"), "--skip-bad"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -125,7 +125,7 @@ def test_bad_cli_input_is_a_clear_error(tmp_path):
     source = tmp_path / "x.jsonl"
     source.write_text(json.dumps({"problem": "", "answer": "1"}))
     result = subprocess.run(
-        [sys.executable, "-m", "stapo_verl.data", str(source), "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", "stapo_verl.tasks.data", str(source), "--out-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1 and "x.jsonl: row 0: empty or missing problem" in result.stderr
@@ -148,7 +148,7 @@ def test_an_empty_gold_answer_is_refused(tmp_path):
 
 
 def run_cli(*args: str):
-    return subprocess.run([sys.executable, "-m", "stapo_verl.data", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "stapo_verl.tasks.data", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("content", ["", "all_bad"])

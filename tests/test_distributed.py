@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 from conftest import MiniBatch, actor_config, run_minibatch
 
-from stapo_verl.verl_hook import _flat
+from stapo_verl.integration.token_mask import flat_tokens
 
 CASES = {
     "stapo": dict(loss_mode="stapo", tau_prob=0.05, stats_source="old"),
@@ -41,7 +41,7 @@ def _rank_main(rank, store, out_dir, case):
         batch, actor_config(**CASES[case]), micro_batch_size=2, data=data, group=dist.group.WORLD
     )
     torch.save(
-        {"keep": _flat(data["response_mask"]).bool(), "grad": batch.theta.grad, "metrics": output["metrics"]},
+        {"keep": flat_tokens(data["response_mask"]).bool(), "grad": batch.theta.grad, "metrics": output["metrics"]},
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
     dist.destroy_process_group()
@@ -55,7 +55,7 @@ def test_two_ranks_match_one_process(case, process_group):
 
     batch = MiniBatch(seed=21, n_seqs=N_SEQS)
     data, output = run_minibatch(batch, actor_config(**CASES[case]), micro_batch_size=2)
-    keep = _flat(data["response_mask"]).bool()
+    keep = flat_tokens(data["response_mask"]).bool()
     assert 0 < int(keep.sum()) < keep.numel()
     assert torch.equal(torch.cat([r["keep"] for r in ranks]), keep)
     dp_mean_grad = sum(r["grad"] for r in ranks) / WORLD  # FSDP averages gradients over ranks

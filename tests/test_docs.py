@@ -73,7 +73,8 @@ def test_the_pages_have_command_lines_to_check():
 def argv_of(command: str) -> list[str]:
     from stapo_verl.recipe import CONFIG_DIR
 
-    expanded = command.replace('"$CONFIG"', CONFIG_DIR).replace("$CONFIG", CONFIG_DIR)
+    expanded = re.sub(r"<[^>]*>", "", command)  # a placeholder: "<your usual overrides>"
+    expanded = expanded.replace('"$CONFIG"', CONFIG_DIR).replace("$CONFIG", CONFIG_DIR)
     for name, value in VARIABLES.items():
         expanded = expanded.replace(f'"${name}"', value).replace(f"${name}", value)
     return shlex.split(expanded)
@@ -82,18 +83,20 @@ def argv_of(command: str) -> list[str]:
 def needs_vllm_cpu(command: str) -> bool:
     from stapo_verl.cpu.vllm_cpu import vllm_cpu_problem
 
-    return "cpu_rollout=vllm" in command and vllm_cpu_problem() is not None
+    return ("cpu_rollout=vllm" in command or "--rollout vllm" in command) and vllm_cpu_problem() is not None
 
 
 def compose_main_ppo(argv: list[str]) -> None:
-    """What ``python -m verl.trainer.main_ppo --config-path P --config-name N overrides`` composes,
+    """What ``python -m verl.trainer.main_ppo [--config-path P --config-name N] overrides`` composes,
     resolved as main_ppo resolves it (verl's ``--cfg job``, in this process)."""
     import verl  # noqa: F401  (the plugin: resolvers, losses)
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    # main_ppo's own default: verl's ppo_trainer (a page's "<your usual overrides>" is left out)
+    options = {"--config-path": os.path.join(os.path.dirname(verl.__file__), "trainer", "config"),
+               "--config-name": "ppo_trainer"}  # fmt: skip
     args, overrides = iter(argv[3:]), []
-    options = {}
     for arg in args:
         if arg in ("--config-path", "--config-name"):
             options[arg] = next(args)

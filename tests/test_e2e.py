@@ -18,9 +18,9 @@ from e2e_runs import ALL_POSITIVE_ARE_CANDIDATES, EXACT, ONE_MINI_BATCH, assert_
 from test_data import fixture_file
 
 from stapo_verl.cli import main as cli
-from stapo_verl.data import convert_file
+from stapo_verl.cpu.tiny import TINY_DATA_SOURCE
 from stapo_verl.runlog import read_jsonl, read_metrics
-from stapo_verl.tiny import TINY_DATA_SOURCE
+from stapo_verl.tasks.data import convert_file
 
 pytestmark = pytest.mark.e2e
 VAL_ACC = f"val-core/{TINY_DATA_SOURCE}/acc/mean@1"

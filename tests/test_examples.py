@@ -65,7 +65,7 @@ def test_reproduce_paper_prints_the_plan_and_runs_nothing(tmp_path):
 def test_plain_overrides_compose_on_verls_own_config():
     result = run("stapo/plain_overrides.sh", DRY_RUN="1")
     assert result.returncode == 0, result.stderr[-2000:]
-    for line in ("_target_: stapo_verl.config.TokenMaskPolicyLossConfig", "loss_mode: stapo", "tau_prob: 0.002"):
+    for line in ("_target_: stapo_verl.method.config.TokenMaskPolicyLossConfig", "loss_mode: stapo", "tau_prob: 0.002"):
         assert line in result.stdout
 
 

@@ -7,9 +7,10 @@ import os
 
 import pytest
 
-from stapo_verl import grid, grid_report
-from stapo_verl.grid import Run, finished, run_overrides, validated_before_training
-from stapo_verl.stats import paired_t
+from stapo_verl.analysis import grid_report
+from stapo_verl.analysis.stats import paired_t
+from stapo_verl.experiments import grid
+from stapo_verl.experiments.grid import Run, finished, run_overrides, validated_before_training
 
 
 def fake_run(out, method: str, seed: int, entropy: list[float], held_out: dict[int, float], exit_code=0,
@@ -33,6 +34,7 @@ def fake_run(out, method: str, seed: int, entropy: list[float], held_out: dict[i
         f.writelines(json.dumps(row) + "\n" for row in rows)
     with open(run_dir / "run.json", "w") as f:
         json.dump({"method": method, "seed": seed, "exit_code": exit_code, "overrides": overrides or [],
+                   "command": f"stapo-verl train {method} smollm2_135m {' '.join(overrides or [])}",
                    "finished": "2026-12-04T00:00:00"}, f)  # fmt: skip
     return run_dir
 
@@ -83,6 +85,20 @@ def test_the_dry_run_prints_the_plan_with_what_is_finished(tmp_path, capsys):
     assert "to run" in stapo_line and "trainer.val_before_train=false" in stapo_line  # seed 0 validated already
 
 
+def test_a_seeds_validation_is_redone_when_the_run_that_held_it_runs_again(tmp_path, capsys):
+    """The run that validated seed 0 before training finished with other settings: it runs again,
+    and validates again (no other finished run of the seed did)."""
+    out = tmp_path / "grid"
+    old = run_overrides(Run("justrl", 0), "cpu_comparison", 2, str(out / "runs" / "justrl_seed0"), True,
+                        ["actor_rollout_ref.actor.optim.lr=1e-4"])  # fmt: skip
+    fake_run(out, "justrl", 0, [1.0, 1.0], {0: 0.2, 2: 0.25}, overrides=old)
+    assert grid.main(["--methods", "justrl", "stapo", "--seeds", "0", "--steps", "2", "--rollout", "hf", "--out", str(out),
+                      "--dry-run"]) == 0  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if "_seed0:" in line]
+    assert len(lines) == 2 and all("to run" in line for line in lines)
+    assert "val_before_train=true" in lines[0] and "val_before_train=false" in lines[1]
+
+
 def test_paired_t_matches_the_textbook():
     result = paired_t([1.0, 2.0, 3.0])  # t = 2 / (1 / sqrt 3) = 3.464, 2 df
     assert result["mean"] == 2.0 and result["p"] == pytest.approx(0.0742, abs=1e-4)
@@ -125,8 +141,7 @@ def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
     import subprocess
     import sys
 
-    from conftest import TOY_GRID
-    from e2e_runs import EXACT
+    from conftest import toy_grid_args
 
     out, printed = toy_grid
     assert "4 to run" in printed and "[4/4 entropy20 seed 1] step 1/1" in printed
@@ -134,16 +149,17 @@ def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
     assert runs == ["entropy20_seed0", "entropy20_seed1", "grpo_seed0", "grpo_seed1"]
     for name in runs:
         assert {"run.json", "metrics.jsonl", "train.log.gz"} <= set(os.listdir(out / "runs" / name))
-    again = subprocess.run([sys.executable, "-m", "stapo_verl", "grid", *TOY_GRID, "--out", str(out), EXACT,
-                            "trainer.test_freq=-1"], env={**os.environ, "STAPO_TINY_DIR": tiny_dir},
+    again = subprocess.run([sys.executable, "-m", "stapo_verl", "grid", *toy_grid_args(), "--out", str(out),
+                            "--scratch", str(tmp_path / "scratch")], env={**os.environ, "STAPO_TINY_DIR": tiny_dir},
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert again.returncode == 0 and "4 finished" in again.stdout and "0 to run" in again.stdout
-    from stapo_verl.report import main as report
+    from stapo_verl.cli import main as cli
 
-    assert report(["--grid", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert cli(["report", "--grid", str(out), "--out", str(tmp_path / "report")]) == 0
     result = json.loads((tmp_path / "report" / "grid.json").read_text())
     assert result["methods"] == ["grpo", "entropy20"] and result["seeds"] == [0, 1]
     assert all(check["identical"] for check in result["step1_identical"].values())
     assert set(result["step0"]) == {"0", "1"}  # validated before training once per seed
-    for name in ("held_out_accuracy.png", "entropy.png", "silenced_fraction.png", "grid.md"):
+    for name in ("entropy.png", "silenced_fraction.png", "grid.md"):
         assert (tmp_path / "report" / name).is_file()
+    assert not (tmp_path / "report" / "held_out_accuracy.png").exists()  # no validation after step 0

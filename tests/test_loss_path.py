@@ -9,8 +9,9 @@ import torch
 from conftest import HAND_CASE, MiniBatch, actor_config, actor_loss_fn, run_minibatch
 from verl.utils import tensordict_utils as tu
 
-from stapo_verl.losses import token_mask_applied
-from stapo_verl.verl_hook import MASK_METRICS_KEY, TokenMaskTrainingWorker, _flat, apply_token_mask
+from stapo_verl.integration.token_mask import apply_token_mask, flat_tokens
+from stapo_verl.integration.worker import MASK_METRICS_KEY, TokenMaskTrainingWorker
+from stapo_verl.method.losses import token_mask_applied
 
 AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
@@ -77,7 +78,7 @@ def test_engine_loss_is_clipped_objective_over_kept_tokens(source):
     config = actor_config("stapo", tau_prob=0.05, stats_source=source)
     data, output = run_minibatch(batch, config, micro_batch_size=2)
     grad = batch.response_grad().clone()
-    keep = _flat(data["response_mask"]).bool()
+    keep = flat_tokens(data["response_mask"]).bool()
     silenced = int((~keep).sum())
     assert silenced > 0
     assert output["metrics"]["s2t/silenced"][0] == silenced
@@ -117,7 +118,7 @@ def test_gradient_does_not_depend_on_micro_batch_split(agg_mode, source, loss_mo
         data, output = run_minibatch(batch, config, **split)
         grads.append(batch.response_grad().clone())
         losses.append(total_loss(output))
-        kept.append(_flat(data["response_mask"]).bool())
+        kept.append(flat_tokens(data["response_mask"]).bool())
     n_valid = int(sum(batch.response_lens))
     assert 0 < int(kept[0].sum()) < n_valid
     for grad, loss, keep in zip(grads[1:], losses[1:], kept[1:]):
@@ -132,8 +133,8 @@ def test_top_entropy_micro_batch_scope_masks_in_the_training_forward(split):
     entropy the training forward returns equals the rule over verl's micro-batches with the same
     entropies from a separate pass (as before, entropies distinct), and the loss is renormalised
     by the mini-batch's kept tokens."""
-    from stapo_verl.s2t import top_entropy_keep_mask
-    from stapo_verl.verl_hook import micro_batch_rows
+    from stapo_verl.integration.micro_batches import micro_batch_rows
+    from stapo_verl.method.s2t import top_entropy_keep_mask
 
     def no_pass(rows):
         raise AssertionError("top_entropy_scope=micro_batch ran a statistics pass")
@@ -141,13 +142,13 @@ def test_top_entropy_micro_batch_scope_masks_in_the_training_forward(split):
     batch = MiniBatch(seed=6, n_seqs=8)
     config = actor_config("entropy20", top_entropy_ratio=0.2, top_entropy_scope="micro_batch")
     data, output = run_minibatch(batch, config, stats=no_pass, **split)
-    keep = _flat(data["response_mask"]).bool()
+    keep = flat_tokens(data["response_mask"]).bool()
 
     probe = batch.tensordict()  # the reference: verl's split of the same mini-batch, a pass's entropies
     tu.assign_non_tensor(probe, use_dynamic_bsz="max_token_len" in split,
                          micro_batch_size_per_gpu=split.get("micro_batch_size"), max_token_len_per_gpu=split.get("max_token_len"))  # fmt: skip
     token_micro_batch = micro_batch_rows(probe).repeat_interleave(batch.response_lens)
-    entropy = _flat(probe["entropy"])
+    entropy = flat_tokens(probe["entropy"])
     expected = torch.zeros_like(keep)
     for micro_batch in token_micro_batch.unique():
         rows = token_micro_batch == micro_batch
@@ -163,7 +164,7 @@ def test_top_entropy_micro_batch_scope_refuses_a_split_other_than_planned():
     """The kept-token count is planned from verl's split; a loss call on another split stops."""
     from conftest import TinyEngine
 
-    from stapo_verl.verl_hook import micro_batch_rows, plan_top_entropy_per_micro_batch
+    from stapo_verl.integration.micro_batches import micro_batch_rows, plan_top_entropy_per_micro_batch
 
     batch = MiniBatch(seed=6, n_seqs=8)
     config = actor_config("entropy20", top_entropy_scope="micro_batch")
@@ -180,13 +181,13 @@ def test_top_entropy_micro_batch_diagnostics_are_mini_batch_means():
     silenced tokens, as the mini-batch-scope path computes them from the same mask."""
     from verl.utils.metric import Metric
 
-    from stapo_verl.s2t import token_group_stats
+    from stapo_verl.method.s2t import token_group_stats
 
     batch = MiniBatch(seed=7, n_seqs=8)
     data, output = run_minibatch(batch, actor_config("entropy20", top_entropy_scope="micro_batch"), micro_batch_size=2)
-    keep = _flat(data["response_mask"]).bool()
+    keep = flat_tokens(data["response_mask"]).bool()
     log_prob, entropy, _ = batch.current_stats()
-    expected = token_group_stats(log_prob, entropy, _flat(data["advantages"]), torch.ones_like(keep), ~keep)
+    expected = token_group_stats(log_prob, entropy, flat_tokens(data["advantages"]), torch.ones_like(keep), ~keep)
     metrics = output["metrics"]
     for name in ("kept", "silenced"):
         assert metrics[f"token_mask/{name}/tokens"][0] == expected[f"{name}/tokens"]
@@ -227,7 +228,7 @@ def test_worker_masks_micro_batch_top_entropy_in_the_training_forward():
         assert seen["entropy_has_grad"] is asked_by_actor
         assert worker.engine.compute_entropy_from_logits is entropy_fn  # restored
         assert tu.get_non_tensor_data(seen["data"], MASK_METRICS_KEY, None)["entropy20/kept_tokens"] > 0
-        assert torch.equal(_flat(seen["data"]["response_mask"]), _flat(data["response_mask"]))  # masked in the loss
+        assert torch.equal(flat_tokens(seen["data"]["response_mask"]), flat_tokens(data["response_mask"]))  # masked in the loss
 
 
 def test_every_token_silenced_gives_zero_gradient_and_finite_loss(caplog):
@@ -235,7 +236,7 @@ def test_every_token_silenced_gives_zero_gradient_and_finite_loss(caplog):
     batch.advantages = [a.abs() + 0.1 for a in batch.advantages]
     config = actor_config("stapo", tau_prob=1.0, entropy_quantile=None, entropy_threshold=100.0, stats_source="old")
     data, output = run_minibatch(batch, config, micro_batch_size=2)
-    assert not _flat(data["response_mask"]).any()
+    assert not flat_tokens(data["response_mask"]).any()
     assert all(torch.isfinite(torch.tensor(output["loss"])))
     assert torch.all(batch.theta.grad == 0)
     assert "silenced every token" in caplog.text
@@ -339,8 +340,8 @@ def test_worker_applies_mask_before_verls_train_batch():
             worker.train_batch(full)
     data = seen["d"]
     metrics = tu.get_non_tensor_data(data, MASK_METRICS_KEY, None)
-    assert metrics["s2t/silenced"] == int((~_flat(data["response_mask"]).bool()).sum()) > 0
-    assert torch.equal(_flat(data["loss_mask"]), _flat(data["response_mask"]))
+    assert metrics["s2t/silenced"] == int((~flat_tokens(data["response_mask"]).bool()).sum()) > 0
+    assert torch.equal(flat_tokens(data["loss_mask"]), flat_tokens(data["response_mask"]))
 
 
 def test_current_source_reuses_the_old_pass_on_a_steps_first_mini_batch():
@@ -361,7 +362,7 @@ def test_current_source_reuses_the_old_pass_on_a_steps_first_mini_batch():
                            ("current", actor_config("stapo", tau_prob=0.05).policy_loss)):  # fmt: skip
         data = step_batch()
         apply_token_mask(data, config, current_stats=batch.current_stats)
-        expected[source] = _flat(data["response_mask"])
+        expected[source] = flat_tokens(data["response_mask"])
     assert not torch.equal(expected["old"], expected["current"])  # the two sources differ here
 
     worker = TokenMaskTrainingWorker.__new__(TokenMaskTrainingWorker)
@@ -386,7 +387,7 @@ def test_current_source_reuses_the_old_pass_on_a_steps_first_mini_batch():
         worker.train_mini_batch(step_batch())
         worker.train_batch(step_batch())  # no step around it: the weights may have moved
     assert len(fresh_passes) == 3  # mini-batches 2 and 3, and the lone call
-    masks = [_flat(data["response_mask"]) for data in trained]
+    masks = [flat_tokens(data["response_mask"]) for data in trained]
     assert torch.equal(masks[0], expected["old"])
     assert all(torch.equal(mask, expected["current"]) for mask in masks[1:])
 
@@ -455,8 +456,8 @@ def test_current_pass_covers_only_the_responses_that_can_hold_a_candidate(seed):
         assert rows_asked == [eligible] and full_rows == [list(range(10))]
         assert sign == "any" or len(eligible) < 10  # some responses without a positive advantage
         assert full_metrics["s2t/silenced"] > 0
-        assert torch.equal(_flat(subset["response_mask"]), _flat(full["response_mask"]))
-        assert torch.equal(_flat(subset["loss_mask"]), _flat(full["loss_mask"]))
+        assert torch.equal(flat_tokens(subset["response_mask"]), flat_tokens(full["response_mask"]))
+        assert torch.equal(flat_tokens(subset["loss_mask"]), flat_tokens(full["loss_mask"]))
         for key in ("s2t/valid_tokens", "s2t/candidates", "s2t/silenced", "s2t/tau_entropy",
                     "s2t/silenced_prob_mean", "s2t/silenced_entropy_mean", "token_mask/silenced/prob_mean"):  # fmt: skip
             assert subset_metrics.get(key) == pytest.approx(full_metrics.get(key)), key
@@ -470,7 +471,7 @@ def test_fp32_statistics_give_both_sources_passes_fp32_logits():
     from transformers import Qwen3ForCausalLM
     from verl.utils.torch_functional import entropy_from_logits
 
-    from stapo_verl.tiny import byte_tokenizer, tiny_qwen3_config
+    from stapo_verl.cpu.tiny import byte_tokenizer, tiny_qwen3_config
 
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(tiny_qwen3_config(byte_tokenizer())).to(torch.bfloat16).eval()
@@ -509,9 +510,9 @@ import torch
 sys.path.insert(0, {benchmarks!r})
 import actor_step
 device = actor_step.setup_environment()
-import stapo_verl.plugin, stapo_verl.verl_hook as hook
+import stapo_verl.plugin, stapo_verl.integration.worker as hook
 from verl.utils import tensordict_utils as tu
-from stapo_verl.s2t import top_entropy_keep_mask
+from stapo_verl.method.s2t import top_entropy_keep_mask
 
 args = types.SimpleNamespace(tiny=True, smollm2=False, mini_batches=1, rows=8, prompt=16, response=48, max_token_len=128)
 model_dir = tempfile.mkdtemp()

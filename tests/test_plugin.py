@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 
@@ -63,7 +64,7 @@ def test_failed_install_is_logged_at_error_level():
 
 def test_failed_install_fails_config_validation(monkeypatch):
     from stapo_verl import install_state
-    from stapo_verl.config import TokenMaskPolicyLossConfig
+    from stapo_verl.method.config import TokenMaskPolicyLossConfig
 
     monkeypatch.setattr(install_state, "INSTALL_ERROR", ImportError("boom"))
     with pytest.raises(RuntimeError, match="failed to install into verl: ImportError"):
@@ -98,7 +99,7 @@ def stapo_import_graph() -> dict[str, set[str]]:
 
 def test_no_import_cycles_in_the_package():
     graph = stapo_import_graph()
-    assert "stapo_verl.verl_hook" in graph["stapo_verl.plugin"]  # the graph sees the imports
+    assert "stapo_verl.integration.worker" in graph["stapo_verl.plugin"]  # the graph sees the imports
     state = {}  # module -> "open" while on the DFS path, "done" after
 
     def visit(module, path):
@@ -112,3 +113,26 @@ def test_no_import_cycles_in_the_package():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+# The package's rooms, lowest first: a module imports only from its own room or lower ones (the
+# plugin and the command line, at the top, may import anything). install_state and runlog are
+# rooms of one module each, used everywhere and importing nothing of the package.
+ROOMS = ["install_state", "runlog", "recipe", "method", "tasks", "cpu", "experiments", "analysis", "integration"]
+
+
+def room(module: str) -> Optional[str]:
+    """The room of a module (None for the package itself and its top-level modules)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ROOMS) else None
+
+
+def test_imports_only_go_down_the_rooms():
+    graph = stapo_import_graph()
+    rooms = {room(m) for m in graph} - {None}
+    assert rooms == set(ROOMS), rooms  # every module is in a room, or top-level
+    upward = [f"{module} -> {target}" for module, targets in graph.items() for target in targets
+              if room(module) and room(target) and ROOMS.index(room(target)) > ROOMS.index(room(module))]  # fmt: skip
+    assert not upward, upward
+    top_level = sorted(m for m in graph if room(m) is None)
+    assert top_level == ["stapo_verl", "stapo_verl.__main__", "stapo_verl.cli", "stapo_verl.plugin"]

@@ -102,7 +102,7 @@ def test_the_hf_rollout_server_samples_in_the_rollout_dtype_and_syncs_fp32_weigh
     import torch
     from test_cpu import make_server
 
-    from stapo_verl.tiny import prepare_tiny
+    from stapo_verl.cpu.tiny import prepare_tiny
 
     prepare_tiny(str(tmp_path), sft_steps=5)
     server = make_server(str(tmp_path / "model"), dtype="bfloat16")

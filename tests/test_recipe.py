@@ -113,7 +113,7 @@ def test_verl_validates_every_composed_config(configs):
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import omega_conf_to_dataclass, validate_config
 
-    from stapo_verl.config import TokenMaskPolicyLossConfig
+    from stapo_verl.method.config import TokenMaskPolicyLossConfig
 
     for method, cfg in configs.items():
         validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))

@@ -8,13 +8,12 @@ import os
 
 import numpy as np
 import pytest
-
-from stapo_verl.cli import main as cli
-from stapo_verl.eval import BENCHMARKS
-from stapo_verl.report import load_eval, plot_training
-from stapo_verl.runlog import format_summary, read_metrics
-
 from test_data import fixture_file
+
+from stapo_verl.analysis.eval import BENCHMARKS
+from stapo_verl.analysis.report import load_eval, plot_training
+from stapo_verl.cli import main as cli
+from stapo_verl.runlog import format_summary, read_metrics
 
 
 def write_eval(path, method, run_seed, setting, scores, model="qwen3_1.7b"):
@@ -158,8 +157,8 @@ def test_eval_runs_on_cpu_with_a_tiny_random_model(tmp_path):
     """The plumbing on all six benchmarks: 2 problems x 2 samples each (scores ~0 by design)."""
     import pandas as pd
 
-    from stapo_verl.data import convert_file
-    from stapo_verl.tiny import prepare_tiny
+    from stapo_verl.cpu.tiny import prepare_tiny
+    from stapo_verl.tasks.data import convert_file
 
     data_dir = tmp_path / "data"
     for bench in BENCHMARKS:
@@ -191,7 +190,7 @@ def test_eval_runs_on_cpu_with_a_tiny_random_model(tmp_path):
 def test_eval_rejects_bad_options(tmp_path):
     with pytest.raises(SystemExit):
         cli(["eval", "m", "--out", str(tmp_path), "--benchmarks", "aime24,gsm8k"])
-    from stapo_verl.eval import EvalConfig
+    from stapo_verl.analysis.eval import EvalConfig
 
     with pytest.raises(ValueError, match=r"eval benchmarks must be a non-empty list of \['aime24'"):
         EvalConfig(model_path="m", data_dir="d", out_dir="o", benchmarks=["gsm8k"])

@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
-
-from stapo_verl.cli import main as cli
-from stapo_verl.stats import relative_gain_over_best
-
 from test_report import read_csv, write_eval
+
+from stapo_verl.analysis.stats import relative_gain_over_best
+from stapo_verl.cli import main as cli
 
 # PAPER.md section 5, v2 table: the Avg column at 1.0/1.0 (in brackets 0.7/0.9)
 PAPER_V2_AVG = {

@@ -1,4 +1,4 @@
-"""The mask math in stapo_verl.s2t (pure tensors, no verl runtime)."""
+"""The mask math in stapo_verl.method.s2t (pure tensors, no verl runtime)."""
 
 import math
 
@@ -8,7 +8,7 @@ from conftest import HAND_ADVANTAGE, HAND_ENTROPY, HAND_PROB, HAND_SILENCED, HAN
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stapo_verl.s2t import (
+from stapo_verl.method.s2t import (
     assert_finite,
     keep_count,
     quantile,

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import MiniBatch, actor_config, run_minibatch
 
-from stapo_verl.s2t import s2t_spurious_mask, select_candidates
-from stapo_verl.verl_hook import _flat
+from stapo_verl.integration.token_mask import flat_tokens
+from stapo_verl.method.s2t import s2t_spurious_mask, select_candidates
 
 pytestmark = pytest.mark.usefixtures("process_group")
 
@@ -72,12 +72,12 @@ def test_every_selection_inside_verls_update(q):
         config = actor_config("stapo", tau_prob=0.05, entropy_quantile=q, stats_source="old",
                               candidate_selection=selection)  # fmt: skip
         data, output = run_minibatch(batch, config, micro_batch_size=2)
-        silenced[selection] = ~_flat(data["response_mask"]).bool()
+        silenced[selection] = ~flat_tokens(data["response_mask"]).bool()
         metrics[selection] = {key: values[0] for key, values in output["metrics"].items() if key.startswith("s2t/")}
         assert torch.all(batch.response_grad()[silenced[selection]] == 0)
     data = batch.tensordict()
-    s2t = s2t_spurious_mask(_flat(data["old_log_probs"]), _flat(data["entropy"]), _flat(data["advantages"]),
-                            _flat(data["response_mask"]), tau_prob=0.05, entropy_quantile=q)  # fmt: skip
+    s2t = s2t_spurious_mask(flat_tokens(data["old_log_probs"]), flat_tokens(data["entropy"]), flat_tokens(data["advantages"]),
+                            flat_tokens(data["response_mask"]), tau_prob=0.05, entropy_quantile=q)  # fmt: skip
     assert torch.equal(silenced["low_entropy"], s2t.spurious_mask)
     assert torch.equal(silenced["all"], s2t.candidate_mask)
     count = int(s2t.spurious_mask.sum())
@@ -85,7 +85,7 @@ def test_every_selection_inside_verls_update(q):
     for selection in ("high_entropy", "random"):
         assert int(silenced[selection].sum()) == count == metrics[selection]["s2t/silenced"]
         assert not (silenced[selection] & ~s2t.candidate_mask).any()
-    entropy = _flat(data["entropy"])
+    entropy = flat_tokens(data["entropy"])
     assert entropy[silenced["high_entropy"]].min() >= entropy[s2t.candidate_mask & ~silenced["high_entropy"]].max()
     assert metrics["all"]["s2t/silenced"] == metrics["all"]["s2t/candidates"]
     assert "s2t/rule_silenced" not in metrics["low_entropy"]
@@ -99,10 +99,10 @@ def test_random_selection_is_reproducible_and_changes_with_the_seed():
         config = actor_config("stapo", tau_prob=0.05, stats_source="old", candidate_selection="random",
                               random_mask_seed=random_mask_seed)  # fmt: skip
         data, _ = run_minibatch(batch, config, micro_batch_size=2)
-        masks.append(~_flat(data["response_mask"]).bool())
+        masks.append(~flat_tokens(data["response_mask"]).bool())
     again, _ = run_minibatch(MiniBatch(seed=3, n_seqs=8), actor_config(
         "stapo", tau_prob=0.05, stats_source="old", candidate_selection="random"), micro_batch_size=2)  # fmt: skip
-    assert torch.equal(~_flat(again["response_mask"]).bool(), masks[0])  # reproducible
+    assert torch.equal(~flat_tokens(again["response_mask"]).bool(), masks[0])  # reproducible
     assert not torch.equal(masks[0], masks[1])  # another seed, another draw
 
 
@@ -115,7 +115,7 @@ def test_bad_candidate_selection_names_the_field(bad):
 
 
 def test_sweep_grids_and_run_names():
-    from stapo_verl.sweep import grid_runs, parse_label
+    from stapo_verl.experiments.sweep import grid_runs, parse_label
 
     selection = grid_runs("selection", [0, 1])
     assert len(selection) == (3 * 4 + 1) * 2  # low/high/random x 4 q, all once; 2 seeds
@@ -143,7 +143,7 @@ def test_sweep_runs_compose_through_hydra_and_verls_validation(grid):
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import omega_conf_to_dataclass, validate_config
 
-    from stapo_verl.sweep import grid_runs
+    from stapo_verl.experiments.sweep import grid_runs
 
     for run in grid_runs(grid, [0]):
         cfg = compose("algorithm=stapo", *run.overrides("qwen3_1.7b"))

@@ -10,10 +10,13 @@ import zipfile
 
 import pytest
 
-from stapo_verl import cli, smollm2
-from stapo_verl.reward import compute_score
+from stapo_verl import cli
+from stapo_verl.cpu import smollm2
+from stapo_verl.cpu.smollm2 import ModelUnavailable, locate_weights, prepare_smollm2
 from stapo_verl.runlog import MetricsFollower, progress_line, ray_oom_kill
-from stapo_verl.smollm2 import ModelUnavailable, locate_weights, multiplication_rows, prepare_smollm2
+from stapo_verl.tasks import multiplication
+from stapo_verl.tasks.multiplication import problem_rows as multiplication_rows
+from stapo_verl.tasks.reward import compute_score
 
 
 def assert_names_the_manual_step(message: str) -> None:
@@ -73,7 +76,7 @@ def test_multiplication_rows_are_graded_by_the_training_reward():
         question = row["prompt"][-1]["content"]
         a, b = (int(x) for x in question.removeprefix("What is ").split("?")[0].split(" * "))
         assert 2 <= a <= 9 and 2 <= b <= 9 and row["reward_model"]["ground_truth"] == str(a * b)
-        assert row["prompt"][:2] == smollm2.WORKED_EXAMPLE and question.endswith(smollm2.INSTRUCTION)
+        assert row["prompt"][:2] == multiplication.WORKED_EXAMPLE and question.endswith(multiplication.INSTRUCTION)
         answer = f"{a} * {b} = {a * b}. The answer is \\boxed{{{a * b}}}. Easy."
         assert compute_score(row["data_source"], answer, row["reward_model"]["ground_truth"])["score"] == 1.0
 
@@ -82,7 +85,7 @@ def test_the_converted_model_ends_its_turn_and_is_reused(smollm2_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stapo_verl.hf_sampling import eos_and_pad_ids, sample
+    from stapo_verl.cpu.hf_sampling import eos_and_pad_ids, sample
 
     model_dir = os.path.join(smollm2_dir, "model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -90,7 +93,7 @@ def test_the_converted_model_ends_its_turn_and_is_reused(smollm2_dir):
     assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
     assert model.config.eos_token_id == model.generation_config.eos_token_id == tokenizer.eos_token_id
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
-    prompt = tokenizer.apply_chat_template(smollm2.multiplication_prompt(3, 4), add_generation_prompt=True,
+    prompt = tokenizer.apply_chat_template(multiplication.prompt(3, 4), add_generation_prompt=True,
                                            tokenize=False)  # fmt: skip
     ids = tokenizer(prompt, add_special_tokens=False).input_ids
     ((response, stopped, _),) = sample(model, [ids], eos_ids=eos_and_pad_ids(model, tokenizer)[0],

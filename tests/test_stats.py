@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stapo_verl.stats import AVERAGE, avg_at_k, bootstrap_ci, paired_test
+from stapo_verl.analysis.stats import AVERAGE, avg_at_k, bootstrap_ci, paired_test
 
 
 def test_avg_at_k_is_the_mean_over_problems_and_seeds_and_the_average_is_unweighted():

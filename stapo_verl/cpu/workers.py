@@ -1,6 +1,6 @@
 """verl's FSDP engine and reference ``TrainingWorker`` adjusted for the CPU platform.
 
-(The actor's worker is :class:`stapo_verl.verl_hook.TokenMaskTrainingWorker`, which starts its
+(The actor's worker is :class:`stapo_verl.integration.worker.TokenMaskTrainingWorker`, which starts its
 process group the same way.)
 """
 

@@ -18,7 +18,6 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-
 # Which S2T candidates are silenced (PAPER.md section 6): low_entropy is S2T; high_entropy and
 # random silence as many candidates as S2T would (select_candidates); all silences every one.
 CANDIDATE_SELECTIONS = ("low_entropy", "high_entropy", "random", "all")

@@ -1,4 +1,4 @@
-"""python -m stapo_verl.data INPUT... --out-dir DIR [--split train|test] [--template boxed|raw] [--skip-bad]
+"""python -m stapo_verl.tasks.data INPUT... --out-dir DIR [--split train|test] [--template boxed|raw] [--skip-bad]
 
 Writes one verl parquet per input, named after the input file (``aime24.parquet``, ...).
 """
@@ -7,11 +7,11 @@ import argparse
 import os
 import sys
 
-from stapo_verl.data import TEMPLATES, BadRowError, convert_file, output_name
+from stapo_verl.tasks.data import TEMPLATES, BadRowError, convert_file, output_name
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stapo_verl.data", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m stapo_verl.tasks.data", description=__doc__)
     parser.add_argument("inputs", nargs="+", help="parquet/json/jsonl files, or hf:NAME[:SPLIT]")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--split", default="train", choices=["train", "test"])

@@ -22,8 +22,8 @@ Outputs (all deterministic given the inputs and ``--seed``):
   frequent silenced tokens and kept candidates, and their shares by category.
 - ``report.json``: every number above.
 
-With ``--grid DIR`` (the output of ``stapo-verl grid``) it writes the comparison's report instead
-(:mod:`stapo_verl.grid_report`).
+``stapo-verl report --grid DIR --out OUT`` reads a ``stapo-verl grid``'s raw logs instead
+(:mod:`stapo_verl.analysis.grid_report`).
 """
 
 from __future__ import annotations
@@ -38,10 +38,17 @@ from typing import Optional
 
 import numpy as np
 
-from stapo_verl.eval import BENCHMARKS, SETTINGS, samples_by_problem
+from stapo_verl.analysis.eval import BENCHMARKS, SETTINGS, samples_by_problem
+from stapo_verl.analysis.stats import (
+    AVERAGE,
+    avg_at_k,
+    bootstrap_averages,
+    bootstrap_ci,
+    paired_test,
+    relative_gain_over_best,
+)
+from stapo_verl.experiments.sweep import CANDIDATE_SELECTIONS, parse_label
 from stapo_verl.runlog import read_jsonl
-from stapo_verl.stats import AVERAGE, avg_at_k, bootstrap_averages, bootstrap_ci, paired_test, relative_gain_over_best
-from stapo_verl.sweep import CANDIDATE_SELECTIONS, parse_label
 
 METHOD_NAMES = {"grpo": "GRPO", "entropy20": "20-Entropy", "justrl": "JustRL", "stapo": "STAPO"}  # paper order
 MODEL_NAMES = {"qwen3_1.7b": "1.7B", "qwen3_8b": "8B", "qwen3_14b": "14B", "smollm2_135m": "SmolLM2-135M",
@@ -543,7 +550,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--logs", nargs="*", default=[], help="training logs: PATH or LABEL=PATH (verl file logger)")
     parser.add_argument("--dumps", nargs="*", default=[],
                         help="silenced-token dumps: policy_loss.dump_dir directories or their JSONL files")  # fmt: skip
-    parser.add_argument("--grid", help="a `stapo-verl grid` output directory: the comparison's report (grid.md, plots)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap / permutation seed")
     parser.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates")
@@ -552,14 +558,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     for option in ("replicates", "permutations"):  # zero draws give no interval and p = 1 for anything
         if getattr(args, option) < 100:
             parser.error(f"--{option} must be at least 100, got {getattr(args, option)}")
-    if args.grid:
-        if args.evals or args.logs or args.dumps:
-            parser.error("--grid reads the grid's own logs: give it alone (with --out)")
-        from stapo_verl import grid_report
-
-        written = grid_report.write(args.grid, args.out)
-        print(f"stapo-verl report -> {args.out}: " + ", ".join(written))
-        return 0
     if not args.evals and not args.logs and not args.dumps:
         parser.error("give eval directories, --logs and/or --dumps (or --grid DIR)")
     os.makedirs(args.out, exist_ok=True)
@@ -581,7 +579,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         written += ["training.*"] + plot_training(logs, args.out)
         report["training"] = {label: rows for label, rows in logs.items()}
     if args.dumps:
-        from stapo_verl.dump import read_token_dumps
+        from stapo_verl.analysis.dump import read_token_dumps
 
         summary = token_summary(read_token_dumps(args.dumps))
         if not summary:

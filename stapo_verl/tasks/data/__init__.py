@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from stapo_verl.reward import MAX_GOLD_CHARS, clean_ground_truth
 from stapo_verl.runlog import read_jsonl
+from stapo_verl.tasks.reward import MAX_GOLD_CHARS, clean_ground_truth
 
 TEMPLATES = {
     # PAPER.md sections 3 and 5: the user turn, suffixed

@@ -27,9 +27,9 @@ from typing import Optional
 
 import numpy as np
 
-from stapo_verl.report import METHOD_NAMES, TARGET, silenced_fraction, token_category
+from stapo_verl.analysis.report import METHOD_NAMES, TARGET, silenced_fraction, token_category
+from stapo_verl.analysis.stats import paired_t, seed_interval
 from stapo_verl.runlog import read_metrics
-from stapo_verl.stats import paired_t, seed_interval
 
 VAL_KEY = re.compile(r"^val-core/(?P<source>[^/]+)/acc/mean@(?P<k>\d+)$")
 # the paper's claim about how much S2T silences (PAPER.md: "< 0.01% of tokens")
@@ -152,7 +152,7 @@ def build(runs: dict[tuple[str, int], dict]) -> dict:
 
 def silenced_tokens(runs: dict) -> Optional[dict]:
     """STAPO's silenced tokens over every dumped update: count and category shares."""
-    from stapo_verl.dump import read_token_dumps
+    from stapo_verl.analysis.dump import read_token_dumps
 
     dumps = [run["dump"] for (method, _), run in runs.items() if method == TARGET and run["dump"]]
     if not dumps:
@@ -274,6 +274,8 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
                                                                   if silenced_fraction(r) is not None}, "silenced / response tokens")],
     }  # fmt: skip
     for name, series in panels.items():
+        if not series:  # no held-out validation after step 0: no accuracy curve
+            continue
         fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 3.8), dpi=120, squeeze=False)
         for ax, (title, get, ylabel) in zip(axes[0], series):
             for method in report["methods"]:
@@ -313,3 +315,16 @@ def write(grid_dir: str, out_dir: str) -> list[str]:
     with open(os.path.join(out_dir, "grid.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)
     return ["grid.md", "grid.json", *plot(report, runs, out_dir)]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="stapo-verl report --grid", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--grid", required=True, help="a `stapo-verl grid` output directory (its runs/)")
+    parser.add_argument("--out", required=True, help="where grid.md, grid.json and the figures go")
+    args = parser.parse_args(argv)
+    written = write(args.grid, args.out)
+    print(f"stapo-verl report -> {args.out}: " + ", ".join(written))
+    return 0

@@ -7,7 +7,7 @@ rollout-correction weights, every ``loss_agg_mode``) over the tokens that keep t
 
 ``keep`` cannot be decided per micro-batch: the S2T entropy quantile and the renormalising
 token count span the whole mini-batch (all micro-batches and DP ranks). So the worker hook
-(:mod:`stapo_verl.verl_hook`) decides it once per mini-batch and removes the silenced tokens from
+(:mod:`stapo_verl.integration.worker`) decides it once per mini-batch and removes the silenced tokens from
 ``response_mask`` / ``loss_mask`` before verl's engine counts tokens; these functions then see
 the kept tokens as ``response_mask``. They refuse to run outside that hook, so a missing hook can
 never train plain GRPO under a STAPO label.
@@ -15,7 +15,7 @@ never train plain GRPO under a STAPO label.
 
 from __future__ import annotations
 
-import verl  # noqa: F401  isort: skip  (first: see stapo_verl/verl_hook.py)
+import verl  # noqa: F401  isort: skip  (first: see stapo_verl/integration/worker.py)
 
 from contextlib import contextmanager
 from contextvars import ContextVar

@@ -1,14 +1,14 @@
 """Typed config for the STAPO / 20-Entropy policy losses, validated when verl builds it.
 
 Select it in Hydra with
-``actor_rollout_ref.actor.policy_loss._target_=stapo_verl.config.TokenMaskPolicyLossConfig``
+``actor_rollout_ref.actor.policy_loss._target_=stapo_verl.method.config.TokenMaskPolicyLossConfig``
 (the recipe's algorithm files do this). verl converts the actor section with
 ``omega_conf_to_dataclass`` in the driver and in every worker, so a bad value fails at startup.
 """
 
 from __future__ import annotations
 
-import verl  # noqa: F401  isort: skip  (first: see stapo_verl/verl_hook.py)
+import verl  # noqa: F401  isort: skip  (first: see stapo_verl/integration/worker.py)
 
 import math
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ from typing import Optional
 
 from verl.workers.config import PolicyLossConfig
 
-from stapo_verl.s2t import CANDIDATE_SELECTIONS
+from stapo_verl.method.s2t import CANDIDATE_SELECTIONS
 
 FIELD_PREFIX = "actor_rollout_ref.actor.policy_loss"
 STATS_SOURCES = ("current", "old")
@@ -36,6 +36,12 @@ def token_mask_kind(policy_loss) -> Optional[str]:
         return explicit
     allowed = MASKED_LOSS_MODES.get(policy_loss.get("loss_mode"))
     return allowed[0] if allowed else None
+
+
+def masks_in_training_forward(policy_loss) -> bool:
+    """20-Entropy with ``top_entropy_scope=micro_batch``: the mask needs only the entropies of the
+    micro-batch being trained, which the training forward computes, so it is made in the loss."""
+    return token_mask_kind(policy_loss) == "top_entropy" and policy_loss.top_entropy_scope == "micro_batch"
 
 
 def _check_range(name: str, value, low: float, high: float, low_open: bool) -> None:

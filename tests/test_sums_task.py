@@ -1,8 +1,8 @@
 """The CPU comparison's task: enough problems, a held-out set disjoint by problem identity, both
 decodings per held-out problem, graded by the training reward."""
 
-from stapo_verl import arithmetic
-from stapo_verl.reward import compute_score
+from stapo_verl.tasks import sums
+from stapo_verl.tasks.reward import compute_score
 
 
 def identity(row: dict) -> tuple[int, int]:
@@ -12,30 +12,30 @@ def identity(row: dict) -> tuple[int, int]:
 
 
 def test_thousands_of_problems_and_a_held_out_set_no_training_prompt_touches():
-    train, held_out = arithmetic.training_rows(), arithmetic.held_out_rows()
+    train, held_out = sums.training_rows(), sums.held_out_rows()
     train_ids = {identity(row) for row in train}
     held_ids = {identity(row) for row in held_out}
-    assert len(train_ids) + len(held_ids) == len(arithmetic.problems()) >= 2000
-    assert len(held_ids) == arithmetic.HELD_OUT >= 200 and len(train_ids) == len(train)
+    assert len(train_ids) + len(held_ids) == len(sums.problems()) >= 2000
+    assert len(held_ids) == sums.HELD_OUT >= 200 and len(train_ids) == len(train)
     assert not train_ids & held_ids  # by identity: a + b and b + a are one problem
-    assert arithmetic.split() == arithmetic.split()  # fixed, whatever the seed
+    assert sums.split() == sums.split()  # fixed, whatever the seed
 
 
 def test_each_held_out_problem_comes_once_per_decoding():
-    rows = arithmetic.held_out_rows()
+    rows = sums.held_out_rows()
     by_source = {}
     for row in rows:
         by_source.setdefault(row["data_source"], []).append(row)
-    assert set(by_source) == {arithmetic.data_source(d) for d in arithmetic.DECODINGS}
-    for decoding, (temperature, top_p) in arithmetic.DECODINGS.items():
-        group = by_source[arithmetic.data_source(decoding)]
-        assert len(group) == arithmetic.HELD_OUT
+    assert set(by_source) == {sums.data_source(d) for d in sums.DECODINGS}
+    for decoding, (temperature, top_p) in sums.DECODINGS.items():
+        group = by_source[sums.data_source(decoding)]
+        assert len(group) == sums.HELD_OUT
         assert all(row["extra_info"]["sampling"] == {"temperature": temperature, "top_p": top_p} for row in group)
     assert [r["prompt"] for r in by_source["smollm2_sums-aligned"]] == [r["prompt"] for r in by_source["smollm2_sums-default"]]
 
 
 def test_the_training_reward_grades_the_task():
-    row = arithmetic.training_rows()[7]
+    row = sums.training_rows()[7]
     a, b = identity(row)
     gold = row["reward_model"]["ground_truth"]
     assert gold == str(a + b)

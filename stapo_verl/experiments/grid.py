@@ -126,7 +126,7 @@ class Progress:
 def train_one(run: Run, model: str, overrides: list[str], run_dir: str, scratch: str, progress: Progress,
               index: int, count: int) -> int:  # fmt: skip
     """Run one training job; keep its raw logs in ``run_dir``; returns main_ppo's exit code."""
-    from stapo_verl.cli import train_env
+    from stapo_verl.experiments.launch import train_env
     from stapo_verl.runlog import MetricsFollower
 
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt
@@ -191,7 +191,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--model must be one of {', '.join(CPU_MODELS)} (CPU presets), got {args.model!r}")
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
-    from stapo_verl.cli import check_config, cpu_model_dir, prepare_cpu_model
+    from stapo_verl.experiments.launch import check_config, cpu_model_dir, prepare_cpu_model
 
     rollout = args.rollout
     if rollout == "auto":  # vLLM samples a validation of thousands of responses several times faster
@@ -200,26 +200,34 @@ def main(argv: Optional[list[str]] = None) -> int:
         rollout = "vllm" if vllm_cpu_problem() is None else "hf"
     extra = (["cpu_rollout=vllm"] if rollout == "vllm" else []) + args.overrides
     runs = [Run(method, seed) for seed in args.seeds for method in args.methods]
-    plan, run_dirs = [], {run: os.path.abspath(os.path.join(args.out, "runs", run.name)) for run in runs}
+    run_dirs = {run: os.path.abspath(os.path.join(args.out, "runs", run.name)) for run in runs}
+
+    def overrides_of(run: Run, validate_first: bool) -> list[str]:
+        return run_overrides(run, args.experiment, args.steps, run_dirs[run], validate_first, extra)
+
+    # finished runs first (with or without the step-0 validation), then which run of each seed
+    # validates before training: the first to run, where no finished run of the seed did
+    records = {run: finished(run_dirs[run], overrides_of(run, True)) or finished(run_dirs[run], overrides_of(run, False))
+               for run in runs}  # fmt: skip
+    validated = {seed: validated_before_training([run_dirs[r] for r in runs if r.seed == seed and records[r]])
+                 for seed in args.seeds}  # fmt: skip
+    plan = []  # (run, overrides, validates before training, finished run's record or None)
     for run in runs:
-        seed_dirs = [run_dirs[r] for r in runs if r.seed == run.seed]
-        first_of_seed = not validated_before_training(seed_dirs) and not any(
-            p[2] for p in plan if p[0].seed == run.seed)  # fmt: skip
-        overrides = run_overrides(run, args.experiment, args.steps, run_dirs[run], first_of_seed, extra)
-        done = finished(run_dirs[run], overrides)
-        if done is None and not first_of_seed:  # finished with step-0 validation or without: either is done
-            done = finished(run_dirs[run], run_overrides(run, args.experiment, args.steps, run_dirs[run], True, extra))
-        plan.append((run, overrides, first_of_seed and done is None, done))
+        validate_first = not records[run] and not validated[run.seed]
+        validated[run.seed] = validated[run.seed] or validate_first
+        plan.append((run, overrides_of(run, validate_first), validate_first, records[run]))
     check_config(args.methods[0], args.model, plan[0][1])  # one composition, before anything runs
     todo = [p for p in plan if p[3] is None]
     print(f"stapo-verl grid: {len(runs)} runs ({len(args.methods)} methods x {len(args.seeds)} seeds x "
           f"{args.steps} steps, experiment={args.experiment}, {args.model}, {rollout} rollout); {len(runs) - len(todo)} finished "
           f"in {args.out}, {len(todo)} to run", flush=True)  # fmt: skip
-    for run, overrides, _, done in plan:
-        state = f"finished {done['finished']}" if done else "to run"
-        print(f"  {run.name:>18}: {state}   stapo-verl train {run.method} {args.model} {shlex.join(overrides)}")
+    for run, overrides, _, record in plan:
+        if record:
+            print(f"  {run.name:>18}: finished {record['finished']}   {record['command']}")
+        else:
+            print(f"  {run.name:>18}: to run   stapo-verl train {run.method} {args.model} {shlex.join(overrides)}")
     if args.dry_run:
-        for run, overrides, _, done in todo:
+        for run, overrides, _, _ in todo:
             check_config(run.method, args.model, overrides)
         return 0
     prepare_cpu_model(args.model, cpu_model_dir(args.model))

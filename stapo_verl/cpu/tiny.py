@@ -65,7 +65,7 @@ def arithmetic_problem(rng) -> tuple[str, str]:
 
 
 def arithmetic_rows(count: int, seed: int, split: str) -> list[dict]:
-    """verl RL rows (the layout ``python -m stapo_verl.data`` writes) for ``count`` problems."""
+    """verl RL rows (the layout ``python -m stapo_verl.tasks.data`` writes) for ``count`` problems."""
     import random
 
     rng = random.Random(f"{seed}-{split}")
@@ -88,7 +88,7 @@ def sft_tiny_model(model, tokenizer, steps: int, seed: int, batch_size: int = 32
     """Teach the answer format (``\\boxed{n}`` + EOS) and some arithmetic; returns the last loss.
 
     A random model never earns a reward, so every GRPO advantage would be 0 and the run would
-    show nothing; ~300 steps (about 5 s) reach roughly 40% accuracy at temperature 1.
+    show nothing; ~300 steps reach roughly 40% accuracy at temperature 1.
     """
     import random
 

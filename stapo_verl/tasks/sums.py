@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import hashlib
 
-from stapo_verl.smollm2 import INSTRUCTION
+from stapo_verl.tasks.multiplication import INSTRUCTION
 
 TASK = "smollm2_sums"
-FILES_SUBDIR = "sums"  # under the smollm2_135m preset's data/ (stapo_verl.smollm2.prepare_smollm2)
+FILES_SUBDIR = "sums"  # under the smollm2_135m preset's data/ (stapo_verl.cpu.smollm2.prepare_smollm2)
 FIRST = (10, 99)  # the first operand's range (inclusive)
 SECOND = (10, 99)  # the second operand's range
 WORKED_EXAMPLE = (23, 45)
 EXPLANATION = "Addition puts the two amounts together into one total."
 HELD_OUT = 200  # held-out problems (each validation: 200 x 2 decodings x avg@k samples)
-# the paper's two decodings (stapo_verl.eval.SETTINGS): name -> (temperature, top_p)
+# the paper's two decodings (stapo_verl.analysis.eval.SETTINGS): name -> (temperature, top_p)
 DECODINGS = {"aligned": (1.0, 1.0), "default": (0.7, 0.9)}
 
 

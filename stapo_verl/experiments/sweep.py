@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from stapo_verl.s2t import CANDIDATE_SELECTIONS
+from stapo_verl.method.s2t import CANDIDATE_SELECTIONS
 
 POLICY_LOSS = "actor_rollout_ref.actor.policy_loss"
 QUANTILES = (0.25, 0.5, 0.75, 0.9)

