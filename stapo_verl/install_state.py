@@ -1,7 +1,7 @@
 """Whether :mod:`stapo_verl.plugin` installed stapo-verl into verl.
 
 It imports no other stapo_verl module, so :mod:`stapo_verl.method.config` can check the install without
-an import cycle (config -> plugin -> verl_hook -> config).
+an import cycle (config -> plugin -> integration.worker -> config).
 """
 
 from __future__ import annotations
