@@ -15,6 +15,7 @@
                                           methods x seeds of an experiment, one run at a time, resumable
     stapo-verl eval MODEL_DIR --out DIR [...]   a checkpoint on the six benchmarks (-h for options)
     stapo-verl report EVAL_DIR... [--logs LOG...] --out DIR   tables, error bars, plots
+    stapo-verl report --grid DIR --out DIR        a grid's report: seed intervals, paired tests, claims
 """
 
 from __future__ import annotations
@@ -108,8 +109,12 @@ def demo(method: str, model: str, steps: int, out_dir: str, overrides: list[str]
     out_dir = os.path.abspath(out_dir)
     files_dir = cpu_model_dir(model)
     started = time.time()
-    precision_line, description = in_child_process(check_and_prepare, method, model, overrides, files_dir)
-    print(f"stapo-verl demo: {method} on {model}, {steps} steps on CPU in {precision_line}", flush=True)
+    from stapo_verl.cpu.precision import resolve_precision
+
+    settings = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "stapo.cpu_precision"]
+    precision, reason = resolve_precision(settings[-1] if settings else "auto")  # the preset's default: auto
+    print(f"stapo-verl demo: {method} on {model}, {steps} steps on CPU in {precision}: {reason}", flush=True)
+    description = in_child_process(check_and_prepare, method, model, overrides, files_dir)
     print(f"  {description}; model and data in {files_dir}", flush=True)
     run_name = f"{method}_{model}"
     metrics_path = os.path.join(out_dir, "logs", f"{run_name}.jsonl")

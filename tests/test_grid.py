@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -163,3 +164,28 @@ def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
     for name in ("entropy.png", "silenced_fraction.png", "grid.md"):
         assert (tmp_path / "report" / name).is_file()
     assert not (tmp_path / "report" / "held_out_accuracy.png").exists()  # no validation after step 0
+
+
+def test_a_run_that_stops_logging_is_stopped_with_its_whole_process_group(tmp_path):
+    """verl's main_ppo can hang instead of exiting (seen when vLLM's engine died): the grid stops a
+    run whose metrics do not move, children included, instead of waiting forever."""
+    import subprocess
+    import time
+
+    from stapo_verl.runlog import MetricsFollower
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 1, "data": {"actor/pg_loss": 0.1}}) + "\n")
+    child_pid = tmp_path / "child.pid"
+    script = f"import subprocess, time; p = subprocess.Popen(['sleep', '600']); open({str(child_pid)!r}, 'w').write(str(p.pid)); time.sleep(600)"
+    process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    rows, started = [], time.time()
+    grid.watch(process, MetricsFollower(str(metrics)), rows.append, stall_s=2.0, name="hung")
+    assert process.returncode == -9 and [row["step"] for row in rows] == [1] and time.time() - started < 60
+    pid = int(child_pid.read_text())
+    time.sleep(0.5)
+    try:  # the child is gone too (or a zombie left for init to reap)
+        with open(f"/proc/{pid}/stat") as f:
+            assert f.read().split(")")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        pass

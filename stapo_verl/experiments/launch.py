@@ -131,10 +131,10 @@ def prepare_cpu_model(model: str, directory: str, source: str | None = None) -> 
     return f"SmolLM2-135M-Instruct, {built['parameters']:,} parameters (from {built['weights_from']})"
 
 
-def check_and_prepare(method: str, model: str, overrides: list[str], files_dir: str) -> tuple[str, str]:
-    """(the precision line, the model's description)."""
-    precision_line = check_config(method, model, overrides)
-    return precision_line, prepare_cpu_model(model, files_dir)
+def check_and_prepare(method: str, model: str, overrides: list[str], files_dir: str) -> str:
+    """Check the run's config, then make the preset's files; the model's one-line description."""
+    check_config(method, model, overrides)
+    return prepare_cpu_model(model, files_dir)
 
 
 def in_child_process(function, *args):
