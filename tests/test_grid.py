@@ -135,6 +135,17 @@ def test_the_report_pairs_seeds_checks_step_one_and_marks_the_claims(tmp_path):
     assert "seed 2: NOT identical" in text and "| JustRL |" in text
 
 
+def test_a_partial_grid_without_stapo_reports_and_says_no_claim_is_decidable(tmp_path, recwarn):
+    # an interrupted grid whose only finished run is a baseline: the report still comes out
+    fake_run(tmp_path, "justrl", 0, [1.0, 0.8], {0: 0.2, 2: 0.6})
+    report = grid_report.build(grid_report.load_runs(str(tmp_path)))
+    assert report["paired"] == {}
+    assert [(c["verdict"], c["numbers"]) for c in report["claims"]] == [
+        ("not decidable at this scale", "no STAPO run has finished")]
+    grid_report.write(str(tmp_path), str(tmp_path / "report"))
+    assert not [w for w in recwarn if "legend" in str(w.message)]  # no empty legend on the silenced panel
+
+
 @pytest.mark.e2e
 def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
     """2 methods x 2 seeds x 1 step on the tiny preset: raw logs per run, step-0 validation once
