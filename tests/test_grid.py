@@ -133,6 +133,8 @@ def test_the_report_pairs_seeds_checks_step_one_and_marks_the_claims(tmp_path):
         assert os.path.getsize(tmp_path / "report" / name) > 0
     text = (tmp_path / "report" / "grid.md").read_text()
     assert "seed 2: NOT identical" in text and "| JustRL |" in text
+    assert "  - response_length/mean: differ: JustRL 40, STAPO 41" in text  # which key, by how much
+    assert "  - critic/score/mean: same: JustRL 0.5, STAPO 0.5" in text
 
 
 def test_a_partial_grid_without_stapo_reports_and_says_no_claim_is_decidable(tmp_path, recwarn):

@@ -35,6 +35,8 @@ VAL_KEY = re.compile(r"^val-core/(?P<source>[^/]+)/acc/mean@(?P<k>\d+)$")
 # the paper's claim about how much S2T silences (PAPER.md: "< 0.01% of tokens")
 SILENCED_CLAIM = 1e-4
 SYMBOL_CATEGORIES = ("digits", "math/LaTeX", "punctuation")
+# the paper's two decodings, as stapo-verl eval's --setting names them (a held-out label's suffix)
+DECODINGS = {"aligned": ": T 1.0, top-p 1.0", "default": ": T 0.7, top-p 0.9"}
 STEP1_KEYS = ("response_length/mean", "critic/score/mean", "critic/advantages/max")
 
 
@@ -140,8 +142,9 @@ def build(runs: dict[tuple[str, int], dict]) -> dict:
     step1 = {}
     for seed in seeds:
         firsts = {m: _training(runs[(m, seed)]["rows"])[0] for m in methods if (m, seed) in runs}
-        step1[seed] = {"methods": sorted(firsts), "identical": all(
-            len({row.get(key) for row in firsts.values()}) == 1 for key in STEP1_KEYS)}  # fmt: skip
+        values = {key: {m: firsts[m].get(key) for m in sorted(firsts)} for key in STEP1_KEYS}
+        step1[seed] = {"methods": sorted(firsts), "values": values,
+                       "identical": all(len(set(v.values())) == 1 for v in values.values())}  # fmt: skip
     tokens = silenced_tokens(runs)
     report = {"methods": methods, "seeds": seeds, "labels": labels, "step0": step0, "table": table,
               "paired": paired, "step1_identical": step1, "silenced_tokens": tokens,
@@ -257,6 +260,10 @@ def markdown(report: dict) -> str:
               + ", ".join(STEP1_KEYS) + ")", ""]  # fmt: skip
     for seed, check in report["step1_identical"].items():
         lines.append(f"- seed {seed}: {'identical' if check['identical'] else 'NOT identical'} across {check['methods']}")
+        if not check["identical"]:  # how far apart, key by key (same rewards with other lengths is not a broken pairing)
+            for key, by_method in check["values"].items():
+                shown = ", ".join(f"{names[m]} {v:.6g}" for m, v in by_method.items() if v is not None)
+                lines.append(f"  - {key}: {'same' if len(set(by_method.values())) == 1 else 'differ'}: {shown}")
     lines += ["", "## The paper's claims at this scale", "", "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {c['claim']} | {c['verdict']} | {c['numbers']} |" for c in report["claims"]]
     return "\n".join(lines) + "\n"
@@ -298,7 +305,7 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
                 ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
             ax.set_xlabel("training step")
             ax.set_ylabel(ylabel)
-            ax.set_title(title)
+            ax.set_title(title + DECODINGS.get(title.split(" ")[0].rsplit("-", 1)[-1], ""))
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:  # a panel no method has values for (silenced, JustRL alone)
                 ax.legend(fontsize=8)
