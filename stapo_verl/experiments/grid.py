@@ -2,7 +2,8 @@
 
 Each run is ``stapo-verl train METHOD MODEL experiment=EXPERIMENT`` with the seed in both the data
 order (``data.seed``) and the rollout sampling (``actor_rollout_ref.rollout.seed``: the seeded
-agent loop's requests), so every method of a seed starts from the same samples. A run's raw logs
+agent loop's requests), so every method of a seed samples step 1 with the same seeds (whether the
+samples came out the same is checked from the logs by ``stapo-verl report --grid``). A run's raw logs
 go to ``OUT/runs/<method>_seed<seed>/``: verl's metrics (``metrics.jsonl``), STAPO's silenced-token
 dump (``dump/``), verl's output (``train.log.gz``) and, written last, ``run.json`` (the command,
 the overrides, wall time, exit code). A run with a ``run.json`` of exit 0 and the same overrides
