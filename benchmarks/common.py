@@ -11,6 +11,33 @@ def cpu_description() -> str:
     return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def run_eval(model: str, data_dir: str, bench: str, k: int, options: list[str], out: str) -> dict:
+    """``stapo-verl eval`` on ``<data_dir>/<bench>.parquet`` (k samples a problem), timed with
+    start-up: problems, avg@k, its standard error over problems, mean response tokens, wall time."""
+    import statistics
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "stapo_verl", "eval", model, "--data-dir", data_dir, "--benchmarks", bench,
+               "--samples", f"{bench}={k}", "--out", out, *options]  # fmt: skip
+    print("==", " ".join(command[1:]), flush=True)
+    started = time.time()
+    subprocess.run(command, check=True)
+    wall = time.time() - started
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)["benchmarks"][bench]
+    per_problem: dict[str, list[float]] = {}
+    with open(os.path.join(out, "samples.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            per_problem.setdefault(row["problem_id"], []).append(row["score"])
+    means = [sum(v) / len(v) for v in per_problem.values()]
+    return {"problems": len(means), "avg_at_k": round(summary["avg_at_k"], 2),
+            "standard_error": round(100 * statistics.stdev(means) / len(means) ** 0.5, 2),
+            "mean_response_tokens": round(summary["mean_response_tokens"], 1), "wall_s_with_startup": round(wall, 1)}  # fmt: skip
+
+
 def write_result(record: dict, path: str, show: bool = True) -> None:
     """Print the record (unless ``show`` is false) and write it as JSON (the committed result
     files are these)."""

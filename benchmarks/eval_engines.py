@@ -12,16 +12,11 @@ with start-up, and the difference between the engines in standard errors.
 
 import argparse
 import datetime
-import json
 import os
 import shutil
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 
-from common import cpu_description, write_result
+from common import cpu_description, run_eval, write_result
 
 from stapo_verl.cli import cpu_model_dir
 from stapo_verl.cpu.smollm2 import prepare_smollm2
@@ -30,26 +25,8 @@ FILED_AS = "math500"
 
 
 def run_engine(engine: str, model: str, data_dir: str, k: int, max_tokens: int, out: str) -> dict:
-    command = [sys.executable, "-m", "stapo_verl", "eval", model, "--data-dir", data_dir, "--benchmarks", FILED_AS,
-               "--samples", f"{FILED_AS}={k}", "--max-tokens", str(max_tokens), "--engine", engine, "--out", out]  # fmt: skip
-    print("==", " ".join(command[1:]), flush=True)
-    started = time.time()
-    subprocess.run(command, check=True)
-    wall = time.time() - started
-    with open(os.path.join(out, "summary.json")) as f:
-        summary = json.load(f)["benchmarks"][FILED_AS]
-    per_problem: dict[str, list[float]] = {}
-    with open(os.path.join(out, "samples.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            per_problem.setdefault(row["problem_id"], []).append(row["score"])
-    means = [sum(v) / len(v) for v in per_problem.values()]
-    return {
-        "avg_at_k": round(summary["avg_at_k"], 2),
-        "standard_error": round(100 * statistics.stdev(means) / len(means) ** 0.5, 2),
-        "mean_response_tokens": round(summary["mean_response_tokens"], 1),
-        "wall_s_with_startup": round(wall, 1),
-    }
+    result = run_eval(model, data_dir, FILED_AS, k, ["--max-tokens", str(max_tokens), "--engine", engine], out)
+    return {key: result[key] for key in ("avg_at_k", "standard_error", "mean_response_tokens", "wall_s_with_startup")}
 
 
 def main():

@@ -17,15 +17,10 @@ problems are filed as ``math500.parquet`` in a scratch directory.
 import argparse
 import datetime
 import glob
-import json
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 
-from common import cpu_description, write_result
+from common import cpu_description, run_eval, write_result
 
 from stapo_verl.cli import cpu_model_dir
 from stapo_verl.cpu.precision import native_bf16
@@ -54,25 +49,11 @@ def validation_in_runs(grid_dir: str) -> dict:
     return {"validations": seconds, "step0_avg_at_4": step0}
 
 
-def run_eval(model: str, data_dir: str, setting: str, out: str) -> dict:
-    command = [sys.executable, "-m", "stapo_verl", "eval", model, "--data-dir", data_dir, "--benchmarks", FILED_AS,
-               "--samples", f"{FILED_AS}={K}", "--max-tokens", "64", "--engine", "vllm", "--grader", "dapo",
-               "--setting", setting, "--out", out]  # fmt: skip
-    print("==", " ".join(command[1:]), flush=True)
-    started = time.time()
-    subprocess.run(command, check=True)
-    wall = time.time() - started
-    with open(os.path.join(out, "summary.json")) as f:
-        summary = json.load(f)["benchmarks"][FILED_AS]
-    per_problem: dict[str, list[float]] = {}
-    with open(os.path.join(out, "samples.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            per_problem.setdefault(row["problem_id"], []).append(row["score"])
-    means = [sum(v) / len(v) for v in per_problem.values()]
-    return {"problems": len(means), "avg_at_4": round(summary["avg_at_k"], 2),
-            "standard_error": round(100 * statistics.stdev(means) / len(means) ** 0.5, 2),
-            "wall_s_with_startup": round(wall, 1)}  # fmt: skip
+def eval_setting(model: str, data_dir: str, setting: str, out: str) -> dict:
+    options = ["--max-tokens", "64", "--engine", "vllm", "--grader", "dapo", "--setting", setting]
+    result = run_eval(model, data_dir, FILED_AS, K, options, out)
+    return {"problems": result["problems"], "avg_at_4": result["avg_at_k"], "standard_error": result["standard_error"],
+            "wall_s_with_startup": result["wall_s_with_startup"]}  # fmt: skip
 
 
 def main():
@@ -89,7 +70,7 @@ def main():
     # one row per problem: the file holds each problem once per decoding, eval sets the decoding
     held_out[held_out["data_source"] == SETTINGS["aligned"]].to_parquet(os.path.join(work, f"{FILED_AS}.parquet"))
     model = os.path.join(files, "model")
-    evals = {name: run_eval(model, work, name, os.path.join(work, name)) for name in SETTINGS}
+    evals = {name: eval_setting(model, work, name, os.path.join(work, name)) for name in SETTINGS}
     write_result(
         {
             "what": "the CPU comparison's held-out evaluation (200 two-digit sums, avg@4, both decodings, max 64 "
