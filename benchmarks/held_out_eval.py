@@ -22,6 +22,7 @@ import tempfile
 
 from common import cpu_description, run_eval, write_result
 
+from stapo_verl.analysis.grid_report import decoding, held_out
 from stapo_verl.cli import cpu_model_dir
 from stapo_verl.cpu.precision import native_bf16
 from stapo_verl.cpu.smollm2 import prepare_smollm2
@@ -38,14 +39,13 @@ def validation_in_runs(grid_dir: str) -> dict:
     seconds, step0 = [], {}
     for path in sorted(glob.glob(os.path.join(grid_dir, "runs", "*", "metrics.jsonl"))):
         run = os.path.basename(os.path.dirname(path))
-        for row in read_metrics(path):
+        rows = read_metrics(path)
+        for row in rows:
             if "timing_s/testing" in row:
                 seconds.append({"run": run, "step": row["step"], "seconds": round(row["timing_s/testing"], 1)})
-            if row["step"] == 0:
-                for name, source in SETTINGS.items():
-                    key = f"val-core/{source}/acc/mean@{K}"
-                    if key in row:
-                        step0.setdefault(run, {})[name] = round(100 * row[key], 2)
+        for label, by_step in held_out(rows).items():
+            if 0 in by_step and label.endswith(f" avg@{K}") and decoding(label):
+                step0.setdefault(run, {})[decoding(label)] = round(by_step[0], 2)
     return {"validations": seconds, "step0_avg_at_4": step0}
 
 

@@ -65,6 +65,12 @@ def load_runs(grid_dir: str) -> dict[tuple[str, int], dict]:
     return runs
 
 
+def decoding(label: str) -> str:
+    """A held-out label's decoding ("aligned", "default") where its data_source names one, else ""."""
+    name = label.split(" ")[0].rsplit("-", 1)[-1]
+    return name if name in DECODINGS else ""
+
+
 def held_out(rows: list[dict]) -> dict[str, dict[int, float]]:
     """decoding label (data_source, @k) -> step -> accuracy in percent."""
     series: dict[str, dict[int, float]] = {}
@@ -305,7 +311,7 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
                 ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
             ax.set_xlabel("training step")
             ax.set_ylabel(ylabel)
-            ax.set_title(title + DECODINGS.get(title.split(" ")[0].rsplit("-", 1)[-1], ""))
+            ax.set_title(title + DECODINGS.get(decoding(title), ""))
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:  # a panel no method has values for (silenced, JustRL alone)
                 ax.legend(fontsize=8)
