@@ -25,7 +25,8 @@ def fake_run(out, method: str, seed: int, entropy: list[float], held_out: dict[i
     for step, h in enumerate(entropy, 1):
         data = {"actor/pg_loss": 0.1, "actor/entropy": h, "actor/pg_clipfrac": 0.01,
                 "response_length/mean": step1[0] if step == 1 else 30.0 + step,
-                "critic/score/mean": step1[1] if step == 1 else 0.0, "critic/advantages/max": 1.0}  # fmt: skip
+                "critic/score/mean": step1[1] if step == 1 else 0.0, "critic/advantages/max": 1.0,
+                "timing_s/step": 40.0}  # fmt: skip
         if silenced is not None:
             data["actor/s2t/silenced_frac"] = silenced
         if step in held_out:
@@ -36,7 +37,7 @@ def fake_run(out, method: str, seed: int, entropy: list[float], held_out: dict[i
     with open(run_dir / "run.json", "w") as f:
         json.dump({"method": method, "seed": seed, "exit_code": exit_code, "overrides": overrides or [],
                    "command": f"stapo-verl train {method} smollm2_135m {' '.join(overrides or [])}",
-                   "finished": "2026-12-04T00:00:00"}, f)  # fmt: skip
+                   "wall_s": 400.0 + 40.0 * len(entropy), "finished": "2026-12-04T00:00:00"}, f)  # fmt: skip
     return run_dir
 
 
@@ -64,6 +65,18 @@ def test_progress_names_the_run_the_step_and_the_etas():
     # 20 steps left; 3 more runs of 30 steps + 3 steps' worth of start-up and validation each: 79 min
     assert "ETA run 13 min 20 s" in line and "grid 1 h 19 min" in line
     assert "validation before training" in progress.line(1, 4, Run("grpo", 0), {"step": 0}, 10.0)
+
+
+def test_a_resumed_grid_has_etas_before_its_first_step(tmp_path):
+    """The first line of a grid is its validation before training: no step time of its own yet."""
+    line = grid.Progress(total_steps=30, runs_left=2).line(1, 2, Run("stapo", 1), {"step": 0}, 60.0)
+    assert line.endswith("run 1 min 00 s so far, ETA after the first step") and "0 min 00 s" not in line
+    done = fake_run(tmp_path, "justrl", 0, [1.0] * 30, {0: 0.2, 30: 0.6})  # 30 steps of 40 s, 400 s beside them
+    assert grid.step_times(str(done)) == [40.0] * 30
+    resumed = grid.Progress(total_steps=30, runs_left=2, finished_runs=[(grid.step_times(str(done)), 1600.0)])
+    line = resumed.line(1, 2, Run("stapo", 1), {"step": 0}, 60.0)
+    # this run: 30 steps of 40 s; the next: 30 steps + 400 s
+    assert "40 s/step" in line and "ETA run 20 min 00 s, grid 46 min 40 s" in line
 
 
 def test_the_grid_refuses_bad_input_naming_the_field(capsys):

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from stapo_verl.recipe import CPU_MODELS, METHODS
 
@@ -81,6 +81,15 @@ def finished(run_dir: str, overrides: Optional[list[str]] = None) -> Optional[di
     return record
 
 
+def step_times(run_dir: str) -> list[float]:
+    """A run's logged step times (``timing_s/step``), in order."""
+    from stapo_verl.runlog import read_metrics
+
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    rows = read_metrics(metrics) if os.path.exists(metrics) else []
+    return [row["timing_s/step"] for row in rows if "timing_s/step" in row]
+
+
 def validated_before_training(run_dirs: list[str]) -> bool:
     """Whether a finished run among these logged a validation before its first step."""
     from stapo_verl.runlog import read_metrics, val_metric_names
@@ -99,25 +108,32 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """One line per logged step: the run, its step, and ETAs from the step times seen so far."""
+    """One line per logged step: the run, its step, and ETAs from the step times seen so far.
 
-    def __init__(self, total_steps: int, runs_left: int):
+    ``finished_runs``: (step times, wall time) of the runs an earlier, interrupted grid finished,
+    so that a resumed grid's first lines already have an ETA."""
+
+    def __init__(self, total_steps: int, runs_left: int, finished_runs: Sequence[tuple[list[float], float]] = ()):
         self.total_steps, self.runs_left = total_steps, runs_left
-        self.step_times: list[float] = []  # every run's
+        self.step_times: list[float] = [t for steps, _ in finished_runs for t in steps]  # every run's
         self.run_step_times: list[float] = []  # this run's
-        self.overheads: list[float] = []  # per run: wall time outside its steps (start-up, validation)
+        # per run: wall time outside its steps (start-up, validation)
+        self.overheads: list[float] = [max(wall - sum(steps), 0.0) for steps, wall in finished_runs]
 
     def line(self, index: int, count: int, run: Run, row: dict, elapsed: float) -> str:
         if "timing_s/step" in row:
             self.step_times.append(row["timing_s/step"])
             self.run_step_times.append(row["timing_s/step"])
-        per_step = sum(self.step_times) / max(len(self.step_times), 1)
+        head = f"step {row['step']}/{self.total_steps}" if row["step"] > 0 else "validation before training"
+        head = f"[{index}/{count} {run.method} seed {run.seed}] {head}"
+        if not self.step_times:
+            return f"{head}, run {_duration(elapsed)} so far, ETA after the first step"
+        per_step = sum(self.step_times) / len(self.step_times)
         overhead = sum(self.overheads) / len(self.overheads) if self.overheads else 3 * per_step
         run_left = (self.total_steps - row["step"]) * per_step
         grid_left = run_left + (self.runs_left - 1) * (self.total_steps * per_step + overhead)
-        head = f"step {row['step']}/{self.total_steps}" if row["step"] > 0 else "validation before training"
-        return (f"[{index}/{count} {run.method} seed {run.seed}] {head}, {per_step:.0f} s/step, "
-                f"run {_duration(elapsed)} so far, ETA run {_duration(run_left)}, grid {_duration(grid_left)}")  # fmt: skip
+        return (f"{head}, {per_step:.0f} s/step, run {_duration(elapsed)} so far, "
+                f"ETA run {_duration(run_left)}, grid {_duration(grid_left)}")  # fmt: skip
 
     def run_done(self, wall: float) -> None:
         self.overheads.append(max(wall - sum(self.run_step_times), 0.0))
@@ -253,7 +269,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             check_config(run.method, args.model, overrides)
         return 0
     prepare_cpu_model(args.model, cpu_model_dir(args.model))
-    progress = Progress(args.steps, len(todo))
+    progress = Progress(args.steps, len(todo), [(step_times(run_dirs[run]), record["wall_s"])
+                                               for run, _, _, record in plan if record])
     for index, (run, overrides, _, _) in enumerate(todo, 1):
         code = train_one(run, args.model, overrides, run_dirs[run], os.path.abspath(args.scratch), progress, index,
                          len(todo), args.stall_minutes * 60)  # fmt: skip
