@@ -161,6 +161,20 @@ def test_a_partial_grid_without_stapo_reports_and_says_no_claim_is_decidable(tmp
     assert not [w for w in recwarn if "legend" in str(w.message)]  # no empty legend on the silenced panel
 
 
+def test_the_silenced_fraction_claim_is_judged_run_by_run(tmp_path):
+    """Two seeds both 40x above the paper's 0.01%: contradicted (a t interval over two seeds
+    would reach below zero and decide nothing); seeds on both sides of it: not decidable."""
+    def verdict(fractions):
+        for seed, fraction in enumerate(fractions):
+            fake_run(tmp_path / str(fractions), "stapo", seed, [1.0, 0.9], {0: 0.2, 2: 0.6}, silenced=fraction)
+        claims = grid_report.build(grid_report.load_runs(str(tmp_path / str(fractions))))["claims"]
+        return next((c["verdict"], c["numbers"]) for c in claims if "0.01%" in c["claim"])
+
+    assert verdict([0.004, 0.0055]) == ("contradicted", "0.400%, 0.550% of tokens (each STAPO run's mean over its steps)")
+    assert verdict([0.00005, 0.00002])[0] == "supported"
+    assert verdict([0.00005, 0.004])[0] == "not decidable at this scale"
+
+
 @pytest.mark.e2e
 def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
     """2 methods x 2 seeds x 1 step on the tiny preset: raw logs per run, step-0 validation once

@@ -202,15 +202,17 @@ def claims(report: dict) -> list[dict]:
         interval = metrics.get("entropy_max_drift")
         rows.append({"claim": f"STAPO's entropy drifts less than {METHOD_NAMES.get(baseline, baseline)}'s (largest drift from step 1)",
                      "verdict": _verdict(interval, better_when_positive=False), "numbers": _interval_text(interval, "nats")})  # fmt: skip
-    stapo = report["table"].get(TARGET, {}).get("silenced_frac_mean")
-    if stapo is not None:
-        verdict = "not decidable at this scale"
-        if stapo["high"] is not None and stapo["high"] < SILENCED_CLAIM:
-            verdict = "supported"
-        elif (stapo["low"] if stapo["low"] is not None else stapo["mean"]) > SILENCED_CLAIM:
-            verdict = "contradicted"
+    # a bound the paper states of its runs, so it is judged run by run: each run's fraction is a
+    # mean over thousands of tokens, and a t interval over two or three seeds is far wider than
+    # the seed-to-seed spread it estimates
+    silenced = [summary["silenced_frac_mean"] for name, summary in sorted(report["runs"].items())
+                if name.startswith(f"{TARGET}_seed")]  # fmt: skip
+    if silenced:
+        verdict = ("supported" if all(f < SILENCED_CLAIM for f in silenced) else "contradicted"
+                   if all(f > SILENCED_CLAIM for f in silenced) else "not decidable at this scale")  # fmt: skip
         rows.append({"claim": "S2T silences < 0.01% of response tokens", "verdict": verdict,
-                     "numbers": f"{100 * stapo['mean']:.3f}% of tokens (mean over seeds)"})  # fmt: skip
+                     "numbers": f"{', '.join(f'{100 * f:.3f}%' for f in silenced)} of tokens "
+                     f"(each STAPO run's mean over its steps)"})  # fmt: skip
     tokens = report["silenced_tokens"]
     if tokens is not None:
         share = tokens["symbols_share"]
