@@ -165,9 +165,10 @@ def test_the_silenced_fraction_claim_is_judged_run_by_run(tmp_path):
     """Two seeds both 40x above the paper's 0.01%: contradicted (a t interval over two seeds
     would reach below zero and decide nothing); seeds on both sides of it: not decidable."""
     def verdict(fractions):
+        grid_dir = tmp_path / "_".join(map(str, fractions))
         for seed, fraction in enumerate(fractions):
-            fake_run(tmp_path / str(fractions), "stapo", seed, [1.0, 0.9], {0: 0.2, 2: 0.6}, silenced=fraction)
-        claims = grid_report.build(grid_report.load_runs(str(tmp_path / str(fractions))))["claims"]
+            fake_run(grid_dir, "stapo", seed, [1.0, 0.9], {0: 0.2, 2: 0.6}, silenced=fraction)
+        claims = grid_report.build(grid_report.load_runs(str(grid_dir)))["claims"]
         return next((c["verdict"], c["numbers"]) for c in claims if "0.01%" in c["claim"])
 
     assert verdict([0.004, 0.0055]) == ("contradicted", "0.400%, 0.550% of tokens (each STAPO run's mean over its steps)")
