@@ -81,25 +81,25 @@ def finished(run_dir: str, overrides: Optional[list[str]] = None) -> Optional[di
     return record
 
 
-def step_times(run_dir: str) -> list[float]:
-    """A run's logged step times (``timing_s/step``), in order."""
+def _metric_rows(run_dir: str) -> list[dict]:
+    """A run's logged metrics rows; none where it logged nothing."""
     from stapo_verl.runlog import read_metrics
 
     metrics = os.path.join(run_dir, "metrics.jsonl")
-    rows = read_metrics(metrics) if os.path.exists(metrics) else []
-    return [row["timing_s/step"] for row in rows if "timing_s/step" in row]
+    return read_metrics(metrics) if os.path.exists(metrics) else []
+
+
+def step_times(run_dir: str) -> list[float]:
+    """A run's logged step times (``timing_s/step``), in order."""
+    return [row["timing_s/step"] for row in _metric_rows(run_dir) if "timing_s/step" in row]
 
 
 def validated_before_training(run_dirs: list[str]) -> bool:
     """Whether a finished run among these logged a validation before its first step."""
-    from stapo_verl.runlog import read_metrics, val_metric_names
+    from stapo_verl.runlog import val_metric_names
 
-    for run_dir in run_dirs:
-        metrics = os.path.join(run_dir, "metrics.jsonl")
-        if finished(run_dir) and os.path.exists(metrics):
-            if any(row["step"] == 0 and val_metric_names([row]) for row in read_metrics(metrics)):
-                return True
-    return False
+    return any(finished(run_dir) and any(row["step"] == 0 and val_metric_names([row]) for row in _metric_rows(run_dir))
+               for run_dir in run_dirs)  # fmt: skip
 
 
 def _duration(seconds: float) -> str:
