@@ -128,3 +128,20 @@ def test_every_command_line_parses(page, command, monkeypatch, capsys):
     elif sub in ("train", "grid"):
         rest = [*rest, "--dry-run"]
     assert cli.main([sub, *rest]) == 0, f"{page}: `{command}`\n{capsys.readouterr().err[-3000:]}"
+
+
+COMPARISON = os.path.join(ROOT, "examples", "results", "cpu_comparison")
+
+
+@pytest.mark.parametrize("page", [os.path.join(ROOT, "README.md"), os.path.join(COMPARISON, "README.md")], ids=page_name)
+def test_the_comparison_tables_are_those_its_committed_logs_make(page):
+    """README's and the comparison page's tables are re-made by `stapo-verl report --grid ... --docs`:
+    a run committed without re-making them (or a table edited by hand) fails here."""
+    from stapo_verl.analysis import grid_docs, grid_report
+
+    report = grid_report.build(grid_report.load_runs(COMPARISON), grid_report.read_plan(COMPARISON))
+    with open(page) as f:
+        text = f.read()
+    assert grid_docs.fill(text, report, where=page_name(page)) == text, (
+        f"{page_name(page)} is stale: stapo-verl report --grid {page_name(COMPARISON)} --out "
+        f"{page_name(COMPARISON)}/report --docs README.md {page_name(COMPARISON)}/README.md")

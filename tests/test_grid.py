@@ -138,7 +138,7 @@ def test_the_report_pairs_seeds_checks_step_one_and_marks_the_claims(tmp_path):
     assert paired["per_seed"] == pytest.approx([5.0, 4.0, 6.0]) and paired["low"] > 0 and paired["p"] < 0.05
     assert [report["step1_identical"][s]["identical"] for s in (0, 1, 2)] == [True, True, False]
     verdicts = {c["claim"]: c["verdict"] for c in report["claims"]}
-    assert verdicts[f"STAPO's held-out accuracy ({label}) is higher than JustRL's"] == "supported"
+    assert verdicts["STAPO's held-out accuracy (avg@4: T 1.0, top-p 1.0) is higher than JustRL's"] == "supported"
     assert verdicts["STAPO's entropy drifts less than JustRL's (largest drift from step 1)"] == "supported"
     assert verdicts["S2T silences < 0.01% of response tokens"] == "supported"
     written = grid_report.write(str(tmp_path), str(tmp_path / "report"))
@@ -176,6 +176,37 @@ def test_the_silenced_fraction_claim_is_judged_run_by_run(tmp_path):
     assert verdict([0.00005, 0.004])[0] == "not decidable at this scale"
 
 
+def test_the_report_re_makes_the_marked_tables_of_a_page_and_keeps_its_prose(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path, "justrl", seed, [1.0, 1.2], {0: 0.2, 2: 0.5})
+        fake_run(tmp_path, "stapo", seed, [1.0, 1.1], {2: 0.55 + 0.01 * seed}, silenced=0.004)
+    runs = [f"{m}_seed{s}" for s in (0, 1, 2) for m in ("stapo", "justrl")]  # the grid's plan: seed 2 still to run
+    (tmp_path / "plan.json").write_text(json.dumps({"runs": runs}))
+    page = tmp_path / "page.md"
+    page.write_text("# Results\n\nProse before.\n<!-- stapo-verl report: status -->\nold\n<!-- /stapo-verl report -->\n"
+                    "Prose between.\n<!-- stapo-verl report: headline -->\nold table\n<!-- /stapo-verl report -->\n"
+                    "Prose after.\n")  # fmt: skip
+    grid_report.write(str(tmp_path), str(tmp_path / "report"), docs=[str(page)])
+    text = page.read_text()
+    assert text.startswith("# Results\n\nProse before.\n") and "\nProse between.\n" in text and text.endswith("Prose after.\n")
+    assert "old" not in text
+    assert ("**4 of 6 runs finished** (justrl_seed0, justrl_seed1, stapo_seed0, stapo_seed1); "
+            "remaining: stapo_seed2, justrl_seed2.") in text  # fmt: skip
+    assert "| JustRL | 0, 1 | 20.0/20.0 -> 50.0 [50.0, 50.0] |" in text
+    assert "| JustRL | avg@4: T 1.0, top-p 1.0 | +5.0, +6.0 | +5.5 [-0.9, +11.9], p = 0.058 |" in text
+    assert grid_report.write(str(tmp_path), str(tmp_path / "report"), docs=[str(page)]) and page.read_text() == text
+
+    other = tmp_path / "other.md"
+    other.write_text("<!-- stapo-verl report: headlines -->\n<!-- /stapo-verl report -->\n")
+    page.write_text("<!-- stapo-verl report: claims -->\n<!-- /stapo-verl report -->\n")
+    with pytest.raises(ValueError, match="unknown report block headlines; accepted: status, headline, claims, runs"):
+        grid_report.write(str(tmp_path), str(tmp_path / "report"), docs=[str(page), str(other)])
+    assert page.read_text() == "<!-- stapo-verl report: claims -->\n<!-- /stapo-verl report -->\n"  # nothing written
+    other.write_text("no block\n")
+    with pytest.raises(ValueError, match="has no block to fill"):
+        grid_report.write(str(tmp_path), str(tmp_path / "report"), docs=[str(other)])
+
+
 @pytest.mark.e2e
 def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
     """2 methods x 2 seeds x 1 step on the tiny preset: raw logs per run, step-0 validation once
@@ -195,6 +226,8 @@ def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
                             "--scratch", str(tmp_path / "scratch")], env={**os.environ, "STAPO_TINY_DIR": tiny_dir},
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert again.returncode == 0 and "4 finished" in again.stdout and "0 to run" in again.stdout
+    assert json.loads((out / "plan.json").read_text())["runs"] == [
+        "grpo_seed0", "entropy20_seed0", "grpo_seed1", "entropy20_seed1"]  # fmt: skip
     from stapo_verl.cli import main as cli
 
     assert cli(["report", "--grid", str(out), "--out", str(tmp_path / "report")]) == 0

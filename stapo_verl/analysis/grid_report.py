@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
+from stapo_verl.analysis import grid_docs
 from stapo_verl.analysis.report import METHOD_NAMES, TARGET, silenced_fraction, token_category
 from stapo_verl.analysis.stats import paired_t, seed_interval
 from stapo_verl.runlog import read_metrics
@@ -109,7 +110,17 @@ def run_summary(rows: list[dict], step0: dict[str, float]) -> dict:
     return summary
 
 
-def build(runs: dict[tuple[str, int], dict]) -> dict:
+def read_plan(grid_dir: str) -> Optional[list[str]]:
+    """The runs the grid was started with, in order (its ``plan.json``); None where it wrote none."""
+    path = os.path.join(grid_dir, "plan.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["runs"]
+
+
+def build(runs: dict[tuple[str, int], dict], planned: Optional[list[str]] = None) -> dict:
+    """``planned``: every run the grid was to make (default: the methods x seeds seen)."""
     methods = sorted({m for m, _ in runs}, key=lambda m: list(METHOD_NAMES).index(m) if m in METHOD_NAMES else 99)
     seeds = sorted({s for _, s in runs})
     step0 = {}
@@ -121,6 +132,9 @@ def build(runs: dict[tuple[str, int], dict]) -> dict:
                     step0[seed] = values
                     break
     per_run = {(m, s): run_summary(run["rows"], step0.get(s, {})) for (m, s), run in runs.items()}
+    for key, summary in per_run.items():  # the grid's record of the run: its wall time, when it ended
+        summary["wall_s"] = runs[key]["record"].get("wall_s")
+        summary["finished"] = runs[key]["record"].get("finished")
     labels = sorted({label for summary in per_run.values() for label in summary["held_out_end"]})
     metrics = [f"held_out_end/{label}" for label in labels] + [f"held_out_change/{label}" for label in labels] + [
         "entropy_end", "entropy_max_drift", "response_length_end", "clip_frac_mean", "silenced_frac_mean"]  # fmt: skip
@@ -152,8 +166,12 @@ def build(runs: dict[tuple[str, int], dict]) -> dict:
         step1[seed] = {"methods": sorted(firsts), "values": values,
                        "identical": all(len(set(v.values())) == 1 for v in values.values())}  # fmt: skip
     tokens = silenced_tokens(runs)
-    report = {"methods": methods, "seeds": seeds, "labels": labels, "step0": step0, "table": table,
-              "paired": paired, "step1_identical": step1, "silenced_tokens": tokens,
+    # for readers of tables: "sums-aligned avg@4" -> "avg@4: T 1.0, top-p 1.0"
+    label_names = {label: f"{label.rsplit(' ', 1)[-1]}{DECODINGS[decoding(label)]}" if decoding(label) else label
+                   for label in labels}  # fmt: skip
+    planned = planned or [f"{m}_seed{s}" for s in seeds for m in methods]
+    report = {"methods": methods, "seeds": seeds, "planned": planned, "labels": labels, "label_names": label_names, "step0": step0,
+              "table": table, "paired": paired, "step1_identical": step1, "silenced_tokens": tokens,
               "runs": {f"{m}_seed{s}": summary for (m, s), summary in per_run.items()}}  # fmt: skip
     report["claims"] = claims(report)
     return report
@@ -197,7 +215,7 @@ def claims(report: dict) -> list[dict]:
     for baseline, metrics in report["paired"].items():
         for label in report["labels"]:
             interval = metrics.get(f"held_out_end/{label}")
-            rows.append({"claim": f"STAPO's held-out accuracy ({label}) is higher than {METHOD_NAMES.get(baseline, baseline)}'s",
+            rows.append({"claim": f"STAPO's held-out accuracy ({report['label_names'][label]}) is higher than {METHOD_NAMES.get(baseline, baseline)}'s",
                          "verdict": _verdict(interval), "numbers": _interval_text(interval, "points")})  # fmt: skip
         interval = metrics.get("entropy_max_drift")
         rows.append({"claim": f"STAPO's entropy drifts less than {METHOD_NAMES.get(baseline, baseline)}'s (largest drift from step 1)",
@@ -325,9 +343,12 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
     return written
 
 
-def write(grid_dir: str, out_dir: str) -> list[str]:
+def write(grid_dir: str, out_dir: str, docs: Sequence[str] = ()) -> list[str]:
+    """The report into ``out_dir``; ``docs``: pages whose marked blocks are re-made (``grid_docs``)."""
     runs = load_runs(grid_dir)
-    report = build(runs)
+    report = build(runs, read_plan(grid_dir))
+    if docs:  # first: a page with an unknown block stops the command before anything is written
+        grid_docs.update(list(docs), report)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "grid.md"), "w") as f:
         f.write(markdown(report))
@@ -343,7 +364,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--grid", required=True, help="a `stapo-verl grid` output directory (its runs/)")
     parser.add_argument("--out", required=True, help="where grid.md, grid.json and the figures go")
+    parser.add_argument("--docs", nargs="+", default=[], metavar="PAGE",
+                        help="markdown pages whose '<!-- stapo-verl report: NAME -->' blocks are re-made "
+                             "(NAME: status, headline, claims, runs)")  # fmt: skip
     args = parser.parse_args(argv)
-    written = write(args.grid, args.out)
-    print(f"stapo-verl report -> {args.out}: " + ", ".join(written))
+    written = write(args.grid, args.out, args.docs)
+    print(f"stapo-verl report -> {args.out}: " + ", ".join(written)
+          + (f"; tables re-made in {', '.join(args.docs)}" if args.docs else ""))
     return 0

@@ -8,8 +8,9 @@ go to ``OUT/runs/<method>_seed<seed>/``: verl's metrics (``metrics.jsonl``), STA
 dump (``dump/``), verl's output (``train.log.gz``) and, written last, ``run.json`` (the command,
 the overrides, wall time, exit code). A run with a ``run.json`` of exit 0 and the same overrides
 is finished and skipped, so an interrupted grid resumes where it stopped (``--commit`` commits each
-finished run's directory to git at once). Validation before training runs once per seed (every
-method starts from the same model): in that seed's first run.
+finished run's directory to git at once). ``OUT/plan.json``, written at the start, lists the runs
+in order (``stapo-verl report --grid`` counts what remains against it). Validation before
+training runs once per seed (every method starts from the same model): in that seed's first run.
 
     stapo-verl grid [--methods stapo justrl grpo entropy20] [--seeds 0 1 2] [--steps 30]
         [--experiment cpu_comparison] [--model smollm2_135m] [--rollout auto|hf|vllm] [--out DIR]
@@ -34,6 +35,7 @@ from typing import Optional, Sequence
 from stapo_verl.recipe import CPU_MODELS, METHODS
 
 DEFAULT_OUT = os.path.join("examples", "results", "cpu_comparison")
+PLAN = "plan.json"  # the grid's runs in order: the report counts what remains against it
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         for run, overrides, _, _ in todo:
             check_config(run.method, args.model, overrides)
         return 0
+    plan_path = os.path.join(args.out, PLAN)
+    os.makedirs(args.out, exist_ok=True)
+    with open(plan_path, "w") as f:
+        json.dump({"runs": [run.name for run in runs], "steps": args.steps, "experiment": args.experiment,
+                   "model": args.model, "rollout": rollout, "overrides": args.overrides}, f, indent=1)  # fmt: skip
     prepare_cpu_model(args.model, cpu_model_dir(args.model))
     progress = Progress(args.steps, len(todo), [(step_times(run_dirs[run]), record["wall_s"])
                                                for run, _, _, record in plan if record])
@@ -280,5 +287,5 @@ def main(argv: Optional[list[str]] = None) -> int:
             return code
         shutil.rmtree(os.path.join(os.path.abspath(args.scratch), run.name), ignore_errors=True)  # checkpoints
         if args.commit:
-            commit([run_dirs[run]], f"grid {args.experiment}: {run.name} ({args.steps} steps) finished")
+            commit([run_dirs[run], plan_path], f"grid {args.experiment}: {run.name} ({args.steps} steps) finished")
     return 0
