@@ -185,7 +185,7 @@ def test_the_report_re_makes_the_marked_tables_of_a_page_and_keeps_its_prose(tmp
     page = tmp_path / "page.md"
     page.write_text("# Results\n\nProse before.\n<!-- stapo-verl report: status -->\nold\n<!-- /stapo-verl report -->\n"
                     "Prose between.\n<!-- stapo-verl report: headline -->\nold table\n<!-- /stapo-verl report -->\n"
-                    "Prose after.\n")  # fmt: skip
+                    "<!-- stapo-verl report: seeds -->\n<!-- /stapo-verl report -->\nProse after.\n")  # fmt: skip
     grid_report.write(str(tmp_path), str(tmp_path / "report"), docs=[str(page)])
     text = page.read_text()
     assert text.startswith("# Results\n\nProse before.\n") and "\nProse between.\n" in text and text.endswith("Prose after.\n")
@@ -194,12 +194,14 @@ def test_the_report_re_makes_the_marked_tables_of_a_page_and_keeps_its_prose(tmp
             "remaining: stapo_seed2, justrl_seed2.") in text  # fmt: skip
     assert "| JustRL | 0, 1 | 20.0/20.0 -> 50.0 [50.0, 50.0] |" in text
     assert "| JustRL | avg@4: T 1.0, top-p 1.0 | +5.0, +6.0 | +5.5 [-0.9, +11.9], p = 0.058 |" in text
+    assert "| seed | before training | JustRL | STAPO |\n|---|---|---|---|\n| 0 | 20.0 | 50.0 | 55.0 |\n" in text
+    assert "| 2 | - | - | - |" not in text  # a seed none of whose runs finished has no row
     assert grid_report.write(str(tmp_path), str(tmp_path / "report"), docs=[str(page)]) and page.read_text() == text
 
     other = tmp_path / "other.md"
     other.write_text("<!-- stapo-verl report: headlines -->\n<!-- /stapo-verl report -->\n")
     page.write_text("<!-- stapo-verl report: claims -->\n<!-- /stapo-verl report -->\n")
-    with pytest.raises(ValueError, match="unknown report block headlines; accepted: status, headline, claims, runs"):
+    with pytest.raises(ValueError, match="unknown report block headlines; accepted: status, headline, seeds, claims, runs"):
         grid_report.write(str(tmp_path), str(tmp_path / "report"), docs=[str(page), str(other)])
     assert page.read_text() == "<!-- stapo-verl report: claims -->\n<!-- /stapo-verl report -->\n"  # nothing written
     other.write_text("no block\n")
@@ -230,7 +232,10 @@ def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
         "grpo_seed0", "entropy20_seed0", "grpo_seed1", "entropy20_seed1"]  # fmt: skip
     from stapo_verl.cli import main as cli
 
-    assert cli(["report", "--grid", str(out), "--out", str(tmp_path / "report")]) == 0
+    page = tmp_path / "page.md"
+    page.write_text("<!-- stapo-verl report: status -->\n<!-- /stapo-verl report -->\n")
+    assert cli(["report", "--grid", str(out), "--out", str(tmp_path / "report"), "--docs", str(page)]) == 0
+    assert "**4 of 4 runs finished** (grpo_seed0, entropy20_seed0, grpo_seed1, entropy20_seed1); none remaining." in page.read_text()
     result = json.loads((tmp_path / "report" / "grid.json").read_text())
     assert result["methods"] == ["grpo", "entropy20"] and result["seeds"] == [0, 1]
     assert all(check["identical"] for check in result["step1_identical"].values())

@@ -86,6 +86,24 @@ def headline(report: dict) -> str:
     return "\n".join(lines)
 
 
+def seeds(report: dict) -> str:
+    """Held-out accuracy at the end, run by run: a row per seed, a column per method, each
+    decoding's value in the cell (the numbers the intervals above are made of)."""
+    labels = report["labels"]
+    lines = ["| seed | before training | " + " | ".join(_name(m) for m in report["methods"]) + " |",
+             "|---" * (len(report["methods"]) + 2) + "|"]  # fmt: skip
+    for seed in report["seeds"]:
+        before = report["step0"].get(seed, {})
+        cells = [" / ".join(f"{before[label]:.1f}" if label in before else "-" for label in labels)]
+        for method in report["methods"]:
+            summary = report["runs"].get(f"{method}_seed{seed}")
+            end = summary["held_out_end"] if summary else {}
+            cells.append(" / ".join(f"{end[label]:.1f}" if label in end else "-" for label in labels))
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", "Held-out accuracy in % (" + " / ".join(report["label_names"][label] for label in labels)
+                               + "); -: not finished."])  # fmt: skip
+
+
 def claims(report: dict) -> str:
     lines = ["| claim | verdict | numbers |", "|---|---|---|"]
     return "\n".join(lines + [f"| {c['claim']} | {c['verdict']} | {c['numbers']} |" for c in report["claims"]])
@@ -100,7 +118,7 @@ def runs(report: dict) -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"status": status, "headline": headline, "claims": claims, "runs": runs}
+BLOCKS = {"status": status, "headline": headline, "seeds": seeds, "claims": claims, "runs": runs}
 
 
 def fill(text: str, report: dict, where: str = "the page") -> str:
