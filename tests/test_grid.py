@@ -141,6 +141,7 @@ def test_the_report_pairs_seeds_checks_step_one_and_marks_the_claims(tmp_path):
     assert verdicts["STAPO's held-out accuracy (avg@4: T 1.0, top-p 1.0) is higher than JustRL's"] == "supported"
     assert verdicts["STAPO's entropy drifts less than JustRL's (largest drift from step 1)"] == "supported"
     assert verdicts["S2T silences < 0.01% of response tokens"] == "supported"
+    assert "its own two-sided 95% test, 2 of them," in report["claims_note"]  # one baseline: accuracy and drift
     written = grid_report.write(str(tmp_path), str(tmp_path / "report"))
     for name in written:
         assert os.path.getsize(tmp_path / "report" / name) > 0

@@ -106,7 +106,8 @@ def seeds(report: dict) -> str:
 
 def claims(report: dict) -> str:
     lines = ["| claim | verdict | numbers |", "|---|---|---|"]
-    return "\n".join(lines + [f"| {c['claim']} | {c['verdict']} | {c['numbers']} |" for c in report["claims"]])
+    lines += [f"| {c['claim']} | {c['verdict']} | {c['numbers']} |" for c in report["claims"]]
+    return "\n".join(lines + (["", report["claims_note"]] if report["claims_note"] else []))
 
 
 def runs(report: dict) -> str:

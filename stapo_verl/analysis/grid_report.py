@@ -174,6 +174,7 @@ def build(runs: dict[tuple[str, int], dict], planned: Optional[list[str]] = None
               "table": table, "paired": paired, "step1_identical": step1, "silenced_tokens": tokens,
               "runs": {f"{m}_seed{s}": summary for (m, s), summary in per_run.items()}}  # fmt: skip
     report["claims"] = claims(report)
+    report["claims_note"] = multiplicity_note(report)
     return report
 
 
@@ -240,6 +241,18 @@ def claims(report: dict) -> list[dict]:
     return rows
 
 
+def multiplicity_note(report: dict) -> str:
+    """How often the paired verdicts would decide something by chance alone (they are not corrected)."""
+    judged = {"entropy_max_drift", *(f"held_out_end/{label}" for label in report["labels"])}  # claims()' rows
+    tests = sum(1 for metrics in report["paired"].values() for metric, interval in metrics.items()
+                if metric in judged and interval is not None and interval.get("low") is not None)  # fmt: skip
+    if tests < 2:
+        return ""
+    return (f"Each paired verdict is its own two-sided 95% test, {tests} of them, not corrected for their number: "
+            f"were no method different from another, at least one would come out supported or contradicted with "
+            f"probability 1 - 0.95^{tests} = {100 * (1 - 0.95**tests):.0f}% if they were independent (they share runs).")
+
+
 def _interval_text(interval: Optional[dict], unit: str) -> str:
     if interval is None:
         return "-"
@@ -292,6 +305,8 @@ def markdown(report: dict) -> str:
                 lines.append(f"  - {key}: {'same' if len(set(by_method.values())) == 1 else 'differ'}: {shown}")
     lines += ["", "## The paper's claims at this scale", "", "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {c['claim']} | {c['verdict']} | {c['numbers']} |" for c in report["claims"]]
+    if report["claims_note"]:
+        lines += ["", report["claims_note"]]
     return "\n".join(lines) + "\n"
 
 
