@@ -186,7 +186,8 @@ def test_the_report_re_makes_the_marked_tables_of_a_page_and_keeps_its_prose(tmp
     page = tmp_path / "page.md"
     page.write_text("# Results\n\nProse before.\n<!-- stapo-verl report: status -->\nold\n<!-- /stapo-verl report -->\n"
                     "Prose between.\n<!-- stapo-verl report: headline -->\nold table\n<!-- /stapo-verl report -->\n"
-                    "<!-- stapo-verl report: seeds -->\n<!-- /stapo-verl report -->\nProse after.\n")  # fmt: skip
+                    "<!-- stapo-verl report: seeds -->\n<!-- /stapo-verl report -->\n<!-- stapo-verl report: runs -->\n"
+                    "<!-- /stapo-verl report -->\nProse after.\n")  # fmt: skip
     grid_report.write(str(tmp_path), str(tmp_path / "report"), docs=[str(page)])
     text = page.read_text()
     assert text.startswith("# Results\n\nProse before.\n") and "\nProse between.\n" in text and text.endswith("Prose after.\n")
@@ -197,6 +198,7 @@ def test_the_report_re_makes_the_marked_tables_of_a_page_and_keeps_its_prose(tmp
     assert "| JustRL | avg@4: T 1.0, top-p 1.0 | +5.0, +6.0 | +5.5 [-0.9, +11.9], p = 0.058 |" in text
     assert "| seed | before training | JustRL | STAPO |\n|---|---|---|---|\n| 0 | 20.0 | 50.0 | 55.0 |\n" in text
     assert "| 2 | - | - | - |" not in text  # a seed none of whose runs finished has no row
+    assert "| `stapo_seed1` | 2026-12-04 00:00 | 8 min | 40 s | - |" in text  # no validation during training
     assert grid_report.write(str(tmp_path), str(tmp_path / "report"), docs=[str(page)]) and page.read_text() == text
 
     other = tmp_path / "other.md"

@@ -111,11 +111,13 @@ def claims(report: dict) -> str:
 
 
 def runs(report: dict) -> str:
-    lines = ["| run | finished (UTC) | wall time |", "|---|---|---|"]
+    lines = ["| run | finished (UTC) | wall time | median step | validations during training |", "|---|---|---|---|---|"]
     for name in _by_finish(report):
         summary = report["runs"][name]
         finished = (summary.get("finished") or "-").replace("T", " ")[:16]
-        lines.append(f"| `{name}` | {finished} | {(summary.get('wall_s') or 0.0) / 60:.0f} min |")
+        validations = ", ".join(f"{s:.0f}" for s in summary["validation_s"])
+        lines.append(f"| `{name}` | {finished} | {(summary.get('wall_s') or 0.0) / 60:.0f} min | "
+                     f"{summary['step_s_median']:.0f} s | {validations + ' s' if validations else '-'} |")  # fmt: skip
     return "\n".join(lines)
 
 

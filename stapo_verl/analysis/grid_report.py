@@ -99,6 +99,9 @@ def run_summary(rows: list[dict], step0: dict[str, float]) -> dict:
         "response_length_end": train[-1]["response_length/mean"],
         "clip_frac_mean": float(np.mean([row.get("actor/pg_clipfrac", 0.0) for row in train])),
         "silenced_frac_mean": float(np.mean(silenced)) if silenced else 0.0,
+        "step_s_median": float(np.median([row["timing_s/step"] for row in train if "timing_s/step" in row] or [np.nan])),
+        # verl logs how long a validation during training took in that step's row (not the one before training)
+        "validation_s": [row["timing_s/testing"] for row in train if "timing_s/testing" in row],
         "held_out_end": {}, "held_out_change": {},
     }  # fmt: skip
     for label, by_step in held_out(rows).items():
