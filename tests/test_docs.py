@@ -138,8 +138,9 @@ def test_the_comparison_tables_are_those_its_committed_logs_make(page):
     """README's and the comparison page's tables are re-made by `stapo-verl report --grid ... --docs`:
     a run committed without re-making them (or a table edited by hand) fails here."""
     from stapo_verl.analysis import grid_docs, grid_report
+    from stapo_verl.experiments.grid import read_plan
 
-    report = grid_report.build(grid_report.load_runs(COMPARISON), grid_report.read_plan(COMPARISON))
+    report = grid_report.build(grid_report.load_runs(COMPARISON), read_plan(COMPARISON))
     with open(page) as f:
         text = f.read()
     assert grid_docs.fill(text, report, where=page_name(page)) == text, (

@@ -30,6 +30,7 @@ import numpy as np
 from stapo_verl.analysis import grid_docs
 from stapo_verl.analysis.report import METHOD_NAMES, TARGET, silenced_fraction, token_category
 from stapo_verl.analysis.stats import paired_t, seed_interval
+from stapo_verl.experiments.grid import read_plan
 from stapo_verl.runlog import read_metrics
 
 VAL_KEY = re.compile(r"^val-core/(?P<source>[^/]+)/acc/mean@(?P<k>\d+)$")
@@ -111,15 +112,6 @@ def run_summary(rows: list[dict], step0: dict[str, float]) -> dict:
             if label in step0:
                 summary["held_out_change"][label] = by_step[last] - step0[label]
     return summary
-
-
-def read_plan(grid_dir: str) -> Optional[list[str]]:
-    """The runs the grid was started with, in order (its ``plan.json``); None where it wrote none."""
-    path = os.path.join(grid_dir, "plan.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)["runs"]
 
 
 def build(runs: dict[tuple[str, int], dict], planned: Optional[list[str]] = None) -> dict:
@@ -384,7 +376,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="where grid.md, grid.json and the figures go")
     parser.add_argument("--docs", nargs="+", default=[], metavar="PAGE",
                         help="markdown pages whose '<!-- stapo-verl report: NAME -->' blocks are re-made "
-                             "(NAME: status, headline, claims, runs)")  # fmt: skip
+                             f"(NAME: {', '.join(grid_docs.BLOCKS)})")  # fmt: skip
     args = parser.parse_args(argv)
     written = write(args.grid, args.out, args.docs)
     print(f"stapo-verl report -> {args.out}: " + ", ".join(written)

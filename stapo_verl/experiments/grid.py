@@ -83,6 +83,15 @@ def finished(run_dir: str, overrides: Optional[list[str]] = None) -> Optional[di
     return record
 
 
+def read_plan(out: str) -> Optional[list[str]]:
+    """The runs a grid was started with, in order (its ``plan.json``); None where it wrote none."""
+    path = os.path.join(out, PLAN)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["runs"]
+
+
 def _metric_rows(run_dir: str) -> list[dict]:
     """A run's logged metrics rows; none where it logged nothing."""
     from stapo_verl.runlog import read_metrics
