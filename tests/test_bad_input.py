@@ -117,7 +117,7 @@ def test_train_without_a_method_or_with_an_override_for_a_model(capsys):
 
 @pytest.mark.parametrize("override, message", [
     ("actor_rollout_ref.actor.policy_loss.tau_prob=-1", "policy_loss.tau_prob must be a number in (0.0, 1.0], got -1"),
-    ("actor_rollout_ref.actor.policy_loss.loss_mode=foo", "policy_loss.loss_mode must be one of ["),
+    ("actor_rollout_ref.actor.policy_loss.loss_mode=foo", "policy_loss.loss_mode='foo': must be one of ["),
     ("actor_rollout_ref.actor.policy_loss.token_mask=s2tt", "policy_loss.token_mask must be one of ['s2t'"),
 ])  # fmt: skip
 def test_dry_run_composes_and_checks_the_config(override, message, capsys):

@@ -42,10 +42,9 @@ def hydra_overrides(args: list[str]) -> list[str]:
 
 
 def check_config(method: str, model: str, overrides: list[str]) -> str:
-    """Compose the run's config as main_ppo will and check, before anything starts, what verl
-    checks late or never: the actor section as verl's dataclasses (our fields' ranges) and
-    ``policy_loss.loss_mode`` against verl's policy-loss registry (else the first update fails).
-    Returns the CPU presets' precision line ("bf16: this CPU has AMX-BF16"), else ""."""
+    """Compose the run's config as main_ppo will and check it before anything starts: verl's own
+    fields and ours (:func:`~stapo_verl.experiments.verl_config.check_verl_config`), and a CPU
+    preset's rollout. Returns the CPU presets' precision line ("bf16: this CPU has AMX-BF16"), else ""."""
     with warnings.catch_warnings():  # verl's import-time notes (no GPU here, engines not installed)
         warnings.simplefilter("ignore")  # belong to the run's log, not to this screen
         logging.disable(logging.WARNING)
@@ -55,36 +54,31 @@ def check_config(method: str, model: str, overrides: list[str]) -> str:
             logging.disable(logging.NOTSET)
 
 
-def _check_config(method: str, model: str, overrides: list[str]) -> str:
-    import verl  # noqa: F401  (loads the plugin: our losses join the registry)
+def compose_config(method: str, model: str, overrides: list[str]):
+    """The run's config, composed as main_ppo composes it (its Hydra overrides only)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
-    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
-    from verl.utils.config import omega_conf_to_dataclass
 
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-            cfg = compose(CONFIG_NAME, overrides=[f"algorithm={method}", f"model={model}", *hydra_overrides(overrides)])
+            return compose(CONFIG_NAME, overrides=[f"algorithm={method}", f"model={model}", *hydra_overrides(overrides)])
     except HydraException as exc:
         raise ValueError(str(exc).strip()) from None
+
+
+def _check_config(method: str, model: str, overrides: list[str]) -> str:
+    import verl  # noqa: F401  (loads the plugin: our losses join the registry)
+
+    from stapo_verl.experiments.verl_config import check_verl_config
+
+    cfg = compose_config(method, model, overrides)
     precision_line = ""
     if model in CPU_MODELS:  # first: every dtype field below resolves through it
         from stapo_verl.cpu.precision import resolve_precision
 
         precision, reason = resolve_precision(cfg.stapo.cpu_precision)
         precision_line = f"{precision}: {reason}"
-    loss_mode = cfg.actor_rollout_ref.actor.policy_loss.loss_mode
-    if loss_mode not in POLICY_LOSS_REGISTRY:
-        raise ValueError(f"actor_rollout_ref.actor.policy_loss.loss_mode must be one of {sorted(POLICY_LOSS_REGISTRY)}, "
-                         f"got {loss_mode!r}")  # fmt: skip
-    try:
-        # (a STAPO config checks the install: that imports verl's engine workers, and their warnings)
-        omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
-    except HydraException as exc:  # instantiate wraps the dataclass's own error: report that one
-        cause = exc
-        while isinstance(cause, HydraException) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise ValueError(str(cause).strip()) from None
+    check_verl_config(cfg)
     if model in CPU_MODELS and cfg.actor_rollout_ref.rollout.name == "vllm":
         check_cpu_vllm_rollout(cfg.actor_rollout_ref.rollout, cfg.actor_rollout_ref.actor.fsdp_config)
     return precision_line
