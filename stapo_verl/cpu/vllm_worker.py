@@ -6,13 +6,19 @@ sync, which calls ``model.load_weights`` per bucket, finds no ``weight_loader`` 
 vLLM's layerwise reload (``vllm.model_executor.model_loader.reload``) restores each layer's
 load-time parameters, loads, and repacks the layer once all its weights have arrived: the
 sync runs inside it. Selected by ``cpu_rollout=vllm`` through
-``rollout.engine_kwargs.vllm.worker_extension_cls`` (vLLM's extension point for its workers).
+``rollout.engine_kwargs.vllm.worker_extension_cls`` (vLLM's extension point for its workers), and
+by ``stapo-verl eval --engine vllm`` on CPU. Importing it (in vLLM's worker process) also puts the
+sort-free top-p into vLLM's sampler (:mod:`stapo_verl.cpu.vllm_sampling`).
 """
 
 from __future__ import annotations
 
 import verl  # noqa: F401  isort: skip  (verl first, as every stapo_verl module that uses it)
 from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
+
+from stapo_verl.cpu import vllm_sampling
+
+vllm_sampling.install()
 
 
 class CPUReloadWorkerExtension(vLLMColocateWorkerExtension):
