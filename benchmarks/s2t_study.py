@@ -42,7 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TAU_PROBS = (2e-4, 2e-3, 2e-2, 2e-1)
 TAU_PROB = 2e-3
 QUANTILE = 0.75
-PAPER_SILENCED_FRAC = 1e-4  # PAPER.md section 1: "mostly < 0.01% of tokens"
+PAPER_SILENCED_FRAC = 1e-4  # docs/method.md section 1: "mostly < 0.01% of tokens"
 PAPER_GRAD_NORM_GAIN = 0.167  # issue 13: spurious tokens have a ~16.7% larger logit-gradient norm
 LEARNING_RATES = (1e-6, 1e-5)
 

@@ -23,7 +23,7 @@ import torch
 warnings.filterwarnings("ignore", message=".*engine is not available.*")
 
 
-# A hand-computed mini-batch (PAPER.md section 1), two responses, padded to 6 tokens.
+# A hand-computed mini-batch (docs/method.md section 1), two responses, padded to 6 tokens.
 #   response 0, A = +1: p = .5 .001 .0005 .001 .1 .0001   H = .2 .4 1 2 .1 3
 #   response 1, A = -1: p = .0001 .001 (then padding)      H = .1 .1
 # candidates (A > 0, p < 0.002): response 0 tokens 1, 2, 3, 5 with H = .4, 1, 2, 3

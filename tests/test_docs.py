@@ -146,3 +146,22 @@ def test_the_comparison_tables_are_those_its_committed_logs_make(page):
     assert grid_docs.fill(text, report, where=page_name(page)) == text, (
         f"{page_name(page)} is stale: stapo-verl report --grid {page_name(COMPARISON)} --out "
         f"{page_name(COMPARISON)}/report --docs README.md {page_name(COMPARISON)}/README.md")
+
+
+def test_every_citation_of_the_method_page_names_one_of_its_sections():
+    """The code cites the spec as `docs/method.md section N` (the page is in the repository, not
+    beside it): each N is a section of the page, and nothing cites a file outside the clone."""
+    headings = set(re.findall(r"^## (\d)\. ", open(os.path.join(ROOT, "docs", "method.md")).read(), re.M))
+    assert headings == {"1", "2", "3", "4", "5", "6"}
+    cited, outside = set(), []
+    for folder in ("stapo_verl", "tests", "benchmarks", "examples", "recipe", "docs"):
+        for path in glob.glob(os.path.join(ROOT, folder, "**", "*"), recursive=True):
+            if not path.endswith((".py", ".yaml", ".md", ".sh")) or "/results/" in path:
+                continue
+            text = open(path, encoding="utf-8").read()
+            for first, last in re.findall(r"method\.md sections? (\d)(?:-(\d))?", text):
+                cited.update(str(n) for n in range(int(first), int(last or first) + 1))
+            if "PAPER" + ".md" in text:
+                outside.append(os.path.relpath(path, ROOT))
+    assert cited and cited <= headings, cited - headings
+    assert not outside, outside

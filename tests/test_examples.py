@@ -80,3 +80,33 @@ def test_cpu_scripts_check_every_run(tmp_path):
     assert not (tmp_path / "cmp").exists()
     demo = run("cpu/demo.sh", "justrl", DRY_RUN="1")
     assert demo.returncode == 0 and "algorithm=justrl model=smollm2_135m" in demo.stdout
+
+
+RECIPE = os.path.join(ROOT, "recipe", "stapo")
+
+
+def test_the_recipe_folder_has_verl_recipes_shape():
+    """recipe/stapo/: a README, REQUIRED_VERL.txt naming the verl the package pins and has
+    installed, flat run_*.sh scripts that parse, say what they need and write, one per method."""
+    import verl
+
+    with open(os.path.join(RECIPE, "REQUIRED_VERL.txt")) as f:
+        required = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line and not line.startswith("#"))
+    assert required["VERL_VERSION"] == verl.__version__ and required["RECIPE_FOLDER"] == "stapo"
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        assert f'"verl{required["VERL_RANGE"]}"' in f.read()
+    assert os.path.exists(os.path.join(RECIPE, "README.md"))
+    scripts = sorted(glob.glob(os.path.join(RECIPE, "run_*.sh")))
+    assert {f"run_qwen3-8b_{method}.sh" for method in METHODS} <= {os.path.basename(s) for s in scripts}
+    for path in scripts:
+        assert subprocess.run(["bash", "-n", path], capture_output=True).returncode == 0, path
+        with open(path) as f:
+            header = f.read(1500)
+        assert "Needs:" in header and "Writes:" in header, path
+
+
+def test_a_recipe_script_composes_through_main_ppo():
+    result = subprocess.run(["bash", os.path.join(RECIPE, "run_qwen3-8b_stapo.sh"), "--cfg", "job"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "loss_mode: stapo" in result.stdout and "nnodes: 8" in result.stdout

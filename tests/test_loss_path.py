@@ -23,7 +23,7 @@ def total_loss(output) -> float:
 
 
 def test_hand_computed_loss_and_gradients():
-    """PAPER.md's objective on the hand-computed batch of test_s2t: exact loss and gradients."""
+    """docs/method.md's objective on the hand-computed batch of test_s2t: exact loss and gradients."""
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
     prob, advantages, valid, silenced = HAND_CASE

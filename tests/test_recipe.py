@@ -27,7 +27,7 @@ SHARED = [
     "reward.custom_reward_function.path", "reward.custom_reward_function.reward_kwargs.grader",
 ]  # fmt: skip
 
-# What each method sets (PAPER.md sections 3-4).
+# What each method sets (docs/method.md sections 3-4).
 EXPECTED = {
     "justrl": {"policy_loss.loss_mode": "vanilla", "clip_ratio_high": 0.28, "loss_agg_mode": "token-mean", "use_kl_loss": False},
     "stapo": {
@@ -160,3 +160,26 @@ def test_configs_ship_in_the_wheel(tmp_path):
     for relative in ["stapo_trainer.yaml", *(f"algorithm/{m}.yaml" for m in METHODS), *(f"model/{m}.yaml" for m in MODELS)]:
         assert f"stapo_verl/recipe/config/{relative}" in names
     assert any(name.endswith("entry_points.txt") for name in names)
+
+
+def test_the_policy_loss_defaults_have_one_source():
+    """TokenMaskPolicyLossConfig's defaults are the source: token_mask_policy_loss.yaml lists each of
+    its fields at that default (so each overrides without '+'), and the method files restate the
+    paper's values only where they equal it; a default changed in one place fails here."""
+    import dataclasses
+
+    from verl.workers.config import PolicyLossConfig
+
+    from stapo_verl.method.config import TokenMaskPolicyLossConfig
+
+    verls = {f.name for f in dataclasses.fields(PolicyLossConfig)}
+    defaults = {f.name: f.default for f in dataclasses.fields(TokenMaskPolicyLossConfig) if f.name not in verls}
+    listed = OmegaConf.to_container(OmegaConf.load(os.path.join(CONFIG_DIR, "token_mask_policy_loss.yaml")))
+    listed = listed["actor_rollout_ref"]["actor"]["policy_loss"]
+    assert listed.pop("_target_") == "stapo_verl.method.config.TokenMaskPolicyLossConfig"
+    assert listed == defaults
+    for method in ("stapo", "entropy20"):
+        stated = OmegaConf.to_container(OmegaConf.load(os.path.join(CONFIG_DIR, "algorithm", f"{method}.yaml")))
+        stated = dict(stated["actor_rollout_ref"]["actor"]["policy_loss"])
+        assert stated.pop("loss_mode") == method
+        assert stated and stated == {name: defaults[name] for name in stated}, method

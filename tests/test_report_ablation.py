@@ -11,7 +11,7 @@ from test_report import read_csv, write_eval
 from stapo_verl.analysis.stats import relative_gain_over_best
 from stapo_verl.cli import main as cli
 
-# PAPER.md section 5, v2 table: the Avg column at 1.0/1.0 (in brackets 0.7/0.9)
+# docs/method.md section 5, v2 table: the Avg column at 1.0/1.0 (in brackets 0.7/0.9)
 PAPER_V2_AVG = {
     "aligned": {"1.7B": {"grpo": 30.52, "entropy20": 33.64, "justrl": 29.16, "stapo": 38.18},
                 "8B": {"grpo": 56.24, "entropy20": 57.63, "justrl": 50.70, "stapo": 58.76},

@@ -4,6 +4,8 @@
 #   METHOD: stapo | grpo | entropy20 | justrl      SIZE: 1.7b | 8b | 14b
 # Prints the resolved command first; PYTHON picks the interpreter (default python3). Example:
 #   recipe/stapo/run_train.sh stapo 8b trainer.nnodes=8 data.train_files=/data/dapo.parquet
+# Needs: stapo-verl installed beside verl (REQUIRED_VERL.txt), the data under $STAPO_DATA_DIR, the GPUs.
+# Writes: verl's checkpoints and logs (trainer.default_local_dir, trainer.logger).
 set -euo pipefail
 if [ $# -lt 2 ]; then
   sed -n '2,6p' "$0" >&2

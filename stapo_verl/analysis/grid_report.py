@@ -34,7 +34,7 @@ from stapo_verl.experiments.grid import read_plan
 from stapo_verl.runlog import read_metrics
 
 VAL_KEY = re.compile(r"^val-core/(?P<source>[^/]+)/acc/mean@(?P<k>\d+)$")
-# the paper's claim about how much S2T silences (PAPER.md: "< 0.01% of tokens")
+# the paper's claim about how much S2T silences (docs/method.md section 1: "< 0.01% of tokens")
 SILENCED_CLAIM = 1e-4
 SYMBOL_CATEGORIES = ("digits", "math/LaTeX", "punctuation")
 # the paper's two decodings, as stapo-verl eval's --setting names them (a held-out label's suffix)

@@ -150,7 +150,7 @@ def build_report(runs: list[EvalRun], seed: int = 0, replicates: int = 2000, per
 
 
 def headline_gain(groups: dict, setting: str, replicates: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """PAPER.md section 5's headline for one decoding setting (the four main methods only), with
+    """docs/method.md section 5's headline for one decoding setting (the four main methods only), with
     a percentile bootstrap interval: each replicate redraws problems (shared by STAPO and the
     baseline: paired) and seeds, keeping each size's strongest baseline from the point estimate."""
     main = {(model, method): scores for (model, s, method), scores in groups.items()
@@ -288,7 +288,7 @@ def write_tables(report: dict, out_dir: str) -> list[str]:
             header = ["size", "selection", "q", "tau_p", "seeds", *_header(columns)[2:-1], "Avg [95% CI]",
                       "- STAPO (points) [95% CI]", "p (sign-flip)"]  # fmt: skip
             _write(out_dir, f"ablation_{setting}", header, _ablation_rows(report, ablation, setting, columns),
-                   f"Masking ablations among S2T candidates (PAPER.md section 6), avg@k (%), setting {setting}")  # fmt: skip
+                   f"Masking ablations among S2T candidates (docs/method.md section 6), avg@k (%), setting {setting}")  # fmt: skip
             written.append(f"ablation_{setting}")
     return written
 
@@ -482,7 +482,7 @@ MARKDOWN = ("*", "**", "-", "#", "##", "###", "---")
 
 
 def token_category(text: str) -> str:
-    """The paper's reading of its word clouds: digits and symbols vs words (PAPER.md section 6)."""
+    """The paper's reading of its word clouds: digits and symbols vs words (docs/method.md section 6)."""
     core = text.strip()
     if not core or core in MARKDOWN:
         return "whitespace/formatting"

@@ -1,4 +1,4 @@
-"""The paper's ablation grids (PAPER.md section 6) as lists of ``stapo-verl train`` runs.
+"""The paper's ablation grids (docs/method.md section 6) as lists of ``stapo-verl train`` runs.
 
     stapo-verl sweep selection [--model M] [--seeds 0 1 2] [--run] [OVERRIDES...]
         candidate selection (low_entropy, high_entropy, random, all) x q in {0.25, 0.5, 0.75, 0.9}

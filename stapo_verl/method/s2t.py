@@ -6,7 +6,7 @@ flat ``values()`` of verl's jagged response tensors (any shape works, as long as
 ``group`` (torch.distributed process group) is given, the quantile or top-k is taken over the
 tokens of every rank in it, so each rank gets the same threshold.
 
-References: PAPER.md section 1 (S2T) and section 4 (20-Entropy, arXiv 2506.01939).
+References: docs/method.md section 1 (S2T) and section 4 (20-Entropy, arXiv 2506.01939).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-# Which S2T candidates are silenced (PAPER.md section 6): low_entropy is S2T; high_entropy and
+# Which S2T candidates are silenced (docs/method.md section 6): low_entropy is S2T; high_entropy and
 # random silence as many candidates as S2T would (select_candidates); all silences every one.
 CANDIDATE_SELECTIONS = ("low_entropy", "high_entropy", "random", "all")
 
@@ -162,7 +162,7 @@ def select_candidates(
     group=None,
 ) -> torch.Tensor:
     """``count`` of the mini-batch's candidates (over all ranks of ``group``), for the paper's
-    masking ablations (PAPER.md section 6); S2T itself is :func:`s2t_spurious_mask`.
+    masking ablations (docs/method.md section 6); S2T itself is :func:`s2t_spurious_mask`.
 
     ``high_entropy``: the highest-entropy candidates (ties: the earlier token, ranks in order);
     ``random``: uniformly among the candidates, drawn from ``generator``, which every rank must
@@ -249,7 +249,7 @@ def random_silence_like(
 
 
 def logit_grad_norm(prob: torch.Tensor, sum_pi_squared: torch.Tensor) -> torch.Tensor:
-    """||d log pi(y) / d logits|| = sqrt(1 - 2 p_y + sum_v pi_v^2) at each position (PAPER.md s.2).
+    """||d log pi(y) / d logits|| = sqrt(1 - 2 p_y + sum_v pi_v^2) at each position (docs/method.md section 2).
 
     Low p with a peaked distribution (large sum pi^2, low entropy) gives the largest push.
     """

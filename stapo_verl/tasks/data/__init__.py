@@ -21,7 +21,7 @@ from stapo_verl.runlog import read_jsonl
 from stapo_verl.tasks.reward import MAX_GOLD_CHARS, clean_ground_truth
 
 TEMPLATES = {
-    # PAPER.md sections 3 and 5: the user turn, suffixed
+    # docs/method.md sections 3 and 5: the user turn, suffixed
     "boxed": "{problem} Please reason step by step, and put your final answer within \\boxed{{}}.",
     "raw": "{problem}",
 }
