@@ -53,13 +53,15 @@ def check() -> int:
 
     require_installed()
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
-    from verl.workers.engine_workers import ActorRolloutRefWorker
 
-    worker = ActorRolloutRefWorker.actor_worker_cls
+    from stapo_verl import compat
+    from stapo_verl.integration.worker import TokenMaskTrainingWorker
+
+    compat.check()  # the installed verl, Ray, vLLM are those its private names were checked with
     print(
         f"verl {verl.__version__}: policy losses stapo -> {get_policy_loss_fn('stapo').__name__}, "
-        f"entropy20 -> {get_policy_loss_fn('entropy20').__name__}; "
-        f"actor worker {worker.__module__}.{worker.__qualname__}"
+        f"entropy20 -> {get_policy_loss_fn('entropy20').__name__}; actor worker of token-mask runs "
+        f"{TokenMaskTrainingWorker.__module__}.{TokenMaskTrainingWorker.__qualname__} (other runs: verl's own)"
     )
     from stapo_verl.cpu.vllm_cpu import vllm_cpu_problem
 

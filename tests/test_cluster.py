@@ -24,13 +24,19 @@ def test_groups_no_node_can_hold_are_named_with_the_clusters_free_slots(groups, 
     assert str(sorted((int(n["GPU"]), int(n["CPU"])) for n in nodes)) in problem
 
 
-def test_the_plugin_puts_the_check_in_front_of_verls(monkeypatch):
+def test_the_check_goes_in_front_of_verls(monkeypatch):
+    """(The plugin installs it only on the CPU platform: tests/test_plugin.py.)"""
     import ray
-    import verl  # noqa: F401  (loads the plugin)
+    import verl  # noqa: F401
     from verl.single_controller.ray.base import ResourcePoolManager
 
+    from stapo_verl.integration.cluster import install_placement_check
+
+    before = ResourcePoolManager._check_resource_available
+    install_placement_check()
     check = ResourcePoolManager._check_resource_available
-    assert getattr(check, "stapo_placement_check", False)
+    monkeypatch.setattr(ResourcePoolManager, "_check_resource_available", before)  # this process's verl back after
+    assert getattr(check, "stapo_verl", False)
     monkeypatch.setattr(ray._private.state, "available_resources_per_node", lambda: {"a": {"GPU": 1.0, "CPU": 8.0},
                                                                                    "b": {"GPU": 1.0, "CPU": 8.0}})  # fmt: skip
     manager = ResourcePoolManager(resource_pool_spec={"global_pool": [2]}, mapping={})

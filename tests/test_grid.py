@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -227,6 +229,12 @@ def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
     assert runs == ["entropy20_seed0", "entropy20_seed1", "grpo_seed0", "grpo_seed1"]
     for name in runs:
         assert {"run.json", "metrics.jsonl", "train.log.gz"} <= set(os.listdir(out / "runs" / name))
+        with gzip.open(out / "runs" / name / "train.log.gz", "rt") as f:
+            workers = set(re.findall(r"stapo-verl: actor worker (\S+)", f.read()))
+        # a run without a token mask trains on verl's worker (the CPU platform's, which only starts
+        # its process group with gloo), a token-mask run on the hook's
+        expected = "cpu.workers.CPUTrainingWorker" if name.startswith("grpo") else "integration.worker.TokenMaskTrainingWorker"
+        assert workers == {f"stapo_verl.{expected}"}, (name, workers)
     again = subprocess.run([sys.executable, "-m", "stapo_verl", "grid", *toy_grid_args(), "--out", str(out),
                             "--scratch", str(tmp_path / "scratch")], env={**os.environ, "STAPO_TINY_DIR": tiny_dir},
                            capture_output=True, text=True, timeout=600)  # fmt: skip

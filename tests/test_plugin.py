@@ -21,11 +21,11 @@ def test_import_verl_alone_registers_losses_and_worker_hook():
         "from verl.trainer.ppo.core_algos import get_policy_loss_fn\n"
         "from verl.workers.engine_workers import ActorRolloutRefWorker\n"
         "print(get_policy_loss_fn('stapo').__name__, get_policy_loss_fn('entropy20').__name__)\n"
-        "print(ActorRolloutRefWorker.actor_worker_cls.__name__)\n"
+        "print(type(ActorRolloutRefWorker.__dict__['actor_worker_cls']).__name__)\n"
     )
     assert result.returncode == 0, result.stderr
     assert "compute_policy_loss_stapo compute_policy_loss_entropy20" in result.stdout
-    assert "TokenMaskTrainingWorker" in result.stdout
+    assert "ActorWorkerChoice" in result.stdout
     # the hook waits for verl's engine workers: Ray processes that never train stay ~140 MB smaller
     assert "engines loaded by import verl: False" in result.stdout
 
@@ -116,9 +116,10 @@ def test_no_import_cycles_in_the_package():
 
 
 # The package's rooms, lowest first: a module imports only from its own room or lower ones (the
-# plugin and the command line, at the top, may import anything). install_state and runlog are
+# plugin and the command line, at the top, may import anything). compat, install_state and runlog are
 # rooms of one module each, used everywhere and importing nothing of the package.
-ROOMS = ["install_state", "runlog", "recipe", "method", "tasks", "cpu", "experiments", "analysis", "integration"]
+ROOMS = ["compat", "install_state", "runlog", "recipe", "method", "tasks", "cpu", "experiments", "analysis",
+         "integration"]
 
 
 def room(module: str) -> Optional[str]:
@@ -136,3 +137,58 @@ def test_imports_only_go_down_the_rooms():
     assert not upward, upward
     top_level = sorted(m for m in graph if room(m) is None)
     assert top_level == ["stapo_verl", "stapo_verl.__main__", "stapo_verl.cli", "stapo_verl.plugin"]
+
+
+OPT_IN_PROBE = """
+import verl, sys
+from omegaconf import OmegaConf
+from verl.workers import engine_workers as ew
+from verl.single_controller.ray.base import ResourcePoolManager
+from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+import verl.experimental.agent_loop.agent_loop as al
+
+def actor_of(**policy_loss):
+    worker = ew.ActorRolloutRefWorker.__new__(ew.ActorRolloutRefWorker)
+    worker.config = OmegaConf.create({"actor": {"policy_loss": policy_loss}})
+    cls = worker.actor_worker_cls
+    return cls.__module__ + "." + cls.__qualname__
+
+check = ResourcePoolManager._check_resource_available
+print("grpo", actor_of(loss_mode="vanilla"))
+print("grpo_is_verls", actor_of(loss_mode="vanilla") == "verl.workers.engine_workers.TrainingWorker")
+print("stapo", actor_of(loss_mode="stapo"))
+print("gspo_with_mask", actor_of(loss_mode="gspo", token_mask="s2t"))
+print("placement_check", check.__module__, getattr(check, "stapo_verl", False))
+print("hf_rollout", ("hf", "async") in _ROLLOUT_REGISTRY)
+print("seeded_loop", "seeded_single_turn_agent" in al._agent_loop_registry)
+print("ref_worker", ew.ActorRolloutRefWorker.ref_worker_cls.__qualname__)
+"""
+
+
+def probe(**env) -> dict[str, str]:
+    environment = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    result = subprocess.run([sys.executable, "-c", OPT_IN_PROBE], capture_output=True, text=True, timeout=300,
+                            env={**environment, **env})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines() if not line.startswith("stapo-verl:"))
+
+
+def test_a_run_that_asks_for_nothing_of_the_plugin_gets_verls_own_classes():
+    """Installed, the plugin leaves a GPU run of GRPO on verl's own actor worker (the class
+    itself), verl's own placement check, rollout and agent-loop registries and reference worker."""
+    seen = probe()
+    assert seen["grpo"] == "verl.workers.engine_workers.TrainingWorker" and seen["grpo_is_verls"] == "True"
+    assert seen["placement_check"] == "verl.single_controller.ray.base False"
+    assert seen["hf_rollout"] == seen["seeded_loop"] == "False"
+    assert seen["ref_worker"] == "TrainingWorker"
+    # a token mask, by its loss or put under another loss, is what selects the hook
+    assert seen["stapo"] == seen["gspo_with_mask"] == "stapo_verl.integration.worker.TokenMaskTrainingWorker"
+
+
+def test_the_cpu_platform_turns_on_the_cpu_backends():
+    seen = probe(VERL_PLATFORM="cpu")
+    assert seen["grpo"] == "stapo_verl.cpu.workers.CPUTrainingWorker"  # gloo process group, verl's worker otherwise
+    assert seen["placement_check"].endswith("True")
+    assert seen["hf_rollout"] == seen["seeded_loop"] == "True"
+    assert seen["ref_worker"] == "CPUTrainingWorker"
+    assert seen["stapo"] == "stapo_verl.integration.worker.TokenMaskTrainingWorker"

@@ -4,6 +4,7 @@ installs (these tests need no vLLM). The real rollout runs in test_e2e (skipped 
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import os
 import sys
 
 import pytest
@@ -282,8 +283,10 @@ def test_the_plugin_registers_the_seeded_agent_loop_where_verl_loads_its_agent_l
     code = (f"import {first}; from stapo_verl.install_state import INSTALL_ERROR; "
             "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry as r; "
             "from verl.workers.engine_workers import ActorRolloutRefWorker as w; "
-            "print(INSTALL_ERROR, r['seeded_single_turn_agent']['_target_'], w.actor_worker_cls.__name__)")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+            "print(INSTALL_ERROR, r['seeded_single_turn_agent']['_target_'], "
+            "type(w.__dict__['actor_worker_cls']).__name__)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "VERL_PLATFORM": "cpu"})  # the CPU presets' processes  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["None", "stapo_verl.cpu.seeded_agent_loop.SeededSingleTurnAgentLoop",
-                                  "TokenMaskTrainingWorker"]  # fmt: skip
+                                  "ActorWorkerChoice"]  # fmt: skip

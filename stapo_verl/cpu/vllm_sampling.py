@@ -59,7 +59,7 @@ def install() -> None:
     unless ``STAPO_VLLM_TOP_P=sort`` asks for vLLM's own (benchmarks/cpu_speed.py compares them)."""
     import os
 
-    from vllm.v1.sample.ops import topk_topp_sampler
+    from stapo_verl import compat
 
     choice = os.environ.get("STAPO_VLLM_TOP_P", "candidates")
     if choice not in ("candidates", "sort"):
@@ -67,14 +67,12 @@ def install() -> None:
     if choice == "sort":
         return
 
-    original = topk_topp_sampler.apply_top_k_top_p
-    if getattr(original, "stapo_verl", False):
-        return
+    def make(original):
+        def apply_top_k_top_p(logits, k, p):
+            if p is None or k is not None:
+                return original(logits, k, p)
+            return top_p_from_candidates(logits, p, original)
 
-    def apply_top_k_top_p(logits, k, p):
-        if p is None or k is not None:
-            return original(logits, k, p)
-        return top_p_from_candidates(logits, p, original)
+        return apply_top_k_top_p
 
-    apply_top_k_top_p.stapo_verl = True
-    topk_topp_sampler.apply_top_k_top_p = apply_top_k_top_p
+    compat.replace_vllm_top_p(make)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import verl  # noqa: F401  isort: skip  (verl first, as every stapo_verl module that uses it)
 from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
 
+from stapo_verl import compat
 from stapo_verl.cpu import vllm_sampling
 
 vllm_sampling.install()
@@ -27,7 +28,7 @@ class CPUReloadWorkerExtension(vLLMColocateWorkerExtension):
 
         if peft_config:
             raise NotImplementedError("cpu_rollout=vllm: LoRA weight sync is not supported on CPU")
-        models = list(self._iter_all_models_with_config())
+        models = compat.models_of(self)
         for model, _ in models:
             initialize_layerwise_reload(model)
         try:

@@ -40,23 +40,20 @@ def placement_problem(groups: list[int], nodes: list[dict[str, float]], cpus_per
 
 def install_placement_check() -> None:
     """Wrap verl's ``ResourcePoolManager._check_resource_available`` with :func:`placement_problem`."""
-    import ray
-    from verl.single_controller.ray.base import ResourcePoolManager
+    from stapo_verl import compat
 
-    verl_check = ResourcePoolManager._check_resource_available
-    if getattr(verl_check, "stapo_placement_check", False):
-        return
+    def make(verl_check):
+        def check_resource_available(self):
+            from verl.utils.device import get_resource_name
 
-    def check_resource_available(self):
-        from verl.utils.device import get_resource_name
+            gpu = get_resource_name()
+            available = compat.available_resources_per_node()  # as verl's own check reads them
+            groups = [n for spec in self.resource_pool_spec.values() for n in spec]
+            problem = placement_problem(groups, list(available.values()), self.max_colocate_count, gpu)
+            if problem is not None:
+                raise ValueError(f"stapo-verl: {problem}")
+            return verl_check(self)
 
-        gpu = get_resource_name()
-        available = ray._private.state.available_resources_per_node()  # as verl's own check
-        groups = [n for spec in self.resource_pool_spec.values() for n in spec]
-        problem = placement_problem(groups, list(available.values()), self.max_colocate_count, gpu)
-        if problem is not None:
-            raise ValueError(f"stapo-verl: {problem}")
-        return verl_check(self)
+        return check_resource_available
 
-    check_resource_available.stapo_placement_check = True
-    ResourcePoolManager._check_resource_available = check_resource_available
+    compat.wrap_resource_check(make)

@@ -3,9 +3,10 @@
 verl 0.9 trains one mini-batch per ``TrainingWorker.train_batch`` call; the engine then counts
 the mini-batch's loss tokens over all DP ranks (``batch_num_tokens``, from ``loss_mask``) and
 runs the loss per micro-batch. S2T needs mini-batch-global decisions, so
-:class:`TokenMaskTrainingWorker` (installed as ``ActorRolloutRefWorker.actor_worker_cls``, the
-attribute verl provides to swap the actor's inner worker) builds the token mask once per
-mini-batch, before the engine counts tokens:
+:class:`TokenMaskTrainingWorker` (chosen through ``ActorRolloutRefWorker.actor_worker_cls``, the
+attribute verl provides to swap the actor's inner worker, for runs whose policy loss selects a
+token mask: :class:`ActorWorkerChoice`) builds the token mask once per mini-batch, before the
+engine counts tokens:
 
 1. statistics p_t, H_t: ``current`` = a no-grad forward of pi_theta over the mini-batch through
    verl's own log-prob path (``infer_batch``, the code of the old-log-prob pass); ``old`` = the
@@ -40,7 +41,8 @@ import torch
 from verl.utils import tensordict_utils as tu
 from verl.workers import engine_workers
 
-from stapo_verl.cpu.platform import init_process_group_on_cpu
+from stapo_verl import compat
+from stapo_verl.cpu.platform import cpu_platform_selected, init_process_group_on_cpu
 from stapo_verl.integration.micro_batches import (
     ENTROPY_FOR_MASK_ONLY_KEY,
     micro_batch_rows,
@@ -88,28 +90,6 @@ def with_token_mask(loss_fn: Callable) -> Callable:
         return loss, metrics
 
     return loss_with_token_mask
-
-
-@contextmanager
-def entropy_without_graph(engine):
-    """verl's FSDP engine computes the training forward's entropy under no_grad while the block
-    runs: it only feeds the 20-Entropy mask and leaves before verl's loss, so autograd need not keep
-    a softmax over the vocabulary per token. Engines without ``compute_entropy_from_logits`` keep
-    their entropy's graph (memory only: the loss never uses it)."""
-    compute = getattr(engine, "compute_entropy_from_logits", None)
-    if compute is None:
-        yield
-        return
-
-    def entropy_no_grad(*args, **kwargs):
-        with torch.no_grad():
-            return compute(*args, **kwargs)
-
-    engine.compute_entropy_from_logits = entropy_no_grad
-    try:
-        yield
-    finally:
-        engine.compute_entropy_from_logits = compute
 
 
 @contextmanager
@@ -167,7 +147,7 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
             group = self.engine.get_data_parallel_group()
             metrics = plan_top_entropy_per_micro_batch(data, self.policy_loss, self._micro_batch_rows(data), group)
             if tu.get_non_tensor_data(data=data, key=ENTROPY_FOR_MASK_ONLY_KEY, default=False):
-                entropy_context = entropy_without_graph(self.engine)
+                entropy_context = compat.engine_entropy_without_graph(self.engine)
         elif self.policy_loss is not None:
             metrics = apply_token_mask(
                 data,
@@ -257,17 +237,45 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
         return micro_batch_rows(probe, self.engine.get_data_parallel_group())
 
 
+class ActorWorkerChoice:
+    """``ActorRolloutRefWorker.actor_worker_cls``, chosen per worker from its own config:
+    :class:`TokenMaskTrainingWorker` when the run's policy loss selects a token mask, the CPU
+    platform's worker on the CPU platform, else verl's own ``TrainingWorker``, unchanged. The
+    attribute is the one global change the hook needs (verl reads it on each worker, through
+    ``self``, when it builds the actor); a run that selects no token mask gets verl's class itself."""
+
+    def __get__(self, worker, owner=None):
+        if worker is None:  # read on the class: verl's default
+            return engine_workers.TrainingWorker
+        chosen = actor_worker_class(worker.config.actor.policy_loss)
+        # in the run's output (Ray forwards a worker's stdout), where a reader can check it
+        print(f"stapo-verl: actor worker {chosen.__module__}.{chosen.__qualname__}", flush=True)
+        return chosen
+
+
+def actor_worker_class(policy_loss) -> type:
+    """The actor's inner worker class for a policy-loss config (DictConfig or dataclass)."""
+    if stapo_config.token_mask_kind(policy_loss) is not None:
+        return TokenMaskTrainingWorker
+    if cpu_platform_selected():
+        from stapo_verl.cpu.workers import CPUTrainingWorker
+
+        return CPUTrainingWorker
+    return engine_workers.TrainingWorker
+
+
 def install_worker_hook() -> None:
-    """Make verl's ActorRolloutRefWorker use :class:`TokenMaskTrainingWorker` (idempotent)."""
-    current = engine_workers.ActorRolloutRefWorker.actor_worker_cls
-    if current is TokenMaskTrainingWorker:
+    """Install :class:`ActorWorkerChoice` (idempotent; refuses over another plugin's worker)."""
+    current = compat.actor_worker_cls_attribute()
+    if isinstance(current, ActorWorkerChoice):
         return
     if current is not engine_workers.TrainingWorker:
         raise RuntimeError(
-            f"ActorRolloutRefWorker.actor_worker_cls is already replaced by {current.__module__}."
-            f"{current.__qualname__}; stapo-verl cannot install its token-mask hook on top of it"
+            f"ActorRolloutRefWorker.actor_worker_cls is already replaced by "
+            f"{getattr(current, '__module__', '?')}.{getattr(current, '__qualname__', current)}; "
+            "stapo-verl cannot install its token-mask hook on top of it"
         )
-    engine_workers.ActorRolloutRefWorker.actor_worker_cls = TokenMaskTrainingWorker
+    compat.set_actor_worker_cls(ActorWorkerChoice())
 
 
 # Importing this module installs the hook, as importing stapo_verl.method.losses registers the losses.
