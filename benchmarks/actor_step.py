@@ -51,8 +51,9 @@ def setup_environment() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     return device
 
 
@@ -67,10 +68,20 @@ def make_model_dir(path: str, tiny: bool, device: str) -> None:
     if tiny:
         config = tiny_qwen3_config(tokenizer)
     else:  # Qwen3-1.7B-Base's config.json
-        config = Qwen3Config(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-                             num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
-                             rope_theta=1000000, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        config = Qwen3Config(
+            vocab_size=151936,
+            hidden_size=2048,
+            intermediate_size=6144,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=32768,
+            rope_theta=1000000,
+            tie_word_embeddings=True,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen3ForCausalLM(config).to(torch.float32 if tiny else torch.bfloat16)
@@ -79,9 +90,10 @@ def make_model_dir(path: str, tiny: bool, device: str) -> None:
 
 
 FP32_OVERRIDES = [  # what the CPU presets set (config/cpu_base.yaml): verl's default computes in bf16
-    "actor_rollout_ref.actor.fsdp_config.dtype=float32", "actor_rollout_ref.actor.fsdp_config.model_dtype=fp32",
+    "actor_rollout_ref.actor.fsdp_config.dtype=float32",
+    "actor_rollout_ref.actor.fsdp_config.model_dtype=fp32",
     "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype: fp32, reduce_dtype: fp32, buffer_dtype: fp32}",
-]  # fmt: skip
+]
 
 
 def actor_section(model_path: str, args, extra: tuple[str, ...] = ()):
@@ -91,13 +103,14 @@ def actor_section(model_path: str, args, extra: tuple[str, ...] = ()):
     from stapo_verl.recipe import CONFIG_DIR, CONFIG_NAME
 
     overrides = [
-        "algorithm=stapo", f"actor_rollout_ref.model.path={model_path}",
+        "algorithm=stapo",
+        f"actor_rollout_ref.model.path={model_path}",
         "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
         f"actor_rollout_ref.model.enable_gradient_checkpointing={not (args.tiny or args.smollm2)}",
         f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={args.max_token_len}",
         f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={args.max_token_len}",
         "actor_rollout_ref.actor.use_torch_compile=false",
-    ]  # fmt: skip
+    ]
     if args.tiny:
         overrides += ["actor_rollout_ref.actor.fsdp_config.dtype=float32"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
@@ -114,8 +127,13 @@ def build_worker(cfg):
     model_config: HFModelConfig = omega_conf_to_dataclass(cfg.model)
     actor = omega_conf_to_dataclass(cfg.actor)
     actor.model_config = model_config
-    training = TrainingWorkerConfig(model_type="language_model", model_config=model_config, engine_config=actor.engine,
-                                    optimizer_config=actor.optim, checkpoint_config=actor.checkpoint)  # fmt: skip
+    training = TrainingWorkerConfig(
+        model_type="language_model",
+        model_config=model_config,
+        engine_config=actor.engine,
+        optimizer_config=actor.optim,
+        checkpoint_config=actor.checkpoint,
+    )
     engine = training.engine_config
     engine.use_dynamic_bsz = True
     engine.infer_max_token_len_per_gpu = cfg.rollout.log_prob_max_token_len_per_gpu
@@ -157,17 +175,31 @@ def step_batch(args, vocab: int, old_pass=None):
     success = torch.rand(rows // GROUP, 1, generator=g)  # each prompt its own pass rate
     rewards = (torch.rand(rows // GROUP, GROUP, generator=g) < success).float()
     advantages = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)).reshape(-1)
-    data = TensorDict({
-        "input_ids": jagged([torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]),
-        "position_ids": jagged([torch.arange(args.prompt + args.response) for _ in range(rows)]),
-        "prompts": jagged(prompts), "responses": jagged(responses),
-        "response_mask": jagged(ones), "loss_mask": jagged([o.clone() for o in ones]),
-        "advantages": jagged([torch.full((args.response,), float(a)) for a in advantages]),
-    }, batch_size=[rows])  # fmt: skip
+    data = TensorDict(
+        {
+            "input_ids": jagged([torch.cat([p, r]) for p, r in zip(prompts, responses, strict=True)]),
+            "position_ids": jagged([torch.arange(args.prompt + args.response) for _ in range(rows)]),
+            "prompts": jagged(prompts),
+            "responses": jagged(responses),
+            "response_mask": jagged(ones),
+            "loss_mask": jagged([o.clone() for o in ones]),
+            "advantages": jagged([torch.full((args.response,), float(a)) for a in advantages]),
+        },
+        batch_size=[rows],
+    )
     # what the v1 trainer's _update_actor passes (verl's actor defaults: 1 epoch, no shuffle)
-    tu.assign_non_tensor(data, calculate_entropy=False, global_batch_size=args.rows, mini_batch_size=args.rows,
-                         epochs=1, seed=42, dataloader_kwargs={"shuffle": False}, temperature=1.0,
-                         global_token_num=[args.prompt + args.response] * rows, disable_auto_offload=True)  # fmt: skip
+    tu.assign_non_tensor(
+        data,
+        calculate_entropy=False,
+        global_batch_size=args.rows,
+        mini_batch_size=args.rows,
+        epochs=1,
+        seed=42,
+        dataloader_kwargs={"shuffle": False},
+        temperature=1.0,
+        global_token_num=[args.prompt + args.response] * rows,
+        disable_auto_offload=True,
+    )
     if old_pass is not None:
         data["old_log_probs"], data["entropy"] = old_pass
     return data, float((advantages > 0).float().mean())
@@ -184,7 +216,8 @@ def old_log_prob_pass(worker, args, vocab):
     output = worker.infer_batch(data)
     as_jagged = lambda flat: _split(flat, args)  # noqa: E731
     return as_jagged(response_values(tu.get(output, "log_probs"), data)), as_jagged(
-        response_values(tu.get(output, "entropy"), data))  # fmt: skip
+        response_values(tu.get(output, "entropy"), data)
+    )
 
 
 def _split(flat, args):
@@ -217,8 +250,13 @@ def check_variant_ran(name: str, output) -> None:
     from verl.utils import tensordict_utils as tu
 
     keys = set(tu.get(output, "metrics"))
-    expected = {"grpo": None, "stapo_current": "s2t/silenced", "stapo_old": "s2t/silenced",
-                "entropy20": "entropy20/kept_tokens", "entropy20_micro_batch": "entropy20/kept_tokens"}[name]  # fmt: skip
+    expected = {
+        "grpo": None,
+        "stapo_current": "s2t/silenced",
+        "stapo_old": "s2t/silenced",
+        "entropy20": "entropy20/kept_tokens",
+        "entropy20_micro_batch": "entropy20/kept_tokens",
+    }[name]
     masked = {k for k in keys if k.startswith(("s2t/", "entropy20/"))}
     if (expected is None and masked) or (expected is not None and expected not in keys):
         raise RuntimeError(f"{name}: unexpected mask metrics {sorted(masked)}")
@@ -258,11 +296,16 @@ def main():
     parser.add_argument("--rows", type=int, help="responses per mini-batch, a multiple of 8 (default 16; --tiny 8)")
     parser.add_argument("--prompt", type=int, help="prompt tokens (default 512; --tiny 16, --smollm2 109)")
     parser.add_argument("--response", type=int, help="response tokens (default 1536; --tiny 48, --smollm2 64)")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds, one timed step per variant each (default 3; --tiny 1)")
+    parser.add_argument(
+        "--rounds", type=int, help="interleaved rounds, one timed step per variant each (default 3; --tiny 1)"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
-    parser.add_argument("--profile", action="store_true",
-                        help="then profile one `current` statistics pass (diagnostics on and off) and one GRPO "
-                             "mini-batch update (torch.profiler, top operators), into <out>_profile.json")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="then profile one `current` statistics pass (diagnostics on and off) and one GRPO "
+        "mini-batch update (torch.profiler, top operators), into <out>_profile.json",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     # --smollm2: the preset's prompts (109 tokens) and answers (<= 64 tokens)
@@ -321,11 +364,15 @@ def main():
     for round_index in range(args.rounds):
         for name in variants:
             seconds, peak, pass_seconds, pass_rows, positive_share = update(name)
-            for key, value in zip(("seconds", "peak_gib", "stats_pass_s", "stats_pass_rows"),
-                                  (seconds, peak, pass_seconds, pass_rows)):  # fmt: skip
+            for key, value in zip(
+                ("seconds", "peak_gib", "stats_pass_s", "stats_pass_rows"), (seconds, peak, pass_seconds, pass_rows)
+            ):
                 samples[name][key].append(value)
-            print(f"round {round_index + 1}/{args.rounds} {name}: {seconds:.2f} s, peak {peak:.2f} GiB, "
-                  f"statistics pass {pass_seconds:.2f} s over {pass_rows} rows", flush=True)  # fmt: skip
+            print(
+                f"round {round_index + 1}/{args.rounds} {name}: {seconds:.2f} s, peak {peak:.2f} GiB, "
+                f"statistics pass {pass_seconds:.2f} s over {pass_rows} rows",
+                flush=True,
+            )
     results = {}
     for name, values in samples.items():
         results[name] = {
@@ -335,7 +382,7 @@ def main():
             "stats_pass_s": statistics.median(values["stats_pass_s"]),
             "stats_pass_rows": values["stats_pass_rows"][0],
         }
-    for name, values in results.items():
+    for values in results.values():
         values["time_vs_grpo"] = values["median_s"] / results["grpo"]["median_s"]
         values["memory_vs_grpo"] = values["peak_gib"] / results["grpo"]["peak_gib"]
     import transformers
@@ -344,17 +391,30 @@ def main():
     record = {
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name() if device == "cuda" else cpu_description(),
-        "versions": {"torch": torch.__version__, "verl": verl_version, "transformers": transformers.__version__,
-                     "python": sys.version.split()[0]},  # fmt: skip
-        "model": "tiny (Qwen3 shape, 90k params)" if args.tiny else "SmolLM2-135M-Instruct, fp32" if args.smollm2
+        "versions": {
+            "torch": torch.__version__,
+            "verl": verl_version,
+            "transformers": transformers.__version__,
+            "python": sys.version.split()[0],
+        },
+        "model": "tiny (Qwen3 shape, 90k params)"
+        if args.tiny
+        else "SmolLM2-135M-Instruct, fp32"
+        if args.smollm2
         else "Qwen3-1.7B shape, random bf16",
         "memory": "peak CUDA allocation" if device == "cuda" else "peak RSS added during the step (5 ms samples)",
-        "step": {"mini_batches": args.mini_batches, "rows_per_mini_batch": args.rows, "group": GROUP,
-                 "prompt": args.prompt, "response": args.response, "max_token_len_per_micro_batch": args.max_token_len,
-                 "positive_advantage_share": positive_share},  # fmt: skip
+        "step": {
+            "mini_batches": args.mini_batches,
+            "rows_per_mini_batch": args.rows,
+            "group": GROUP,
+            "prompt": args.prompt,
+            "response": args.response,
+            "max_token_len_per_micro_batch": args.max_token_len,
+            "positive_advantage_share": positive_share,
+        },
         "rounds": args.rounds,
         "results": results,
-    }  # fmt: skip
+    }
     suffix = f"{device}_tiny" if args.tiny else f"{device}_smollm2" if args.smollm2 else device
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"actor_step_{suffix}.json")
     write_result(record, out)
@@ -372,9 +432,13 @@ def top_operators(run, count: int = 12) -> dict:
     seconds = time.perf_counter() - start
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    return {"seconds": seconds, "top_self_cpu": [
-        {"op": e.key, "ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total, "calls": e.count}
-        for e in events[:count]]}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "top_self_cpu": [
+            {"op": e.key, "ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total, "calls": e.count}
+            for e in events[:count]
+        ],
+    }
 
 
 def write_profile(args, worker, cfg, vocab, old_pass, device, out: str):
@@ -389,11 +453,16 @@ def write_profile(args, worker, cfg, vocab, old_pass, device, out: str):
 
     data, _ = step_batch(args, vocab, old_pass)
     mini_batch = tu.index_select_tensor_dict(data, torch.arange(args.rows, 2 * args.rows))  # the step's second
-    tu.assign_non_tensor(mini_batch, global_token_num=[args.prompt + args.response] * args.rows,
-                         update_lr_scheduler=False)  # fmt: skip
+    tu.assign_non_tensor(
+        mini_batch, global_token_num=[args.prompt + args.response] * args.rows, update_lr_scheduler=False
+    )
     rows = rows_that_can_hold_a_candidate(mini_batch)
-    record = {"date": datetime.date.today().isoformat(), "device": cpu_description() if device == "cpu" else
-              torch.cuda.get_device_name(), "mini_batch_rows": args.rows, "pass_rows": len(rows)}  # fmt: skip
+    record = {
+        "date": datetime.date.today().isoformat(),
+        "device": cpu_description() if device == "cpu" else torch.cuda.get_device_name(),
+        "mini_batch_rows": args.rows,
+        "pass_rows": len(rows),
+    }
     for diagnostics in (True, False):
         worker.set_loss_fn(loss_fn(cfg, {**VARIANTS["stapo_current"], "diagnostics": diagnostics}))
         worker._current_policy_stats(mini_batch, rows)  # warm

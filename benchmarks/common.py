@@ -19,8 +19,22 @@ def run_eval(model: str, data_dir: str, bench: str, k: int, options: list[str], 
     import sys
     import time
 
-    command = [sys.executable, "-m", "stapo_verl", "eval", model, "--data-dir", data_dir, "--benchmarks", bench,
-               "--samples", f"{bench}={k}", "--out", out, *options]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stapo_verl",
+        "eval",
+        model,
+        "--data-dir",
+        data_dir,
+        "--benchmarks",
+        bench,
+        "--samples",
+        f"{bench}={k}",
+        "--out",
+        out,
+        *options,
+    ]
     print("==", " ".join(command[1:]), flush=True)
     started = time.time()
     subprocess.run(command, check=True)
@@ -33,9 +47,13 @@ def run_eval(model: str, data_dir: str, bench: str, k: int, options: list[str], 
             row = json.loads(line)
             per_problem.setdefault(row["problem_id"], []).append(row["score"])
     means = [sum(v) / len(v) for v in per_problem.values()]
-    return {"problems": len(means), "avg_at_k": round(summary["avg_at_k"], 2),
-            "standard_error": round(100 * statistics.stdev(means) / len(means) ** 0.5, 2),
-            "mean_response_tokens": round(summary["mean_response_tokens"], 1), "wall_s_with_startup": round(wall, 1)}  # fmt: skip
+    return {
+        "problems": len(means),
+        "avg_at_k": round(summary["avg_at_k"], 2),
+        "standard_error": round(100 * statistics.stdev(means) / len(means) ** 0.5, 2),
+        "mean_response_tokens": round(summary["mean_response_tokens"], 1),
+        "wall_s_with_startup": round(wall, 1),
+    }
 
 
 def write_result(record: dict, path: str, show: bool = True) -> None:

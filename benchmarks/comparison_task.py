@@ -38,8 +38,10 @@ CANDIDATES = {
     "mul_1d_1d": ("*", (2, 9), (2, 9), (2, 5)),
     "mul_2d_1d": ("*", (10, 99), (2, 9), (12, 3)),
 }
-EXPLANATION = {"+": "Addition puts the two amounts together into one total.",
-               "*": "Multiplication is repeated addition of the same number."}  # fmt: skip
+EXPLANATION = {
+    "+": "Addition puts the two amounts together into one total.",
+    "*": "Multiplication is repeated addition of the same number.",
+}
 
 
 def answer(op: str, a: int, b: int) -> int:
@@ -50,8 +52,11 @@ def messages(op: str, a: int, b: int, example: tuple[int, int]) -> list[dict]:
     x, y = example
     return [
         {"role": "user", "content": f"What is {x} {op} {y}?{INSTRUCTION}"},
-        {"role": "assistant", "content": f"{x} {op} {y} = {answer(op, x, y)}. The answer is "
-                                         f"\\boxed{{{answer(op, x, y)}}}. {EXPLANATION[op]}"},  # fmt: skip
+        {
+            "role": "assistant",
+            "content": f"{x} {op} {y} = {answer(op, x, y)}. The answer is "
+            f"\\boxed{{{answer(op, x, y)}}}. {EXPLANATION[op]}",
+        },
         {"role": "user", "content": f"What is {a} {op} {b}?{INSTRUCTION}"},
     ]
 
@@ -66,20 +71,34 @@ def measure(name, model, tokenizer, eos_ids, pad_id, problems: int, samples: int
     op, first, second, example = CANDIDATES[name]
     rng = random.Random(name)
     drawn = [(rng.randint(*first), rng.randint(*second)) for _ in range(problems)]
-    prompts = [tokenizer.apply_chat_template(messages(op, a, b, example), add_generation_prompt=True, tokenize=False)
-               for a, b in drawn]  # fmt: skip
+    prompts = [
+        tokenizer.apply_chat_template(messages(op, a, b, example), add_generation_prompt=True, tokenize=False)
+        for a, b in drawn
+    ]
     prompts = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     requests = [(i, r) for i in range(problems) for r in range(samples)]
     started, sampled = time.time(), []
     for start in range(0, len(requests), batch):
         chunk = requests[start : start + batch]
         seeds = [request_seed("comparison_task", name, i, r) for i, r in chunk]
-        outputs = sample(model, [prompts[i] for i, _ in chunk], eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=MAX_TOKENS,
-                         temperature=1.0, log_probs=True, seeds=seeds)  # fmt: skip
+        outputs = sample(
+            model,
+            [prompts[i] for i, _ in chunk],
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+            max_new_tokens=MAX_TOKENS,
+            temperature=1.0,
+            log_probs=True,
+            seeds=seeds,
+        )
         sampled += [(i, ids, lp) for (i, _), (ids, _, lp) in zip(chunk, outputs)]
     seconds = time.time() - started
-    scores = torch.tensor([compute_score("x", tokenizer.decode(ids, skip_special_tokens=True),
-                                         str(answer(op, *drawn[i])))["score"] for i, ids, _ in sampled])  # fmt: skip
+    scores = torch.tensor(
+        [
+            compute_score("x", tokenizer.decode(ids, skip_special_tokens=True), str(answer(op, *drawn[i])))["score"]
+            for i, ids, _ in sampled
+        ]
+    )
     scores = scores.view(problems, samples)
     advantages = (scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + 1e-6)
     tokens = candidates = 0
@@ -88,13 +107,17 @@ def measure(name, model, tokenizer, eos_ids, pad_id, problems: int, samples: int
         if advantage > 0:
             candidates += int((torch.tensor(log_probs).exp() < TAU_PROB).sum())
     return {
-        "operator": op, "first": first, "second": second, "distinct_problems": distinct_problems(op, first, second),
+        "operator": op,
+        "first": first,
+        "second": second,
+        "distinct_problems": distinct_problems(op, first, second),
         "pass_rate_t1": round(float((scores > 0).float().mean()), 4),
         "mixed_groups_frac": round(float(((scores > 0).any(1) & (scores < 0).any(1)).float().mean()), 4),
         "response_tokens_mean": round(tokens / len(sampled), 1),
         "candidates_per_1k_tokens": round(1000 * candidates / tokens, 2),
-        "samples": len(sampled), "seconds": round(seconds, 1),
-    }  # fmt: skip
+        "samples": len(sampled),
+        "seconds": round(seconds, 1),
+    }
 
 
 def main():
@@ -121,7 +144,7 @@ def main():
     write_result(
         {
             "what": "candidate tasks for the CPU comparison on base SmolLM2-135M-Instruct: T=1 pass rate (DAPO "
-                    "rule), mixed GRPO groups, S2T candidates per 1k tokens",
+            "rule), mixed GRPO groups, S2T candidates per 1k tokens",
             "date": datetime.date.today().isoformat(),
             "device": f"{cpu_description()}, {dtype} ({reason})",
             "problems": args.problems,

@@ -29,16 +29,31 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def run(backend: str, precision: str, steps: int, out: str) -> dict:
-    command = [sys.executable, "-m", "stapo_verl", "demo", "stapo", "--steps", str(steps), "--dir", out,
-               "trainer.val_before_train=false", "trainer.test_freq=-1", f"stapo.cpu_precision={precision}",
-               *BACKEND_OVERRIDES[backend]]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stapo_verl",
+        "demo",
+        "stapo",
+        "--steps",
+        str(steps),
+        "--dir",
+        out,
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        f"stapo.cpu_precision={precision}",
+        *BACKEND_OVERRIDES[backend],
+    ]
     print(f"== {backend} / {precision}: {' '.join(command[1:])}", flush=True)
     memory = measure(command, interval=0.5, log_path=os.path.join(out + ".out"))
     if memory["exit_code"] != 0:
         raise SystemExit(f"{backend} / {precision} failed (exit {memory['exit_code']}); output: {out}.out")
     (log,) = glob.glob(os.path.join(out, "logs", "*.jsonl"))
-    result = {**phase_times(log, memory["wall_s"]), "machine_used_peak_added_gib": memory["machine_used_peak_added_gib"],
-              "tree_pss_peak_gib": memory["tree_pss_peak_gib"]}  # fmt: skip
+    result = {
+        **phase_times(log, memory["wall_s"]),
+        "machine_used_peak_added_gib": memory["machine_used_peak_added_gib"],
+        "tree_pss_peak_gib": memory["tree_pss_peak_gib"],
+    }
     print(f"   {result['mean_after_first']}, peak +{result['machine_used_peak_added_gib']} GiB", flush=True)
     return result
 
@@ -62,13 +77,15 @@ def main():
     ratios = {}
     for backend in args.backends:  # steps after the first (the first carries warm-up costs)
         mean = {p: [r["mean_after_first"] for r in runs[f"{backend}/{p}"]] for p in PRECISIONS}
-        ratios[backend] = {phase: round(sum(m[phase] for m in mean["bf16"]) / sum(m[phase] for m in mean["fp32"]), 3)
-                           for phase in mean["fp32"][0]}  # fmt: skip
+        ratios[backend] = {
+            phase: round(sum(m[phase] for m in mean["bf16"]) / sum(m[phase] for m in mean["fp32"]), 3)
+            for phase in mean["fp32"][0]
+        }
     flags = sorted(cpu_flags() & set(NATIVE_BF16_FLAGS))
     write_result(
         {
             "what": "smollm2_135m, stapo-verl demo stapo, verl's per-step timings (s) per rollout backend x "
-                    "stapo.cpu_precision, interleaved; peak memory added to the machine and the process tree's PSS",
+            "stapo.cpu_precision, interleaved; peak memory added to the machine and the process tree's PSS",
             "date": datetime.date.today().isoformat(),
             "device": f"{cpu_description()}, native bf16 flags: {', '.join(flags) or 'none'}",
             "steps": args.steps,

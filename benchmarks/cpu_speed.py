@@ -21,7 +21,6 @@ and its bf16 flags.
 
 import argparse
 import datetime
-import glob
 import json
 import os
 import statistics
@@ -40,16 +39,21 @@ SEED = ["data.seed=0", "actor_rollout_ref.rollout.seed=0"]
 # name -> (overrides, environment): what each configuration sets on top of the presets
 CONFIGS = {
     "before": (
-        ["actor_rollout_ref.rollout.engine_kwargs.vllm.block_size=128",  # vLLM-CPU's default
-         "actor_rollout_ref.model.enable_gradient_checkpointing=true",
-         "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=512",
-         "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=1024",
-         "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=1024"],
-        {"VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",  # vLLM-CPU's own placement
-         "STAPO_VLLM_TOP_P": "sort"},  # vLLM's own top-p
+        [
+            "actor_rollout_ref.rollout.engine_kwargs.vllm.block_size=128",  # vLLM-CPU's default
+            "actor_rollout_ref.model.enable_gradient_checkpointing=true",
+            "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=512",
+            "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=1024",
+            "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=1024",
+        ],
+        {
+            "VLLM_CPU_OMP_THREADS_BIND": "auto",
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",  # vLLM-CPU's own placement
+            "STAPO_VLLM_TOP_P": "sort",
+        },  # vLLM's own top-p
     ),
     "now": ([], {}),
-}  # fmt: skip
+}
 
 
 # SmolLM2-135M's matrix products per token and layer (hidden 576, MLP 1536, 9 query / 3 key-value
@@ -99,9 +103,11 @@ def micro_batch_tokens(overrides: list[str], experiment: str) -> dict:
     from stapo_verl.experiments.launch import compose_config
 
     cfg = compose_config("stapo", "smollm2_135m", [f"experiment={experiment}", "cpu_rollout=vllm", *overrides])
-    return {"update_actor": cfg.actor_rollout_ref.actor.ppo_max_token_len_per_gpu,
-            "old_log_prob": cfg.actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu,
-            "checkpointing": bool(cfg.actor_rollout_ref.model.enable_gradient_checkpointing)}  # fmt: skip
+    return {
+        "update_actor": cfg.actor_rollout_ref.actor.ppo_max_token_len_per_gpu,
+        "old_log_prob": cfg.actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu,
+        "checkpointing": bool(cfg.actor_rollout_ref.model.enable_gradient_checkpointing),
+    }
 
 
 def phases(rows: list[dict], rates: dict, budgets: dict) -> dict:
@@ -116,16 +122,26 @@ def phases(rows: list[dict], rates: dict, budgets: dict) -> dict:
     floor = {
         "gen": generated * FORWARD_FLOP_PER_TOKEN / rates[24],  # decode: 24 rows a product
         "old_log_prob": tokens * FORWARD_FLOP_PER_TOKEN / matrix_rate_at(rates, log_prob_tokens),
-        "update_actor": tokens * FORWARD_FLOP_PER_TOKEN * (4 if budgets["checkpointing"] else 3)
+        "update_actor": tokens
+        * FORWARD_FLOP_PER_TOKEN
+        * (4 if budgets["checkpointing"] else 3)
         / matrix_rate_at(rates, update_tokens),
     }
     floor["step"] = sum(floor.values())
-    result = {"steps_measured": [r["step"] for r in steps], "tokens_per_step": tokens,
-              "generated_tokens_per_step": generated, "micro_batch_tokens": budgets}  # fmt: skip
+    result = {
+        "steps_measured": [r["step"] for r in steps],
+        "tokens_per_step": tokens,
+        "generated_tokens_per_step": generated,
+        "micro_batch_tokens": budgets,
+    }
     for phase, flop_seconds in floor.items():
         seconds = statistics.median(r[f"timing_s/{phase}"] for r in steps)
         floor_s = flop_seconds / 1e9
-        result[phase] = {"s": round(seconds, 2), "floor_s": round(floor_s, 2), "over_floor": round(seconds / floor_s, 1)}
+        result[phase] = {
+            "s": round(seconds, 2),
+            "floor_s": round(floor_s, 2),
+            "over_floor": round(seconds / floor_s, 1),
+        }
     testing = [r["timing_s/testing"] for r in rows if "timing_s/testing" in r]
     if testing:
         result["testing_s"] = round(testing[-1], 1)
@@ -142,10 +158,23 @@ def run(name: str, steps: int, experiment: str, work_dir: str) -> None:
     overrides, environment = CONFIGS[name]
     out = os.path.join(work_dir, name)
     metrics = os.path.join(out, "metrics.jsonl")
-    command = [sys.executable, "-m", "stapo_verl", "train", "stapo", "smollm2_135m", f"experiment={experiment}",
-               "cpu_rollout=vllm", f"trainer.total_training_steps={steps}", f"trainer.test_freq={steps}",
-               "trainer.val_before_train=false", "trainer.resume_mode=disable", f"trainer.experiment_name={name}",
-               *SEED, *overrides]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stapo_verl",
+        "train",
+        "stapo",
+        "smollm2_135m",
+        f"experiment={experiment}",
+        "cpu_rollout=vllm",
+        f"trainer.total_training_steps={steps}",
+        f"trainer.test_freq={steps}",
+        "trainer.val_before_train=false",
+        "trainer.resume_mode=disable",
+        f"trainer.experiment_name={name}",
+        *SEED,
+        *overrides,
+    ]
     print(f"== {name}: {' '.join(command[2:])}  env {environment}", flush=True)
     os.makedirs(out, exist_ok=True)
     env_before = {k: os.environ.get(k) for k in environment}
@@ -158,8 +187,14 @@ def run(name: str, steps: int, experiment: str, work_dir: str) -> None:
     if memory["exit_code"] != 0:
         raise SystemExit(f"{name} failed (exit {memory['exit_code']}); output: {out}/train.log")
     with open(os.path.join(out, "run.json"), "w") as f:
-        json.dump({"wall_s": memory["wall_s"], "machine_used_peak_added_gib": memory["machine_used_peak_added_gib"],
-                   "tree_pss_peak_gib": memory["tree_pss_peak_gib"]}, f)  # fmt: skip
+        json.dump(
+            {
+                "wall_s": memory["wall_s"],
+                "machine_used_peak_added_gib": memory["machine_used_peak_added_gib"],
+                "tree_pss_peak_gib": memory["tree_pss_peak_gib"],
+            },
+            f,
+        )
 
 
 def summarize(name: str, work_dir: str, experiment: str, rates: dict) -> dict:
@@ -168,8 +203,12 @@ def summarize(name: str, work_dir: str, experiment: str, rates: dict) -> dict:
     with open(os.path.join(out, "run.json")) as f:
         recorded = json.load(f)
     budgets = micro_batch_tokens(overrides, experiment)
-    return {"overrides": overrides, "environment": environment, **recorded,
-            **phases(read_rows(os.path.join(out, "metrics.jsonl")), rates, budgets)}  # fmt: skip
+    return {
+        "overrides": overrides,
+        "environment": environment,
+        **recorded,
+        **phases(read_rows(os.path.join(out, "metrics.jsonl")), rates, budgets),
+    }
 
 
 def main():
@@ -200,10 +239,10 @@ def main():
     write_result(
         {
             "what": f"stapo-verl train stapo smollm2_135m experiment={args.experiment} cpu_rollout=vllm, "
-                    f"{args.steps} steps + one held-out validation (1,600 samples) per configuration, one run at "
-                    "a time; verl's per-phase timings (median of the steps after the first) against their "
-                    "bf16 FLOP floors (tokens x 2 x 134.5M FLOP, x3 for an update, x4 with gradient "
-                    "checkpointing, at the matrix rate measured here for the phase's rows per product)",
+            f"{args.steps} steps + one held-out validation (1,600 samples) per configuration, one run at "
+            "a time; verl's per-phase timings (median of the steps after the first) against their "
+            "bf16 FLOP floors (tokens x 2 x 134.5M FLOP, x3 for an update, x4 with gradient "
+            "checkpointing, at the matrix rate measured here for the phase's rows per product)",
             "date": datetime.date.today().isoformat(),
             "device": f"{cpu_description()}, native bf16 flags: {', '.join(flags) or 'none'}",
             "bf16_matrix_gflops_by_rows": rates,

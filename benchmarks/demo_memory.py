@@ -135,8 +135,13 @@ def measure(command: list[str], interval: float, log_path: str | None) -> dict:
         log.close()
 
     def rows(table):
-        return sorted(({"pid": pid, "name": name, "pss_gib": round(p / GIB, 3), "rss_gib": round(r / GIB, 3)}
-                       for pid, (name, p, r) in table.items()), key=lambda row: -row["pss_gib"])  # fmt: skip
+        return sorted(
+            (
+                {"pid": pid, "name": name, "pss_gib": round(p / GIB, 3), "rss_gib": round(r / GIB, 3)}
+                for pid, (name, p, r) in table.items()
+            ),
+            key=lambda row: -row["pss_gib"],
+        )
 
     return {
         "exit_code": process.returncode,
@@ -171,8 +176,10 @@ def main() -> int:
         **result,
     }
     write_result(record, args.out, show=False)
-    print(f"exit {result['exit_code']} after {result['wall_s']} s; peak: machine +{result['machine_used_peak_added_gib']} GiB"
-          f" used, process tree {result['tree_pss_peak_gib']} GiB PSS. At the tree's peak (PSS / RSS GiB):")
+    print(
+        f"exit {result['exit_code']} after {result['wall_s']} s; peak: machine +{result['machine_used_peak_added_gib']} GiB"
+        f" used, process tree {result['tree_pss_peak_gib']} GiB PSS. At the tree's peak (PSS / RSS GiB):"
+    )
     for row in result["processes_at_tree_pss_peak"][:12]:
         print(f"  {row['pss_gib']:7.3f} {row['rss_gib']:7.3f}  {row['name']} (pid {row['pid']})")
     print(f"written: {args.out}")

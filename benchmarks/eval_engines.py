@@ -46,7 +46,7 @@ def main():
     write_result(
         {
             "what": f"stapo-verl eval, SmolLM2-135M-Instruct, the smollm2_135m preset's 32 held-out problems "
-                    f"(single-digit products), k={args.k}, temperature 1 / top-p 1, max {args.max_tokens} tokens",
+            f"(single-digit products), k={args.k}, temperature 1 / top-p 1, max {args.max_tokens} tokens",
             "date": datetime.date.today().isoformat(),
             "device": cpu_description(),
             "engines": engines,

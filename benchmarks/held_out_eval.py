@@ -52,8 +52,12 @@ def validation_in_runs(grid_dir: str) -> dict:
 def eval_setting(model: str, data_dir: str, setting: str, out: str) -> dict:
     options = ["--max-tokens", "64", "--engine", "vllm", "--grader", "dapo", "--setting", setting]
     result = run_eval(model, data_dir, FILED_AS, K, options, out)
-    return {"problems": result["problems"], "avg_at_4": result["avg_at_k"], "standard_error": result["standard_error"],
-            "wall_s_with_startup": result["wall_s_with_startup"]}  # fmt: skip
+    return {
+        "problems": result["problems"],
+        "avg_at_4": result["avg_at_k"],
+        "standard_error": result["standard_error"],
+        "wall_s_with_startup": result["wall_s_with_startup"],
+    }
 
 
 def main():
@@ -74,9 +78,9 @@ def main():
     write_result(
         {
             "what": "the CPU comparison's held-out evaluation (200 two-digit sums, avg@4, both decodings, max 64 "
-                    "tokens) of the base SmolLM2-135M-Instruct: stapo-verl eval (vLLM on CPU, one process per "
-                    "decoding, with start-up) vs verl's validation inside the grid's runs (both decodings in one "
-                    "pass on the run's rollout server; from the runs' metrics)",
+            "tokens) of the base SmolLM2-135M-Instruct: stapo-verl eval (vLLM on CPU, one process per "
+            "decoding, with start-up) vs verl's validation inside the grid's runs (both decodings in one "
+            "pass on the run's rollout server; from the runs' metrics)",
             "date": datetime.date.today().isoformat(),
             "device": f"{cpu_description()}, native bf16: {native_bf16() or 'none'}",
             "stapo_verl_eval": evals,

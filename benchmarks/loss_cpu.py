@@ -46,8 +46,12 @@ def main():
 
     config = actor_config()
     # what verl's ppo_loss fills in before calling the policy loss
-    config.global_batch_info.update(dp_size=1, batch_num_tokens=args.rows * args.length, global_batch_size=args.rows,
-                                    loss_scale_factor=config.loss_scale_factor)  # fmt: skip
+    config.global_batch_info.update(
+        dp_size=1,
+        batch_num_tokens=args.rows * args.length,
+        global_batch_size=args.rows,
+        loss_scale_factor=config.loss_scale_factor,
+    )
     vanilla = get_policy_loss_fn("vanilla")
     g = torch.Generator().manual_seed(0)
     shape = (args.rows, args.length)
@@ -58,8 +62,15 @@ def main():
     response_mask = torch.ones(shape)
 
     def loss_step(mask):
-        loss, _ = vanilla(old_log_prob=old_log_prob, log_prob=theta, advantages=advantages, response_mask=mask,
-                          loss_agg_mode="token-mean", config=config, rollout_is_weights=None)  # fmt: skip
+        loss, _ = vanilla(
+            old_log_prob=old_log_prob,
+            log_prob=theta,
+            advantages=advantages,
+            response_mask=mask,
+            loss_agg_mode="token-mean",
+            config=config,
+            rollout_is_weights=None,
+        )
         loss.backward()
         theta.grad = None
 

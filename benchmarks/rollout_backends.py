@@ -22,15 +22,32 @@ from common import cpu_description, write_result
 
 from stapo_verl.runlog import read_metrics
 
-PHASES = {"gen": "timing_s/gen", "old_log_prob": "timing_s/old_log_prob", "update_actor": "timing_s/update_actor",
-          "update_weights": "timing_s/update_weights", "step": "timing_s/step"}  # fmt: skip
+PHASES = {
+    "gen": "timing_s/gen",
+    "old_log_prob": "timing_s/old_log_prob",
+    "update_actor": "timing_s/update_actor",
+    "update_weights": "timing_s/update_weights",
+    "step": "timing_s/step",
+}
 BACKEND_OVERRIDES = {"hf": [], "vllm": ["cpu_rollout=vllm"]}
 
 
 def run(method: str, backend: str, steps: int, work_dir: str) -> dict:
     out = os.path.join(work_dir, f"{method}_{backend}")
-    command = [sys.executable, "-m", "stapo_verl", "demo", method, "--steps", str(steps), "--dir", out,
-               "trainer.val_before_train=false", "trainer.test_freq=-1", *BACKEND_OVERRIDES[backend]]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stapo_verl",
+        "demo",
+        method,
+        "--steps",
+        str(steps),
+        "--dir",
+        out,
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        *BACKEND_OVERRIDES[backend],
+    ]
     print(f"== {method} / {backend}: {' '.join(command[1:])}", flush=True)
     started = time.time()
     result = subprocess.run(command, capture_output=True, text=True)
@@ -51,8 +68,11 @@ def phase_times(log: str, wall: float) -> dict:
     steps_time = sum(step["step"] for step in per_step)
     return {
         "steps": per_step,
-        "mean_after_first": {name: round(sum(s[name] for s in per_step[1:]) / max(len(per_step) - 1, 1), 2)
-                             for name in PHASES} if len(per_step) > 1 else None,  # fmt: skip
+        "mean_after_first": {
+            name: round(sum(s[name] for s in per_step[1:]) / max(len(per_step) - 1, 1), 2) for name in PHASES
+        }
+        if len(per_step) > 1
+        else None,
         "wall_s": round(wall, 1),
         "startup_s": round(wall - steps_time, 1),
         "rollout_probs_diff_max": max(row["training/rollout_probs_diff_max"] for row in rows),

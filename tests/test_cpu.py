@@ -17,8 +17,9 @@ from stapo_verl.cpu.tiny import prepare_tiny
 
 def run_python(code: str, **env: str) -> str:
     environment = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"} | env
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environment, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=environment, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -33,8 +34,12 @@ def test_cpu_platform_is_selected_only_by_verl_platform():
         if get_device_name() == "cpu":
             print(EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__)
     """
-    assert run_python(code, VERL_PLATFORM="cpu").split() == ["cpu", "gloo", "CPUTrainingWorker",
-                                                             "CPUFSDPEngineWithLMHead"]  # fmt: skip
+    assert run_python(code, VERL_PLATFORM="cpu").split() == [
+        "cpu",
+        "gloo",
+        "CPUTrainingWorker",
+        "CPUFSDPEngineWithLMHead",
+    ]
     # without it nothing changes for GPU users (here verl falls back to nvidia)
     assert run_python(code).split()[2] == "TrainingWorker"
 
@@ -77,8 +82,9 @@ def test_concurrent_requests_share_one_batch_and_log_probs_match_a_forward_pass(
     params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
 
     async def requests():
-        return await asyncio.gather(*[server.generate(str(i), prompt_ids=p, sampling_params=params)
-                                      for i, p in enumerate(prompts)])  # fmt: skip
+        return await asyncio.gather(
+            *[server.generate(str(i), prompt_ids=p, sampling_params=params) for i, p in enumerate(prompts)]
+        )
 
     outputs = asyncio.run(requests())
     assert calls == [3]  # one left-padded batch
@@ -103,8 +109,9 @@ def test_a_large_validation_is_generated_in_bounded_batches(tiny_model, monkeypa
     params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1}
 
     async def requests():
-        return await asyncio.gather(*[server.generate(str(i), prompt_ids=[50, 43, 51, 61], sampling_params=params)
-                                      for i in range(5)])  # fmt: skip
+        return await asyncio.gather(
+            *[server.generate(str(i), prompt_ids=[50, 43, 51, 61], sampling_params=params) for i in range(5)]
+        )
 
     assert len(asyncio.run(requests())) == 5 and calls == [2, 2, 1]
 
@@ -123,8 +130,9 @@ def test_seeded_requests_give_the_same_responses_whatever_the_batching(tiny_mode
 
         async def requests():
             if together:
-                return await asyncio.gather(*[server.generate(str(i), prompt_ids=prompts[i], sampling_params=params)
-                                              for i in order])  # fmt: skip
+                return await asyncio.gather(
+                    *[server.generate(str(i), prompt_ids=prompts[i], sampling_params=params) for i in order]
+                )
             return [await server.generate(str(i), prompt_ids=prompts[i], sampling_params=params) for i in order]
 
         outputs = asyncio.run(requests())
@@ -146,8 +154,10 @@ def test_a_request_carrying_its_own_seed_is_sampled_with_it_on_any_replica(tiny_
         server = make_server(tiny_model)
         server.replica_rank, server.global_steps = replica_rank, 1
         params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, **seed}
-        return [tuple(asyncio.run(server.generate(str(i), prompt_ids=prompt, sampling_params=params)).token_ids)
-                for i in range(4)]  # fmt: skip
+        return [
+            tuple(asyncio.run(server.generate(str(i), prompt_ids=prompt, sampling_params=params)).token_ids)
+            for i in range(4)
+        ]
 
     seeded = [response(rank, seed=1234) for rank in (0, 1)]
     assert seeded[0] == seeded[1] and len(set(seeded[0])) == 1  # one seed: one response, anywhere
@@ -173,8 +183,10 @@ def test_seeded_sampling_draws_from_the_tempered_truncated_distribution(temperat
     picks = processor(None, logits.expand(rows, -1)).argmax(-1)
     frequencies = torch.bincount(picks, minlength=5).double() / rows
     torch.testing.assert_close(frequencies, expected.double(), atol=0.012, rtol=0)
-    assert torch.equal(SeededSampling([7, 8], 1.0, 1.0, -1)(None, logits.expand(2, -1)),
-                       SeededSampling([7, 8], 1.0, 1.0, -1)(None, logits.expand(2, -1)))  # fmt: skip
+    assert torch.equal(
+        SeededSampling([7, 8], 1.0, 1.0, -1)(None, logits.expand(2, -1)),
+        SeededSampling([7, 8], 1.0, 1.0, -1)(None, logits.expand(2, -1)),
+    )
 
 
 def test_weight_sync_loads_every_weight_or_fails(tiny_model):
@@ -238,8 +250,10 @@ def test_demo_arguments_in_any_order(monkeypatch):
     monkeypatch.setattr(cli, "demo", lambda *args: calls.append(args) or 0)
     assert cli.main(["demo", "grpo", "--steps", "2", "trainer.test_freq=1", "--dir", "d", "data.seed=3"]) == 0
     assert cli.main(["demo", "trainer.test_freq=1", "--model", "tiny_cpu", "--verbose"]) == 0
-    assert calls == [("grpo", "smollm2_135m", 2, "d", ["trainer.test_freq=1", "data.seed=3"], False),
-                     ("stapo", "tiny_cpu", 3, cli.DEMO_DIR, ["trainer.test_freq=1"], True)]  # fmt: skip
+    assert calls == [
+        ("grpo", "smollm2_135m", 2, "d", ["trainer.test_freq=1", "data.seed=3"], False),
+        ("stapo", "tiny_cpu", 3, cli.DEMO_DIR, ["trainer.test_freq=1"], True),
+    ]
     with pytest.raises(SystemExit, match="--steps must be >= 1"):
         cli.main(["demo", "--steps", "0"])
 

@@ -18,7 +18,15 @@ FULL_DATA_VARIABLE = "STAPO_FULL_DATA_DIR"
 BENCHMARKS = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minerva": 272, "olympiadbench": 674}
 FULL_ROWS = {**BENCHMARKS, "dapo_math_17k": 17917}
 # the committed fixtures: a few rows of each file, quirks kept (tests/fixtures/math/SOURCES.md)
-FIXTURE_ROWS = {"aime24": 4, "aime25": 5, "amc23": 4, "math500": 7, "minerva": 5, "olympiadbench": 5, "dapo_math_17k": 10}
+FIXTURE_ROWS = {
+    "aime24": 4,
+    "aime25": 5,
+    "amc23": 4,
+    "math500": 7,
+    "minerva": 5,
+    "olympiadbench": 5,
+    "dapo_math_17k": 10,
+}
 REPAIRED_ROWS = {"fixtures": (3, 2), "full": (3, 643)}  # (aime25, dapo_math_17k) rows with LaTeX escape damage
 
 
@@ -30,8 +38,10 @@ def full_data_file(name: str) -> str:
     """An original data file from $STAPO_FULL_DATA_DIR; the test skips, saying so, when it is unset."""
     root = os.environ.get(FULL_DATA_VARIABLE)
     if not root:
-        pytest.skip(f"needs the full {name}.parquet: set {FULL_DATA_VARIABLE} to a folder holding the original "
-                    "files (tests/fixtures/math/SOURCES.md names them)")  # fmt: skip
+        pytest.skip(
+            f"needs the full {name}.parquet: set {FULL_DATA_VARIABLE} to a folder holding the original "
+            "files (tests/fixtures/math/SOURCES.md names them)"
+        )
     path = os.path.join(root, f"{name}.parquet")
     if not os.path.exists(path):
         pytest.fail(f"{FULL_DATA_VARIABLE}={root} has no {name}.parquet")
@@ -52,8 +62,10 @@ def test_cli_converts_the_six_benchmarks(which, tmp_path):
     inputs = [data_file(which, name) for name in BENCHMARKS]
     result = subprocess.run(
         [sys.executable, "-m", "stapo_verl.tasks.data", *inputs, "--split", "test", "--out-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     for name in BENCHMARKS:
         rows = expected_rows(which, name)
@@ -111,8 +123,10 @@ def test_malformed_rows_are_named_or_skipped_and_counted(tmp_path):
         convert_file(str(source), str(tmp_path / "out"), split="train")
     result = subprocess.run(
         [sys.executable, "-m", "stapo_verl.tasks.data", str(source), "--out-dir", str(tmp_path / "out"), "--skip-bad"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "3 rows, 3 skipped" in result.stdout and "skipped 3 malformed row(s) in all" in result.stdout
     assert "row 3: answer is a list of 2 items" in result.stdout
@@ -126,13 +140,18 @@ def test_bad_cli_input_is_a_clear_error(tmp_path):
     source.write_text(json.dumps({"problem": "", "answer": "1"}))
     result = subprocess.run(
         [sys.executable, "-m", "stapo_verl.tasks.data", str(source), "--out-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "x.jsonl: row 0: empty or missing problem" in result.stderr
 
 
 def test_escape_repair_and_gold_cleaning():
-    assert repair_latex_escapes("form \x0crac{m}{n} and $\triangle ABC$") == ("form \\frac{m}{n} and $\\triangle ABC$", 2)
+    assert repair_latex_escapes("form \x0crac{m}{n} and $\triangle ABC$") == (
+        "form \\frac{m}{n} and $\\triangle ABC$",
+        2,
+    )
     assert repair_latex_escapes("have\tequal\tperimeters") == ("have\tequal\tperimeters", 0)  # real tabs stay
     assert clean_ground_truth("\\boxed{204}") == "204"
     assert clean_ground_truth("$69$,$84$") == "69,84"
@@ -148,7 +167,9 @@ def test_an_empty_gold_answer_is_refused(tmp_path):
 
 
 def run_cli(*args: str):
-    return subprocess.run([sys.executable, "-m", "stapo_verl.tasks.data", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "stapo_verl.tasks.data", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("content", ["", "all_bad"])

@@ -24,7 +24,9 @@ CASES = {
     # renormalising kept-token count sums over ranks
     "entropy20_micro_batch": dict(loss_mode="entropy20", top_entropy_ratio=0.2, top_entropy_scope="micro_batch"),
     # one global choice among all ranks' candidates, not a per-rank one
-    "stapo_high_entropy": dict(loss_mode="stapo", tau_prob=0.05, stats_source="old", candidate_selection="high_entropy"),
+    "stapo_high_entropy": dict(
+        loss_mode="stapo", tau_prob=0.05, stats_source="old", candidate_selection="high_entropy"
+    ),
     "stapo_random": dict(loss_mode="stapo", tau_prob=0.05, stats_source="old", candidate_selection="random"),
 }
 N_SEQS, WORLD = 8, 2
@@ -64,7 +66,10 @@ def test_two_ranks_match_one_process(case, process_group):
         if key in output["metrics"]:  # global metrics: the same number on every rank
             assert all(r["metrics"][key][0] == pytest.approx(output["metrics"][key][0]) for r in ranks)
     # how the candidates (kept tokens) fell on the ranks: on two ranks min + max is the total
-    for total, spread in (("s2t/candidates", "s2t/candidates_rank"), ("entropy20/kept_tokens", "entropy20/kept_tokens_rank")):
+    for total, spread in (
+        ("s2t/candidates", "s2t/candidates_rank"),
+        ("entropy20/kept_tokens", "entropy20/kept_tokens_rank"),
+    ):
         if f"{spread}_max" in output["metrics"]:
             one = output["metrics"]
             assert one[f"{spread}_min"][0] == one[f"{spread}_max"][0] == one[total][0]  # one rank holds all

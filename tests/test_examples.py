@@ -17,8 +17,14 @@ SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "examples", "**", "*.sh"), recursi
 
 
 def run(script: str, *args: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", os.path.join(ROOT, "examples", script), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHON": sys.executable, **env}, cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        ["bash", os.path.join(ROOT, "examples", script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHON": sys.executable, **env},
+        cwd=ROOT,
+    )
 
 
 def commands(output: str, program: str = "verl.trainer.main_ppo") -> list[str]:
@@ -27,8 +33,13 @@ def commands(output: str, program: str = "verl.trainer.main_ppo") -> list[str]:
 
 def test_the_examples_exist_and_parse():
     names = {os.path.relpath(path, os.path.join(ROOT, "examples")) for path in SCRIPTS}
-    assert names == {"reproduce_paper.sh", "stapo/run_qwen3_paper.sh", "stapo/plain_overrides.sh", "cpu/demo.sh",
-                     "cpu/run_comparison.sh"}  # fmt: skip
+    assert names == {
+        "reproduce_paper.sh",
+        "stapo/run_qwen3_paper.sh",
+        "stapo/plain_overrides.sh",
+        "cpu/demo.sh",
+        "cpu/run_comparison.sh",
+    }
     for path in SCRIPTS:
         assert subprocess.run(["bash", "-n", path], capture_output=True).returncode == 0, path
         with open(path) as f:
@@ -42,8 +53,14 @@ def test_paper_run_script_checks_its_config(method):
     result = run("stapo/run_qwen3_paper.sh", method, "8b", "2", DRY_RUN="1")
     assert result.returncode == 0, result.stderr[-2000:]
     (command,) = commands(result.stdout)
-    for part in (f"algorithm={method}", "model=qwen3_8b", "trainer.nnodes=8", "trainer.n_gpus_per_node=8",
-                 "actor_rollout_ref.rollout.seed=2", f"trainer.experiment_name={method}_qwen3_8b_s2"):  # fmt: skip
+    for part in (
+        f"algorithm={method}",
+        "model=qwen3_8b",
+        "trainer.nnodes=8",
+        "trainer.n_gpus_per_node=8",
+        "actor_rollout_ref.rollout.seed=2",
+        f"trainer.experiment_name={method}_qwen3_8b_s2",
+    ):
         assert part in command
     assert run("stapo/run_qwen3_paper.sh", method, "3b", DRY_RUN="1").returncode != 0  # no such size
     assert run("stapo/run_qwen3_paper.sh").returncode == 2  # usage
@@ -106,7 +123,12 @@ def test_the_recipe_folder_has_verl_recipes_shape():
 
 
 def test_a_recipe_script_composes_through_main_ppo():
-    result = subprocess.run(["bash", os.path.join(RECIPE, "run_qwen3-8b_stapo.sh"), "--cfg", "job"],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    result = subprocess.run(
+        ["bash", os.path.join(RECIPE, "run_qwen3-8b_stapo.sh"), "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "loss_mode: stapo" in result.stdout and "nnodes: 8" in result.stdout

@@ -16,8 +16,17 @@ from stapo_verl.experiments import grid
 from stapo_verl.experiments.grid import Run, finished, run_overrides, validated_before_training
 
 
-def fake_run(out, method: str, seed: int, entropy: list[float], held_out: dict[int, float], exit_code=0,
-             silenced=None, step1=(40.0, 0.5), overrides=None):  # fmt: skip
+def fake_run(
+    out,
+    method: str,
+    seed: int,
+    entropy: list[float],
+    held_out: dict[int, float],
+    exit_code=0,
+    silenced=None,
+    step1=(40.0, 0.5),
+    overrides=None,
+):
     """A finished run's directory as the grid leaves it (metrics as verl's file logger writes them)."""
     run_dir = out / "runs" / f"{method}_seed{seed}"
     run_dir.mkdir(parents=True)
@@ -25,10 +34,15 @@ def fake_run(out, method: str, seed: int, entropy: list[float], held_out: dict[i
     if 0 in held_out:
         rows.append({"step": 0, "data": {"val-core/sums-aligned/acc/mean@4": held_out[0]}})
     for step, h in enumerate(entropy, 1):
-        data = {"actor/pg_loss": 0.1, "actor/entropy": h, "actor/pg_clipfrac": 0.01,
-                "response_length/mean": step1[0] if step == 1 else 30.0 + step,
-                "critic/score/mean": step1[1] if step == 1 else 0.0, "critic/advantages/max": 1.0,
-                "timing_s/step": 40.0}  # fmt: skip
+        data = {
+            "actor/pg_loss": 0.1,
+            "actor/entropy": h,
+            "actor/pg_clipfrac": 0.01,
+            "response_length/mean": step1[0] if step == 1 else 30.0 + step,
+            "critic/score/mean": step1[1] if step == 1 else 0.0,
+            "critic/advantages/max": 1.0,
+            "timing_s/step": 40.0,
+        }
         if silenced is not None:
             data["actor/s2t/silenced_frac"] = silenced
         if step in held_out:
@@ -37,9 +51,18 @@ def fake_run(out, method: str, seed: int, entropy: list[float], held_out: dict[i
     with open(run_dir / "metrics.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     with open(run_dir / "run.json", "w") as f:
-        json.dump({"method": method, "seed": seed, "exit_code": exit_code, "overrides": overrides or [],
-                   "command": f"stapo-verl train {method} smollm2_135m {' '.join(overrides or [])}",
-                   "wall_s": 400.0 + 40.0 * len(entropy), "finished": "2026-12-04T00:00:00"}, f)  # fmt: skip
+        json.dump(
+            {
+                "method": method,
+                "seed": seed,
+                "exit_code": exit_code,
+                "overrides": overrides or [],
+                "command": f"stapo-verl train {method} smollm2_135m {' '.join(overrides or [])}",
+                "wall_s": 400.0 + 40.0 * len(entropy),
+                "finished": "2026-12-04T00:00:00",
+            },
+            f,
+        )
     return run_dir
 
 
@@ -82,8 +105,11 @@ def test_a_resumed_grid_has_etas_before_its_first_step(tmp_path):
 
 
 def test_the_grid_refuses_bad_input_naming_the_field(capsys):
-    for argv, message in ((["--methods", "ppo"], "unknown ['ppo']"), (["--model", "qwen3_8b"], "CPU presets"),
-                          (["--steps", "0"], "--steps must be >= 1")):  # fmt: skip
+    for argv, message in (
+        (["--methods", "ppo"], "unknown ['ppo']"),
+        (["--model", "qwen3_8b"], "CPU presets"),
+        (["--steps", "0"], "--steps must be >= 1"),
+    ):
         with pytest.raises(SystemExit):
             grid.main([*argv, "--dry-run"])
         assert message in capsys.readouterr().err
@@ -93,8 +119,25 @@ def test_the_dry_run_prints_the_plan_with_what_is_finished(tmp_path, capsys):
     out = tmp_path / "grid"
     overrides = run_overrides(Run("justrl", 0), "cpu_comparison", 2, str(out / "runs" / "justrl_seed0"), True, [])
     fake_run(out, "justrl", 0, [1.0, 1.0], {0: 0.2, 2: 0.25}, overrides=overrides)
-    assert grid.main(["--methods", "justrl", "stapo", "--seeds", "0", "--steps", "2", "--rollout", "hf", "--out", str(out),
-                      "--dry-run"]) == 0
+    assert (
+        grid.main(
+            [
+                "--methods",
+                "justrl",
+                "stapo",
+                "--seeds",
+                "0",
+                "--steps",
+                "2",
+                "--rollout",
+                "hf",
+                "--out",
+                str(out),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "2 runs" in printed and "1 finished" in printed and "1 to run" in printed
     stapo_line = next(line for line in printed.splitlines() if "stapo_seed0:" in line)
@@ -105,11 +148,34 @@ def test_a_seeds_validation_is_redone_when_the_run_that_held_it_runs_again(tmp_p
     """The run that validated seed 0 before training finished with other settings: it runs again,
     and validates again (no other finished run of the seed did)."""
     out = tmp_path / "grid"
-    old = run_overrides(Run("justrl", 0), "cpu_comparison", 2, str(out / "runs" / "justrl_seed0"), True,
-                        ["actor_rollout_ref.actor.optim.lr=1e-4"])  # fmt: skip
+    old = run_overrides(
+        Run("justrl", 0),
+        "cpu_comparison",
+        2,
+        str(out / "runs" / "justrl_seed0"),
+        True,
+        ["actor_rollout_ref.actor.optim.lr=1e-4"],
+    )
     fake_run(out, "justrl", 0, [1.0, 1.0], {0: 0.2, 2: 0.25}, overrides=old)
-    assert grid.main(["--methods", "justrl", "stapo", "--seeds", "0", "--steps", "2", "--rollout", "hf", "--out", str(out),
-                      "--dry-run"]) == 0  # fmt: skip
+    assert (
+        grid.main(
+            [
+                "--methods",
+                "justrl",
+                "stapo",
+                "--seeds",
+                "0",
+                "--steps",
+                "2",
+                "--rollout",
+                "hf",
+                "--out",
+                str(out),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if "_seed0:" in line]
     assert len(lines) == 2 and all("to run" in line for line in lines)
     assert "val_before_train=true" in lines[0] and "val_before_train=false" in lines[1]
@@ -128,8 +194,15 @@ def test_the_report_pairs_seeds_checks_step_one_and_marks_the_claims(tmp_path):
     for seed, gain in ((0, 0.05), (1, 0.04), (2, 0.06)):  # verl logs accuracies as fractions
         start = 0.20 + 0.01 * seed
         fake_run(tmp_path, "justrl", seed, [1.0, 1.5, 2.0], {0: start, 3: start + 0.02})
-        fake_run(tmp_path, "stapo", seed, [1.0, 1.05, 1.1], {3: start + 0.02 + gain}, silenced=0.00005,
-                 step1=(40.0, 0.5) if seed < 2 else (41.0, 0.5))  # fmt: skip
+        fake_run(
+            tmp_path,
+            "stapo",
+            seed,
+            [1.0, 1.05, 1.1],
+            {3: start + 0.02 + gain},
+            silenced=0.00005,
+            step1=(40.0, 0.5) if seed < 2 else (41.0, 0.5),
+        )
     report = grid_report.build(grid_report.load_runs(str(tmp_path)))
     label = "sums-aligned avg@4"
     assert report["labels"] == [label]
@@ -159,7 +232,8 @@ def test_a_partial_grid_without_stapo_reports_and_says_no_claim_is_decidable(tmp
     report = grid_report.build(grid_report.load_runs(str(tmp_path)))
     assert report["paired"] == {}
     assert [(c["verdict"], c["numbers"]) for c in report["claims"]] == [
-        ("not decidable at this scale", "no STAPO run has finished")]
+        ("not decidable at this scale", "no STAPO run has finished")
+    ]
     grid_report.write(str(tmp_path), str(tmp_path / "report"))
     assert not [w for w in recwarn if "legend" in str(w.message)]  # no empty legend on the silenced panel
 
@@ -167,6 +241,7 @@ def test_a_partial_grid_without_stapo_reports_and_says_no_claim_is_decidable(tmp
 def test_the_silenced_fraction_claim_is_judged_run_by_run(tmp_path):
     """Two seeds both 40x above the paper's 0.01%: contradicted (a t interval over two seeds
     would reach below zero and decide nothing); seeds on both sides of it: not decidable."""
+
     def verdict(fractions):
         grid_dir = tmp_path / "_".join(map(str, fractions))
         for seed, fraction in enumerate(fractions):
@@ -174,7 +249,10 @@ def test_the_silenced_fraction_claim_is_judged_run_by_run(tmp_path):
         claims = grid_report.build(grid_report.load_runs(str(grid_dir)))["claims"]
         return next((c["verdict"], c["numbers"]) for c in claims if "0.01%" in c["claim"])
 
-    assert verdict([0.004, 0.0055]) == ("contradicted", "0.400%, 0.550% of tokens (each STAPO run's mean over its steps)")
+    assert verdict([0.004, 0.0055]) == (
+        "contradicted",
+        "0.400%, 0.550% of tokens (each STAPO run's mean over its steps)",
+    )
     assert verdict([0.00005, 0.00002])[0] == "supported"
     assert verdict([0.00005, 0.004])[0] == "not decidable at this scale"
 
@@ -186,16 +264,24 @@ def test_the_report_re_makes_the_marked_tables_of_a_page_and_keeps_its_prose(tmp
     runs = [f"{m}_seed{s}" for s in (0, 1, 2) for m in ("stapo", "justrl")]  # the grid's plan: seed 2 still to run
     (tmp_path / "plan.json").write_text(json.dumps({"runs": runs}))
     page = tmp_path / "page.md"
-    page.write_text("# Results\n\nProse before.\n<!-- stapo-verl report: status -->\nold\n<!-- /stapo-verl report -->\n"
-                    "Prose between.\n<!-- stapo-verl report: headline -->\nold table\n<!-- /stapo-verl report -->\n"
-                    "<!-- stapo-verl report: seeds -->\n<!-- /stapo-verl report -->\n<!-- stapo-verl report: runs -->\n"
-                    "<!-- /stapo-verl report -->\nProse after.\n")  # fmt: skip
+    page.write_text(
+        "# Results\n\nProse before.\n<!-- stapo-verl report: status -->\nold\n<!-- /stapo-verl report -->\n"
+        "Prose between.\n<!-- stapo-verl report: headline -->\nold table\n<!-- /stapo-verl report -->\n"
+        "<!-- stapo-verl report: seeds -->\n<!-- /stapo-verl report -->\n<!-- stapo-verl report: runs -->\n"
+        "<!-- /stapo-verl report -->\nProse after.\n"
+    )
     grid_report.write(str(tmp_path), str(tmp_path / "report"), docs=[str(page)])
     text = page.read_text()
-    assert text.startswith("# Results\n\nProse before.\n") and "\nProse between.\n" in text and text.endswith("Prose after.\n")
+    assert (
+        text.startswith("# Results\n\nProse before.\n")
+        and "\nProse between.\n" in text
+        and text.endswith("Prose after.\n")
+    )
     assert "old" not in text
-    assert ("**4 of 6 runs finished** (justrl_seed0, justrl_seed1, stapo_seed0, stapo_seed1); "
-            "remaining: stapo_seed2, justrl_seed2.") in text  # fmt: skip
+    assert (
+        "**4 of 6 runs finished** (justrl_seed0, justrl_seed1, stapo_seed0, stapo_seed1); "
+        "remaining: stapo_seed2, justrl_seed2."
+    ) in text
     assert "| JustRL | 0, 1 | 20.0/20.0 -> 50.0 [50.0, 50.0] |" in text
     assert "| JustRL | avg@4: T 1.0, top-p 1.0 | +5.0, +6.0 | +5.5 [-0.9, +11.9], p = 0.058 |" in text
     assert "| seed | before training | JustRL | STAPO |\n|---|---|---|---|\n| 0 | 20.0 | 50.0 | 55.0 |\n" in text
@@ -206,7 +292,9 @@ def test_the_report_re_makes_the_marked_tables_of_a_page_and_keeps_its_prose(tmp
     other = tmp_path / "other.md"
     other.write_text("<!-- stapo-verl report: headlines -->\n<!-- /stapo-verl report -->\n")
     page.write_text("<!-- stapo-verl report: claims -->\n<!-- /stapo-verl report -->\n")
-    with pytest.raises(ValueError, match="unknown report block headlines; accepted: status, headline, seeds, claims, runs"):
+    with pytest.raises(
+        ValueError, match="unknown report block headlines; accepted: status, headline, seeds, claims, runs"
+    ):
         grid_report.write(str(tmp_path), str(tmp_path / "report"), docs=[str(page), str(other)])
     assert page.read_text() == "<!-- stapo-verl report: claims -->\n<!-- /stapo-verl report -->\n"  # nothing written
     other.write_text("no block\n")
@@ -233,20 +321,43 @@ def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
             workers = set(re.findall(r"stapo-verl: actor worker (\S+)", f.read()))
         # a run without a token mask trains on verl's worker (the CPU platform's, which only starts
         # its process group with gloo), a token-mask run on the hook's
-        expected = "cpu.workers.CPUTrainingWorker" if name.startswith("grpo") else "integration.worker.TokenMaskTrainingWorker"
+        expected = (
+            "cpu.workers.CPUTrainingWorker" if name.startswith("grpo") else "integration.worker.TokenMaskTrainingWorker"
+        )
         assert workers == {f"stapo_verl.{expected}"}, (name, workers)
-    again = subprocess.run([sys.executable, "-m", "stapo_verl", "grid", *toy_grid_args(), "--out", str(out),
-                            "--scratch", str(tmp_path / "scratch")], env={**os.environ, "STAPO_TINY_DIR": tiny_dir},
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stapo_verl",
+            "grid",
+            *toy_grid_args(),
+            "--out",
+            str(out),
+            "--scratch",
+            str(tmp_path / "scratch"),
+        ],
+        env={**os.environ, "STAPO_TINY_DIR": tiny_dir},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0 and "4 finished" in again.stdout and "0 to run" in again.stdout
     assert json.loads((out / "plan.json").read_text())["runs"] == [
-        "grpo_seed0", "entropy20_seed0", "grpo_seed1", "entropy20_seed1"]  # fmt: skip
+        "grpo_seed0",
+        "entropy20_seed0",
+        "grpo_seed1",
+        "entropy20_seed1",
+    ]
     from stapo_verl.cli import main as cli
 
     page = tmp_path / "page.md"
     page.write_text("<!-- stapo-verl report: status -->\n<!-- /stapo-verl report -->\n")
     assert cli(["report", "--grid", str(out), "--out", str(tmp_path / "report"), "--docs", str(page)]) == 0
-    assert "**4 of 4 runs finished** (grpo_seed0, entropy20_seed0, grpo_seed1, entropy20_seed1); none remaining." in page.read_text()
+    assert (
+        "**4 of 4 runs finished** (grpo_seed0, entropy20_seed0, grpo_seed1, entropy20_seed1); none remaining."
+        in page.read_text()
+    )
     result = json.loads((tmp_path / "report" / "grid.json").read_text())
     assert result["methods"] == ["grpo", "entropy20"] and result["seeds"] == [0, 1]
     assert all(check["identical"] for check in result["step1_identical"].values())

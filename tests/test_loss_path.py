@@ -56,7 +56,9 @@ def assert_equals_vanilla_over_kept_tokens(batch, data, output, grad):
 
     padded = data.select("response_mask", "old_log_probs", "advantages").to_padded_tensor()
     batch.theta.grad = None
-    log_prob = torch.nn.utils.rnn.pad_sequence([batch.response_values(batch.theta, i) for i in range(8)], batch_first=True)
+    log_prob = torch.nn.utils.rnn.pad_sequence(
+        [batch.response_values(batch.theta, i) for i in range(8)], batch_first=True
+    )
     reference, _ = compute_policy_loss_vanilla(
         old_log_prob=padded["old_log_probs"],
         log_prob=log_prob,
@@ -87,7 +89,9 @@ def test_engine_loss_is_clipped_objective_over_kept_tokens(source):
 
 
 @pytest.mark.parametrize("agg_mode", AGG_MODES)
-@pytest.mark.parametrize("loss_mode, settings", [("stapo", {"tau_prob": 1e-30}), ("entropy20", {"top_entropy_ratio": 1.0})])
+@pytest.mark.parametrize(
+    "loss_mode, settings", [("stapo", {"tau_prob": 1e-30}), ("entropy20", {"top_entropy_ratio": 1.0})]
+)
 def test_masked_loss_equals_vanilla_when_nothing_is_masked(agg_mode, loss_mode, settings):
     batch = MiniBatch(seed=4, n_seqs=8)
     _, vanilla = run_minibatch(batch, actor_config("vanilla", loss_agg_mode=agg_mode), micro_batch_size=2, mask=False)
@@ -145,8 +149,12 @@ def test_top_entropy_micro_batch_scope_masks_in_the_training_forward(split):
     keep = flat_tokens(data["response_mask"]).bool()
 
     probe = batch.tensordict()  # the reference: verl's split of the same mini-batch, a pass's entropies
-    tu.assign_non_tensor(probe, use_dynamic_bsz="max_token_len" in split,
-                         micro_batch_size_per_gpu=split.get("micro_batch_size"), max_token_len_per_gpu=split.get("max_token_len"))  # fmt: skip
+    tu.assign_non_tensor(
+        probe,
+        use_dynamic_bsz="max_token_len" in split,
+        micro_batch_size_per_gpu=split.get("micro_batch_size"),
+        max_token_len_per_gpu=split.get("max_token_len"),
+    )
     token_micro_batch = micro_batch_rows(probe).repeat_interleave(batch.response_lens)
     entropy = flat_tokens(probe["entropy"])
     expected = torch.zeros_like(keep)
@@ -210,12 +218,14 @@ def test_worker_masks_micro_batch_top_entropy_in_the_training_forward():
         worker.engine = mock.Mock(get_data_parallel_group=lambda: None, compute_entropy_from_logits=entropy_fn)
         worker.engine_config = mock.Mock(use_dynamic_bsz=False, max_token_len_per_gpu=None, micro_batch_size_per_gpu=2)
         with mock.patch.object(engine_workers.TrainingWorker, "set_loss_fn"):
-            worker.set_loss_fn(partial(engine_workers.ppo_loss, config=actor_config("entropy20", top_entropy_scope="micro_batch")))
+            worker.set_loss_fn(
+                partial(engine_workers.ppo_loss, config=actor_config("entropy20", top_entropy_scope="micro_batch"))
+            )
         data = MiniBatch(seed=3, n_seqs=8).tensordict()
         tu.assign_non_tensor(data, calculate_entropy=asked_by_actor)
         seen = {}
 
-        def verls_train_batch(self, data):
+        def verls_train_batch(self, data, seen=seen):
             logits = torch.ones(3, 5, requires_grad=True)
             seen.update(data=data, entropy_has_grad=self.engine.compute_entropy_from_logits(logits).requires_grad)
 
@@ -228,7 +238,9 @@ def test_worker_masks_micro_batch_top_entropy_in_the_training_forward():
         assert seen["entropy_has_grad"] is asked_by_actor
         assert worker.engine.compute_entropy_from_logits is entropy_fn  # restored
         assert tu.get_non_tensor_data(seen["data"], MASK_METRICS_KEY, None)["entropy20/kept_tokens"] > 0
-        assert torch.equal(flat_tokens(seen["data"]["response_mask"]), flat_tokens(data["response_mask"]))  # masked in the loss
+        assert torch.equal(
+            flat_tokens(seen["data"]["response_mask"]), flat_tokens(data["response_mask"])
+        )  # masked in the loss
 
 
 def test_every_token_silenced_gives_zero_gradient_and_finite_loss(caplog):
@@ -335,8 +347,9 @@ def test_worker_applies_mask_before_verls_train_batch():
     full = batch.tensordict()
     seen = {}
     with mock.patch.object(engine_workers.TrainingWorker, "train_batch", lambda self, data: seen.setdefault("d", data)):
-        with mock.patch.object(TokenMaskTrainingWorker, "_current_policy_stats",
-                               lambda self, data, rows: batch.current_stats(rows)):  # fmt: skip
+        with mock.patch.object(
+            TokenMaskTrainingWorker, "_current_policy_stats", lambda self, data, rows: batch.current_stats(rows)
+        ):
             worker.train_batch(full)
     data = seen["d"]
     metrics = tu.get_non_tensor_data(data, MASK_METRICS_KEY, None)
@@ -358,8 +371,10 @@ def test_current_source_reuses_the_old_pass_on_a_steps_first_mini_batch():
         return data
 
     expected = {}
-    for source, config in (("old", actor_config("stapo", tau_prob=0.05, stats_source="old").policy_loss),
-                           ("current", actor_config("stapo", tau_prob=0.05).policy_loss)):  # fmt: skip
+    for source, config in (
+        ("old", actor_config("stapo", tau_prob=0.05, stats_source="old").policy_loss),
+        ("current", actor_config("stapo", tau_prob=0.05).policy_loss),
+    ):
         data = step_batch()
         apply_token_mask(data, config, current_stats=batch.current_stats)
         expected[source] = flat_tokens(data["response_mask"])
@@ -420,8 +435,12 @@ def test_current_stats_come_from_verls_log_prob_pass():
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), batch.seq_lens[rows].cumsum(0)])
         nested = partial(torch.nested.nested_tensor_from_jagged, offsets=offsets)
         full = [slice(int(batch.offsets[r]), int(batch.offsets[r + 1])) for r in rows]
-        return tu.get_tensordict({"log_probs": nested(torch.cat([batch.theta.detach()[f] for f in full])),
-                                  "entropy": nested(torch.cat([entropy_full[f] for f in full]))})  # fmt: skip
+        return tu.get_tensordict(
+            {
+                "log_probs": nested(torch.cat([batch.theta.detach()[f] for f in full])),
+                "entropy": nested(torch.cat([entropy_full[f] for f in full])),
+            }
+        )
 
     worker.infer_batch = infer_batch
     worker.policy_loss = actor_config("stapo", diagnostics=False).policy_loss
@@ -435,7 +454,9 @@ def test_current_stats_come_from_verls_log_prob_pass():
         log_prob, entropy, _ = worker._current_policy_stats(data, torch.tensor(rows, dtype=torch.long))
         assert calls == [(True, passed)]
         assert torch.equal(log_prob, batch.current_stats(rows)[0])
-        assert torch.equal(entropy, torch.cat([batch.response_values(entropy_full, i) for i in rows] or [torch.zeros(0)]))
+        assert torch.equal(
+            entropy, torch.cat([batch.response_values(entropy_full, i) for i in rows] or [torch.zeros(0)])
+        )
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -458,8 +479,15 @@ def test_current_pass_covers_only_the_responses_that_can_hold_a_candidate(seed):
         assert full_metrics["s2t/silenced"] > 0
         assert torch.equal(flat_tokens(subset["response_mask"]), flat_tokens(full["response_mask"]))
         assert torch.equal(flat_tokens(subset["loss_mask"]), flat_tokens(full["loss_mask"]))
-        for key in ("s2t/valid_tokens", "s2t/candidates", "s2t/silenced", "s2t/tau_entropy",
-                    "s2t/silenced_prob_mean", "s2t/silenced_entropy_mean", "token_mask/silenced/prob_mean"):  # fmt: skip
+        for key in (
+            "s2t/valid_tokens",
+            "s2t/candidates",
+            "s2t/silenced",
+            "s2t/tau_entropy",
+            "s2t/silenced_prob_mean",
+            "s2t/silenced_entropy_mean",
+            "token_mask/silenced/prob_mean",
+        ):
             assert subset_metrics.get(key) == pytest.approx(full_metrics.get(key)), key
 
 

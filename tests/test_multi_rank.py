@@ -50,9 +50,21 @@ class TwoRayNodes:
 
     def _ray(self, *args: str) -> None:
         ray = os.path.join(os.path.dirname(sys.executable), "ray")
-        result = subprocess.run([ray, "start", "--node-ip-address=127.0.0.1", "--num-cpus=8", "--num-gpus=1",
-                                 "--disable-usage-stats", *args], env=self.env, capture_output=True, text=True,
-                                timeout=180)  # fmt: skip
+        result = subprocess.run(
+            [
+                ray,
+                "start",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=8",
+                "--num-gpus=1",
+                "--disable-usage-stats",
+                *args,
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     def __enter__(self):
@@ -61,8 +73,10 @@ class TwoRayNodes:
         return self
 
     def nodes(self) -> list[dict]:
-        code = ("import ray; ray.init(address='%s'); "
-                "print([n['Resources'].get('GPU', 0) for n in ray.nodes() if n['Alive']])") % self.address  # fmt: skip
+        code = (
+            f"import ray; ray.init(address='{self.address}'); "
+            "print([n['Resources'].get('GPU', 0) for n in ray.nodes() if n['Alive']])"
+        )
         result = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
         return eval(result.stdout.strip().splitlines()[-1])
 
@@ -97,8 +111,11 @@ def joining(cluster: TwoRayNodes) -> list[str]:
     """verl's usual way onto an existing cluster: ray_init's address (the CPU presets' default,
     ``local``, starts a Ray of the run's own); their local sizes (num_cpus, num_gpus) must go, as
     Ray refuses them when it joins a cluster."""
-    return [f"ray_kwargs.ray_init.address={cluster.address}", "ray_kwargs.ray_init.num_cpus=null",
-            "ray_kwargs.ray_init.num_gpus=null"]  # fmt: skip
+    return [
+        f"ray_kwargs.ray_init.address={cluster.address}",
+        "ray_kwargs.ray_init.num_cpus=null",
+        "ray_kwargs.ray_init.num_gpus=null",
+    ]
 
 
 def first_step(log) -> dict:
@@ -112,8 +129,20 @@ def assert_same_samples(one: dict, two: dict) -> None:
 
 def test_stapo_decides_alike_on_one_rank_and_on_two_ray_nodes(tiny_dir, tiny_stapo_run, two_ray_nodes, tmp_path):
     _, one_rank_log = tiny_stapo_run  # the same run on one rank (validation before it changes no sample)
-    train("stapo", tiny_dir, tmp_path, 1, ALL_POSITIVE_ARE_CANDIDATES, EXACT, ONE_MINI_BATCH, "trainer.nnodes=2",
-          "trainer.n_gpus_per_node=1", *joining(two_ray_nodes), *NO_VALIDATION, env=two_ray_nodes.env)  # fmt: skip
+    train(
+        "stapo",
+        tiny_dir,
+        tmp_path,
+        1,
+        ALL_POSITIVE_ARE_CANDIDATES,
+        EXACT,
+        ONE_MINI_BATCH,
+        "trainer.nnodes=2",
+        "trainer.n_gpus_per_node=1",
+        *joining(two_ray_nodes),
+        *NO_VALIDATION,
+        env=two_ray_nodes.env,
+    )
     one, two = first_step(one_rank_log), first_step(tmp_path / "logs" / "stapo" / "stapo_tiny_cpu.jsonl")
     assert_same_samples(one, two)
     assert one["actor/s2t/candidates"] > 0 and one["actor/s2t/silenced"] > 0  # S2T acts at this threshold
@@ -133,8 +162,18 @@ def test_entropy20_keeps_the_same_tokens_on_one_and_two_ranks(tiny_dir, toy_grid
     fp32, data and rollout seed 0); the same step on two ranks of one node."""
     grid_dir, _ = toy_grid
     one = first_step(grid_dir / "runs" / "entropy20_seed0" / "metrics.jsonl")
-    train("entropy20", tiny_dir, tmp_path, 1, EXACT, ONE_MINI_BATCH, "data.seed=0", "actor_rollout_ref.rollout.seed=0",
-          "trainer.n_gpus_per_node=2", *NO_VALIDATION)  # fmt: skip
+    train(
+        "entropy20",
+        tiny_dir,
+        tmp_path,
+        1,
+        EXACT,
+        ONE_MINI_BATCH,
+        "data.seed=0",
+        "actor_rollout_ref.rollout.seed=0",
+        "trainer.n_gpus_per_node=2",
+        *NO_VALIDATION,
+    )
     two = first_step(tmp_path / "logs" / "stapo" / "entropy20_tiny_cpu.jsonl")
     assert_same_samples(one, two)
     valid = one["actor/token_mask/kept/tokens"] + one["actor/token_mask/silenced/tokens"]
@@ -142,8 +181,9 @@ def test_entropy20_keeps_the_same_tokens_on_one_and_two_ranks(tiny_dir, toy_grid
     assert two["actor/entropy20/kept_tokens"] == one["actor/entropy20/kept_tokens"]
     low, high = two["actor/entropy20/kept_tokens_rank_min"], two["actor/entropy20/kept_tokens_rank_max"]
     assert low < high and low + high == two["actor/entropy20/kept_tokens"]
-    assert two["actor/entropy20/entropy_threshold"] == pytest.approx(one["actor/entropy20/entropy_threshold"],
-                                                                     rel=RELATIVE)  # fmt: skip
+    assert two["actor/entropy20/entropy_threshold"] == pytest.approx(
+        one["actor/entropy20/entropy_threshold"], rel=RELATIVE
+    )
     for key in ("actor/pg_loss", "actor/grad_norm"):
         assert two[key] == pytest.approx(one[key], rel=RELATIVE), key
 
@@ -154,8 +194,18 @@ def test_ranks_the_cluster_cannot_place_fail_before_training_naming_the_numbers(
 ):
     """3 nodes on a 2-node cluster; and 2 ranks on one node where each node has 1 slot, which
     verl's own check (the cluster's total) lets through and then waits for forever."""
-    output = train("stapo", tiny_dir, tmp_path, 1, f"trainer.nnodes={nnodes}", f"trainer.n_gpus_per_node={per_node}",
-                   *joining(two_ray_nodes), *NO_VALIDATION, check=False, env=two_ray_nodes.env)  # fmt: skip
+    output = train(
+        "stapo",
+        tiny_dir,
+        tmp_path,
+        1,
+        f"trainer.nnodes={nnodes}",
+        f"trainer.n_gpus_per_node={per_node}",
+        *joining(two_ray_nodes),
+        *NO_VALIDATION,
+        check=False,
+        env=two_ray_nodes.env,
+    )
     line = next(line for line in output.splitlines() if "the Ray cluster cannot place" in line)
     assert f"cannot place {nnodes} node(s) x {per_node} trainer process(es)" in line
     # the cluster's free (GPU, CPU) slots per node (verl's own actors already hold some CPU slots)

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-from typing import Optional
 
 import pytest
 
@@ -40,9 +39,7 @@ def test_without_the_plugin_verl_does_not_know_stapo():
 
 
 def test_check_command():
-    result = subprocess.run(
-        [sys.executable, "-m", "stapo_verl", "check"], capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run([sys.executable, "-m", "stapo_verl", "check"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "stapo-verl OK" in result.stdout
 
@@ -118,11 +115,21 @@ def test_no_import_cycles_in_the_package():
 # The package's rooms, lowest first: a module imports only from its own room or lower ones (the
 # plugin and the command line, at the top, may import anything). compat, install_state and runlog are
 # rooms of one module each, used everywhere and importing nothing of the package.
-ROOMS = ["compat", "install_state", "runlog", "recipe", "method", "tasks", "cpu", "experiments", "analysis",
-         "integration"]
+ROOMS = [
+    "compat",
+    "install_state",
+    "runlog",
+    "recipe",
+    "method",
+    "tasks",
+    "cpu",
+    "experiments",
+    "analysis",
+    "integration",
+]
 
 
-def room(module: str) -> Optional[str]:
+def room(module: str) -> str | None:
     """The room of a module (None for the package itself and its top-level modules)."""
     parts = module.split(".")
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ROOMS) else None
@@ -132,8 +139,12 @@ def test_imports_only_go_down_the_rooms():
     graph = stapo_import_graph()
     rooms = {room(m) for m in graph} - {None}
     assert rooms == set(ROOMS), rooms  # every module is in a room, or top-level
-    upward = [f"{module} -> {target}" for module, targets in graph.items() for target in targets
-              if room(module) and room(target) and ROOMS.index(room(target)) > ROOMS.index(room(module))]  # fmt: skip
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if room(module) and room(target) and ROOMS.index(room(target)) > ROOMS.index(room(module))
+    ]
     assert not upward, upward
     top_level = sorted(m for m in graph if room(m) is None)
     assert top_level == ["stapo_verl", "stapo_verl.__main__", "stapo_verl.cli", "stapo_verl.plugin"]
@@ -167,8 +178,9 @@ print("ref_worker", ew.ActorRolloutRefWorker.ref_worker_cls.__qualname__)
 
 def probe(**env) -> dict[str, str]:
     environment = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
-    result = subprocess.run([sys.executable, "-c", OPT_IN_PROBE], capture_output=True, text=True, timeout=300,
-                            env={**environment, **env})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", OPT_IN_PROBE], capture_output=True, text=True, timeout=300, env={**environment, **env}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return dict(line.split(" ", 1) for line in result.stdout.splitlines() if not line.startswith("stapo-verl:"))
 

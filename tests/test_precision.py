@@ -70,8 +70,13 @@ def dtypes(cfg) -> dict:
     }
 
 
-BF16 = {"actor_compute": "bf16", "ref_compute": "bf16", "rollout": "bfloat16", "master_weights": ("fp32", "fp32"),
-        "reduce": ("fp32", "fp32")}  # fmt: skip
+BF16 = {
+    "actor_compute": "bf16",
+    "ref_compute": "bf16",
+    "rollout": "bfloat16",
+    "master_weights": ("fp32", "fp32"),
+    "reduce": ("fp32", "fp32"),
+}
 FP32 = {**BF16, "actor_compute": "fp32", "ref_compute": "fp32", "rollout": "float32"}
 
 

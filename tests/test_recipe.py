@@ -12,39 +12,75 @@ from stapo_verl.recipe import CONFIG_DIR, CONFIG_NAME, METHODS, MODELS
 
 # Fields that define a fair comparison: identical for all four methods.
 SHARED = [
-    "data.train_files", "data.val_files", "data.train_batch_size", "data.max_prompt_length",
-    "data.max_response_length", "data.filter_overlong_prompts",
-    "algorithm.adv_estimator", "algorithm.norm_adv_by_std_in_grpo", "algorithm.use_kl_in_reward",
-    "actor_rollout_ref.model.path", "actor_rollout_ref.actor.optim.lr",
-    "actor_rollout_ref.actor.optim.lr_warmup_steps", "actor_rollout_ref.actor.optim.weight_decay",
-    "actor_rollout_ref.actor.optim.clip_grad", "actor_rollout_ref.actor.ppo_mini_batch_size",
-    "actor_rollout_ref.actor.ppo_epochs", "actor_rollout_ref.actor.use_dynamic_bsz",
-    "actor_rollout_ref.actor.ppo_max_token_len_per_gpu", "actor_rollout_ref.actor.clip_ratio_low",
-    "actor_rollout_ref.actor.clip_ratio_c", "actor_rollout_ref.actor.entropy_coeff",
-    "actor_rollout_ref.actor.calculate_entropy", "actor_rollout_ref.rollout.name", "actor_rollout_ref.rollout.n",
-    "actor_rollout_ref.rollout.temperature", "actor_rollout_ref.rollout.top_p",
-    "actor_rollout_ref.rollout.tensor_model_parallel_size", "trainer.test_freq", "trainer.total_training_steps",
-    "reward.custom_reward_function.path", "reward.custom_reward_function.reward_kwargs.grader",
-]  # fmt: skip
+    "data.train_files",
+    "data.val_files",
+    "data.train_batch_size",
+    "data.max_prompt_length",
+    "data.max_response_length",
+    "data.filter_overlong_prompts",
+    "algorithm.adv_estimator",
+    "algorithm.norm_adv_by_std_in_grpo",
+    "algorithm.use_kl_in_reward",
+    "actor_rollout_ref.model.path",
+    "actor_rollout_ref.actor.optim.lr",
+    "actor_rollout_ref.actor.optim.lr_warmup_steps",
+    "actor_rollout_ref.actor.optim.weight_decay",
+    "actor_rollout_ref.actor.optim.clip_grad",
+    "actor_rollout_ref.actor.ppo_mini_batch_size",
+    "actor_rollout_ref.actor.ppo_epochs",
+    "actor_rollout_ref.actor.use_dynamic_bsz",
+    "actor_rollout_ref.actor.ppo_max_token_len_per_gpu",
+    "actor_rollout_ref.actor.clip_ratio_low",
+    "actor_rollout_ref.actor.clip_ratio_c",
+    "actor_rollout_ref.actor.entropy_coeff",
+    "actor_rollout_ref.actor.calculate_entropy",
+    "actor_rollout_ref.rollout.name",
+    "actor_rollout_ref.rollout.n",
+    "actor_rollout_ref.rollout.temperature",
+    "actor_rollout_ref.rollout.top_p",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size",
+    "trainer.test_freq",
+    "trainer.total_training_steps",
+    "reward.custom_reward_function.path",
+    "reward.custom_reward_function.reward_kwargs.grader",
+]
 
 # What each method sets (docs/method.md sections 3-4).
 EXPECTED = {
-    "justrl": {"policy_loss.loss_mode": "vanilla", "clip_ratio_high": 0.28, "loss_agg_mode": "token-mean", "use_kl_loss": False},
+    "justrl": {
+        "policy_loss.loss_mode": "vanilla",
+        "clip_ratio_high": 0.28,
+        "loss_agg_mode": "token-mean",
+        "use_kl_loss": False,
+    },
     "stapo": {
-        "policy_loss.loss_mode": "stapo", "policy_loss.tau_prob": 0.002, "policy_loss.entropy_quantile": 0.75,
-        "policy_loss.entropy_threshold": None, "policy_loss.stats_source": "current",
-        "clip_ratio_high": 0.28, "loss_agg_mode": "token-mean", "use_kl_loss": False,
+        "policy_loss.loss_mode": "stapo",
+        "policy_loss.tau_prob": 0.002,
+        "policy_loss.entropy_quantile": 0.75,
+        "policy_loss.entropy_threshold": None,
+        "policy_loss.stats_source": "current",
+        "clip_ratio_high": 0.28,
+        "loss_agg_mode": "token-mean",
+        "use_kl_loss": False,
     },
     "entropy20": {
-        "policy_loss.loss_mode": "entropy20", "policy_loss.top_entropy_ratio": 0.2,
-        "policy_loss.top_entropy_scope": "mini_batch", "policy_loss.stats_source": "current",
-        "clip_ratio_high": 0.28, "loss_agg_mode": "token-mean", "use_kl_loss": False,
+        "policy_loss.loss_mode": "entropy20",
+        "policy_loss.top_entropy_ratio": 0.2,
+        "policy_loss.top_entropy_scope": "mini_batch",
+        "policy_loss.stats_source": "current",
+        "clip_ratio_high": 0.28,
+        "loss_agg_mode": "token-mean",
+        "use_kl_loss": False,
     },
     "grpo": {
-        "policy_loss.loss_mode": "vanilla", "clip_ratio_high": 0.2, "loss_agg_mode": "seq-mean-token-mean",
-        "use_kl_loss": True, "kl_loss_coef": 0.001, "kl_loss_type": "low_var_kl",
+        "policy_loss.loss_mode": "vanilla",
+        "clip_ratio_high": 0.2,
+        "loss_agg_mode": "seq-mean-token-mean",
+        "use_kl_loss": True,
+        "kl_loss_coef": 0.001,
+        "kl_loss_type": "low_var_kl",
     },
-}  # fmt: skip
+}
 
 
 def compose(*overrides):
@@ -80,8 +116,12 @@ def test_reward_is_the_dapo_rule_reward(configs):
     for cfg in configs.values():
         assert cfg.reward.custom_reward_function.reward_kwargs.grader == "dapo"
     score = get_custom_reward_fn(configs["stapo"])
-    assert score(data_source="DAPO-17k", solution_str="so \\boxed{34}", ground_truth="34", extra_info={})["score"] == 1.0
-    assert score(data_source="DAPO-17k", solution_str="so \\boxed{35}", ground_truth="34", extra_info={})["score"] == -1.0
+    assert (
+        score(data_source="DAPO-17k", solution_str="so \\boxed{34}", ground_truth="34", extra_info={})["score"] == 1.0
+    )
+    assert (
+        score(data_source="DAPO-17k", solution_str="so \\boxed{35}", ground_truth="34", extra_info={})["score"] == -1.0
+    )
 
 
 def test_the_papers_shared_recipe(configs):
@@ -97,9 +137,14 @@ def test_the_papers_shared_recipe(configs):
     assert not cfg.algorithm.use_kl_in_reward and cfg.algorithm.adv_estimator == "grpo"
 
 
-@pytest.mark.parametrize("model, path, tp", [
-    ("qwen3_1.7b", "Qwen/Qwen3-1.7B-Base", 1), ("qwen3_8b", "Qwen/Qwen3-8B-Base", 2), ("qwen3_14b", "Qwen/Qwen3-14B-Base", 4),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "model, path, tp",
+    [
+        ("qwen3_1.7b", "Qwen/Qwen3-1.7B-Base", 1),
+        ("qwen3_8b", "Qwen/Qwen3-8B-Base", 2),
+        ("qwen3_14b", "Qwen/Qwen3-14B-Base", 4),
+    ],
+)
 def test_model_presets(model, path, tp):
     cfg = compose("algorithm=stapo", f"model={model}")
     assert cfg.actor_rollout_ref.model.path == path
@@ -153,11 +198,17 @@ def test_configs_ship_in_the_wheel(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), root],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = tmp_path.glob("stapo_verl-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for relative in ["stapo_trainer.yaml", *(f"algorithm/{m}.yaml" for m in METHODS), *(f"model/{m}.yaml" for m in MODELS)]:
+    for relative in [
+        "stapo_trainer.yaml",
+        *(f"algorithm/{m}.yaml" for m in METHODS),
+        *(f"model/{m}.yaml" for m in MODELS),
+    ]:
         assert f"stapo_verl/recipe/config/{relative}" in names
     assert any(name.endswith("entry_points.txt") for name in names)
 

@@ -26,8 +26,14 @@ def write_eval(path, method, run_seed, setting, scores, model="qwen3_1.7b"):
         for bench, problems in scores.items():
             for problem_id, samples in problems.items():
                 for i, score in enumerate(samples):
-                    row = {"benchmark": bench, "problem_id": problem_id, "sample": i, "score": score,
-                           "response_tokens": 10, "finish": "stop"}  # fmt: skip
+                    row = {
+                        "benchmark": bench,
+                        "problem_id": problem_id,
+                        "sample": i,
+                        "score": score,
+                        "response_tokens": 10,
+                        "finish": "stop",
+                    }
                     f.write(json.dumps(row) + "\n")
     return str(path)
 
@@ -40,9 +46,13 @@ STAPO = [
 GRPO = [{"aime24": {"a": [0, 0, 0, 0], "b": [0, 0, 0, 0], "c": [1, 1, 0, 0]}, "math500": {"x": [0, 0], "y": [1, 0]}}]
 # by hand: STAPO aime24 = mean(.5, 0, 1, 1, .25, .75) = 3.5/6; math500 = mean(.5, 1, 1, .5) = .75
 EXPECTED = {
-    ("STAPO", "AIME24"): 100 * 3.5 / 6, ("STAPO", "MATH500"): 75.0, ("STAPO", "Avg"): (100 * 3.5 / 6 + 75.0) / 2,
-    ("GRPO", "AIME24"): 100 * 0.5 / 3, ("GRPO", "MATH500"): 25.0, ("GRPO", "Avg"): (100 * 0.5 / 3 + 25.0) / 2,
-}  # fmt: skip
+    ("STAPO", "AIME24"): 100 * 3.5 / 6,
+    ("STAPO", "MATH500"): 75.0,
+    ("STAPO", "Avg"): (100 * 3.5 / 6 + 75.0) / 2,
+    ("GRPO", "AIME24"): 100 * 0.5 / 3,
+    ("GRPO", "MATH500"): 25.0,
+    ("GRPO", "Avg"): (100 * 0.5 / 3 + 25.0) / 2,
+}
 
 
 @pytest.fixture
@@ -140,7 +150,10 @@ def test_training_plots_are_nonempty_images(tmp_path):
     summary = {row["run"]: row for row in read_csv(out / "training.csv")}
     assert summary["stapo_qwen3_1.7b"]["steps"] == "6"
     assert summary["stapo_qwen3_1.7b"]["entropy (first, last)"] == f"{0.6:.3f}, {0.5 / 6 + 0.1:.3f}"
-    assert summary["stapo_qwen3_1.7b"]["silenced fraction (mean)"] == f"{100 * np.mean([s / 1000 for s in range(1, 7)]):.3f}%"
+    assert (
+        summary["stapo_qwen3_1.7b"]["silenced fraction (mean)"]
+        == f"{100 * np.mean([s / 1000 for s in range(1, 7)]):.3f}%"
+    )
     assert summary["grpo_qwen3_1.7b"]["val accuracy % (first, last)"] == f"{100 * 0.1:.1f}, {100 * 0.3:.1f}"
     rows = read_metrics(logs[0])
     assert [r["step"] for r in rows] == list(range(1, 7))
@@ -165,9 +178,24 @@ def test_eval_runs_on_cpu_with_a_tiny_random_model(tmp_path):
         convert_file(fixture_file(bench), str(data_dir), split="test")
     prepare_tiny(str(tmp_path / "tiny"), sft_steps=0)  # random weights
     model = str(tmp_path / "tiny" / "model")
-    args = ["eval", model, "--data-dir", str(data_dir), "--engine", "hf", "--max-problems", "2",
-            "--max-tokens", "8", "--samples", ",".join(f"{b}=2" for b in BENCHMARKS),
-            "--method", "stapo", "--model", "tiny_cpu"]  # fmt: skip
+    args = [
+        "eval",
+        model,
+        "--data-dir",
+        str(data_dir),
+        "--engine",
+        "hf",
+        "--max-problems",
+        "2",
+        "--max-tokens",
+        "8",
+        "--samples",
+        ",".join(f"{b}=2" for b in BENCHMARKS),
+        "--method",
+        "stapo",
+        "--model",
+        "tiny_cpu",
+    ]
     assert cli([*args, "--out", str(tmp_path / "e1")]) == 0
     rows = [json.loads(line) for line in open(tmp_path / "e1" / "samples.jsonl")]
     assert len(rows) == 6 * 2 * 2

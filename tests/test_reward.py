@@ -46,7 +46,9 @@ def benchmark_golds(request, tmp_path_factory):
     for name in BENCHMARKS:
         report = convert_file(data_file(request.param, name), str(out), split="test")
         frame = pd.read_parquet(report.output)
-        golds[name] = list(zip(frame.extra_info.map(lambda e: e["id"]), frame.reward_model.map(lambda r: r["ground_truth"])))
+        golds[name] = list(
+            zip(frame.extra_info.map(lambda e: e["id"]), frame.reward_model.map(lambda r: r["ground_truth"]))
+        )
     return golds
 
 
@@ -88,18 +90,66 @@ def test_gold_answers_score_correct_and_perturbed_ones_wrong(benchmark_golds, ca
 def adversarial_outputs(count=2000, seed=0):
     rng = random.Random(seed)
     fixed = [
-        "", " ", "\\boxed{", "\\boxed{}", "}" * 1000, "\\boxed{" * 5000, "{" * 100000 + "\\boxed{1}",
-        "\\boxed{" + "{" * 50000 + "1" + "}" * 50000 + "}", "x" * 1_000_000, "\\boxed{1}" * 20000,
-        "\\boxed{9^{9^{9^{9^{9^{9^{9}}}}}}}", "\\boxed{10^{10^{10^{10}}}!}", "\\boxed{(((((((((((1)))))))))))}",
-        "\\boxed{\\frac{\\frac{\\frac{\\frac{1}{2}}{3}}{4}}{5}}", "\\boxed{\\sqrt{\\sqrt{\\sqrt{\\sqrt{2}}}}}",
-        "\\boxed{" + "+".join(["x"] * 3000) + "}", "\\boxed{" + "\\left(" * 300 + "1" + "\\right)" * 300 + "}",
-        "\\boxed{\\int_0^\\infty e^{-x^2} dx}", "\\boxed{\\sum_{n=1}^{\\infty} n^{n^{n}}}", "\\boxed{0/0}",
-        "\\boxed{\\begin{pmatrix}" + "1&" * 500 + "1\\end{pmatrix}}", "\\boxed{∞ ∑ ∫ √ π ≈ ≠}", "\\boxed{\x00\x01\x02}",
-        "\ud83d\ude00 \\boxed{😀}", "$" * 10000, "\\boxed{" + "$" * 999 + "}", "\\boxed{" + "a$" * 499 + "}",
-        "\\boxed{\\text{" + "a" * 5000 + "}}", "\\boxed{1e999999}", "\\boxed{10**10**10**10}", "\\\\" * 50000,
-    ]  # fmt: skip
-    atoms = ["\\boxed{", "}", "{", "\\frac", "\\sqrt", "^", "_", "\\left(", "\\right)", "$", "9", "x", "\\pi",
-             "\\infty", "!", "\\cdot", "=", ",", "\\text{", " ", "\\\\", "π", "é", "\x00", "e", "-"]  # fmt: skip
+        "",
+        " ",
+        "\\boxed{",
+        "\\boxed{}",
+        "}" * 1000,
+        "\\boxed{" * 5000,
+        "{" * 100000 + "\\boxed{1}",
+        "\\boxed{" + "{" * 50000 + "1" + "}" * 50000 + "}",
+        "x" * 1_000_000,
+        "\\boxed{1}" * 20000,
+        "\\boxed{9^{9^{9^{9^{9^{9^{9}}}}}}}",
+        "\\boxed{10^{10^{10^{10}}}!}",
+        "\\boxed{(((((((((((1)))))))))))}",
+        "\\boxed{\\frac{\\frac{\\frac{\\frac{1}{2}}{3}}{4}}{5}}",
+        "\\boxed{\\sqrt{\\sqrt{\\sqrt{\\sqrt{2}}}}}",
+        "\\boxed{" + "+".join(["x"] * 3000) + "}",
+        "\\boxed{" + "\\left(" * 300 + "1" + "\\right)" * 300 + "}",
+        "\\boxed{\\int_0^\\infty e^{-x^2} dx}",
+        "\\boxed{\\sum_{n=1}^{\\infty} n^{n^{n}}}",
+        "\\boxed{0/0}",
+        "\\boxed{\\begin{pmatrix}" + "1&" * 500 + "1\\end{pmatrix}}",
+        "\\boxed{∞ ∑ ∫ √ π ≈ ≠}",
+        "\\boxed{\x00\x01\x02}",
+        "\ud83d\ude00 \\boxed{😀}",
+        "$" * 10000,
+        "\\boxed{" + "$" * 999 + "}",
+        "\\boxed{" + "a$" * 499 + "}",
+        "\\boxed{\\text{" + "a" * 5000 + "}}",
+        "\\boxed{1e999999}",
+        "\\boxed{10**10**10**10}",
+        "\\\\" * 50000,
+    ]
+    atoms = [
+        "\\boxed{",
+        "}",
+        "{",
+        "\\frac",
+        "\\sqrt",
+        "^",
+        "_",
+        "\\left(",
+        "\\right)",
+        "$",
+        "9",
+        "x",
+        "\\pi",
+        "\\infty",
+        "!",
+        "\\cdot",
+        "=",
+        ",",
+        "\\text{",
+        " ",
+        "\\\\",
+        "π",
+        "é",
+        "\x00",
+        "e",
+        "-",
+    ]
     outputs = list(fixed)
     while len(outputs) < count:
         kind = rng.random()
@@ -128,7 +178,9 @@ def test_fuzz_never_raises_and_is_bounded(grader, capsys):
         assert set(result) >= {"score", "acc", "pred"} and result["score"] in (-1.0, 0.0)
         assert elapsed < CALL_BOUND_S, (elapsed, output[:200])
     with capsys.disabled():
-        print(f"\n{grader}: {len(outputs)} adversarial outputs, slowest call {slowest:.2f} s, {timed_out} hard timeouts")
+        print(
+            f"\n{grader}: {len(outputs)} adversarial outputs, slowest call {slowest:.2f} s, {timed_out} hard timeouts"
+        )
     # sanity: the grader is still alive and right after the storm
     assert compute_score("fuzz", "\\boxed{42}", "42", grader=grader)["acc"]
 
@@ -167,7 +219,9 @@ def test_works_in_a_ray_task():
 
             return compute_score("x", solution, gold, grader=grader)
 
-        results = ray.get([grade.remote("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", "math_verify"), grade.remote("\\boxed{7}", "7", "dapo")])
+        results = ray.get(
+            [grade.remote("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", "math_verify"), grade.remote("\\boxed{7}", "7", "dapo")]
+        )
     finally:
         ray.shutdown()
     assert [r["acc"] for r in results] == [True, True]
@@ -269,9 +323,11 @@ def test_a_missing_or_non_string_gold_answer_never_scores_correct(grader, gold, 
 
 def test_a_script_without_a_main_guard_runs_once(tmp_path):
     script = tmp_path / "grade.py"
-    script.write_text("from stapo_verl.tasks.reward import compute_score\n"
-                      "print('script body ran')\n"
-                      "print(compute_score('x', '\\\\boxed{7}', '7', grader='math_verify')['acc'])\n")  # fmt: skip
+    script.write_text(
+        "from stapo_verl.tasks.reward import compute_score\n"
+        "print('script body ran')\n"
+        "print(compute_score('x', '\\\\boxed{7}', '7', grader='math_verify')['acc'])\n"
+    )
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == ["script body ran", "True"]
@@ -318,11 +374,34 @@ def hostile_answers() -> list[str]:
     # (0 and 1 to a finite power are 0 and 1: those towers stay finite and are left out)
     answers = [f"{b}^{{{t}}}" for b in bases for t in tops if "infty" in t or b not in ("0", "1")]
     answers += [f"{b}^{{9^{{99^{{{t}}}}}}}" for b in ("2", "9") for t in ("\\infty", "\\infty^{e}")]
-    answers += ["\\infty", "-\\infty", "\\pm\\infty", "\\infty^\\infty", "\\infty^{-\\infty}", "\\frac{1}{0}",
-                "\\frac{0}{0}", "0^0", "\\infty-\\infty", "0\\cdot\\infty", "1^\\infty", "\\frac{\\infty}{\\infty}",
-                "\\infty^0", "\\infty+42", "42\\infty", "\\sqrt{\\infty}", "\\log(0)", "e^{\\infty}-e^{\\infty}",
-                "\\{\\infty\\}", "\\{1, \\infty\\}", "\\{1,2,\\infty\\}", "[0, \\infty)", "(-\\infty, \\infty)",
-                "[42, \\infty]", "(-\\infty, 0]", "\\{42^{\\infty}\\}"]  # fmt: skip
+    answers += [
+        "\\infty",
+        "-\\infty",
+        "\\pm\\infty",
+        "\\infty^\\infty",
+        "\\infty^{-\\infty}",
+        "\\frac{1}{0}",
+        "\\frac{0}{0}",
+        "0^0",
+        "\\infty-\\infty",
+        "0\\cdot\\infty",
+        "1^\\infty",
+        "\\frac{\\infty}{\\infty}",
+        "\\infty^0",
+        "\\infty+42",
+        "42\\infty",
+        "\\sqrt{\\infty}",
+        "\\log(0)",
+        "e^{\\infty}-e^{\\infty}",
+        "\\{\\infty\\}",
+        "\\{1, \\infty\\}",
+        "\\{1,2,\\infty\\}",
+        "[0, \\infty)",
+        "(-\\infty, \\infty)",
+        "[42, \\infty]",
+        "(-\\infty, 0]",
+        "\\{42^{\\infty}\\}",
+    ]
     return answers
 
 
@@ -332,8 +411,12 @@ HUGE_EXPONENTS = ["2^{9^{99}}", "9^{9^{9^{9}}}"]  # sympy would expand them: CPU
 def hostile_family() -> list[tuple[str, str, bool]]:
     """(gold, response, true grade): every hostile answer against every gold (all wrong), the
     right forms (all right), and the huge exponents against one gold (wrong; they cost seconds)."""
-    cases = [(gold, f"So the answer is $\\boxed{{{a}}}$.", False)
-             for gold in HOSTILE_GOLDS for a in hostile_answers() if a not in RIGHT_FORMS[gold]]
+    cases = [
+        (gold, f"So the answer is $\\boxed{{{a}}}$.", False)
+        for gold in HOSTILE_GOLDS
+        for a in hostile_answers()
+        if a not in RIGHT_FORMS[gold]
+    ]
     cases += [(gold, f"\\boxed{{{a}}}", True) for gold, forms in RIGHT_FORMS.items() for a in forms]
     cases += [("42", f"\\boxed{{{a}}}", False) for a in HUGE_EXPONENTS]
     return cases
@@ -433,7 +516,10 @@ def test_the_dapo_grader_and_the_preset_tasks_pay_no_hostile_answer():
     from stapo_verl.cpu.tiny import arithmetic_rows
     from stapo_verl.tasks.multiplication import problem_rows as multiplication_rows
 
-    for model, rows in (("smollm2_135m", multiplication_rows(16, 0, "train")), ("tiny_cpu", arithmetic_rows(16, 0, "train"))):
+    for model, rows in (
+        ("smollm2_135m", multiplication_rows(16, 0, "train")),
+        ("tiny_cpu", arithmetic_rows(16, 0, "train")),
+    ):
         grader = preset_grader(model)
         for row in rows:
             gold = row["reward_model"]["ground_truth"]

@@ -114,7 +114,11 @@ def token_batches(draw):
     g = torch.Generator().manual_seed(seed)
     # discrete entropies make ties likely; tau_prob around the drawn probabilities
     distinct = draw(st.booleans())
-    entropy = torch.rand(batch, length, generator=g) * 4 if distinct else torch.randint(0, 4, (batch, length), generator=g).float()
+    entropy = (
+        torch.rand(batch, length, generator=g) * 4
+        if distinct
+        else torch.randint(0, 4, (batch, length), generator=g).float()
+    )
     log_prob = -10 * torch.rand(batch, length, generator=g)
     advantages = torch.randn(batch, 1, generator=g).expand(batch, length).clone()
     lengths = torch.randint(0, length + 1, (batch,), generator=g)
@@ -170,3 +174,13 @@ def test_top_entropy_properties(args):
     assert int(exact.sum()) == k and not (exact & ~keep).any()
     if distinct:
         assert torch.equal(exact, keep)
+
+
+def test_every_mask_kind_the_config_accepts_has_one_function_in_the_registry():
+    from stapo_verl.method.config import MASKED_LOSS_MODES, TOKEN_MASKS
+    from stapo_verl.method.token_masks import MASKS, mask_generator
+
+    assert set(MASKS) == set(TOKEN_MASKS) >= {kind for kinds in MASKED_LOSS_MODES.values() for kind in kinds}
+    # one seeding rule for every random draw of a mask
+    draw = torch.rand(3, generator=mask_generator(5, 100, 2))
+    assert torch.equal(draw, torch.rand(3, generator=torch.Generator().manual_seed(5 + 1_000_003 * 100 + 7919 * 2)))

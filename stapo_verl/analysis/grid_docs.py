@@ -46,9 +46,11 @@ def status(report: dict) -> str:
     done = _by_finish(report)
     remaining = [name for name in report["planned"] if name not in report["runs"]]
     hours = sum(report["runs"][name].get("wall_s") or 0.0 for name in done) / 3600
-    return (f"**{len(done)} of {len(done) + len(remaining)} runs finished** ({', '.join(done)}); "
-            + (f"remaining: {', '.join(remaining)}." if remaining else "none remaining.")
-            + f" Wall time of the finished runs: {hours:.1f} h.")  # fmt: skip
+    return (
+        f"**{len(done)} of {len(done) + len(remaining)} runs finished** ({', '.join(done)}); "
+        + (f"remaining: {', '.join(remaining)}." if remaining else "none remaining.")
+        + f" Wall time of the finished runs: {hours:.1f} h."
+    )
 
 
 def headline(report: dict) -> str:
@@ -57,9 +59,12 @@ def headline(report: dict) -> str:
     steps = sorted({summary["steps"] for summary in report["runs"].values()})
     last = f"step {steps[0]}" if len(steps) == 1 else "the last step"
     labels = report["labels"]
-    lines = ["| method | seeds | " + " | ".join(f"held-out {report['label_names'][label]}: before -> {last}" for label in labels)
-             + f" | entropy at {last} (largest drift) | silenced tokens |",
-             "|---" * (len(labels) + 4) + "|"]  # fmt: skip
+    lines = [
+        "| method | seeds | "
+        + " | ".join(f"held-out {report['label_names'][label]}: before -> {last}" for label in labels)
+        + f" | entropy at {last} (largest drift) | silenced tokens |",
+        "|---" * (len(labels) + 4) + "|",
+    ]
     for method in report["methods"]:
         seeds = _seeds_of(report, method)
         table = report["table"][method]
@@ -70,19 +75,35 @@ def headline(report: dict) -> str:
         cells.append(f"{_cell(table['entropy_end'], digits=2)} ({_cell(table['entropy_max_drift'], digits=2)})")
         cells.append(f"{_cell(table['silenced_frac_mean'], 100.0, 3)}%")
         lines.append(f"| {_name(method)} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
-    lines += ["", "Held-out accuracy in %, mean [95% t interval] over seeds (no interval from one seed); entropy in "
-              "nats; silenced tokens in % of response tokens (20-Entropy masks 80% by construction).", ""]  # fmt: skip
-    paired = [(baseline, label, metrics[f"held_out_end/{label}"]) for baseline, metrics in report["paired"].items()
-              for label in labels if metrics.get(f"held_out_end/{label}")]  # fmt: skip
+    lines += [
+        "",
+        "Held-out accuracy in %, mean [95% t interval] over seeds (no interval from one seed); entropy in "
+        "nats; silenced tokens in % of response tokens (20-Entropy masks 80% by construction).",
+        "",
+    ]
+    paired = [
+        (baseline, label, metrics[f"held_out_end/{label}"])
+        for baseline, metrics in report["paired"].items()
+        for label in labels
+        if metrics.get(f"held_out_end/{label}")
+    ]
     if not paired:
         return "\n".join(lines + [f"No seed has both {_name(TARGET)} and a baseline finished yet."])
-    lines += [f"| baseline | held-out accuracy at {last} | {_name(TARGET)} minus baseline, per seed (points) | "
-              "mean [95% interval], paired t-test |", "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        f"| baseline | held-out accuracy at {last} | {_name(TARGET)} minus baseline, per seed (points) | "
+        "mean [95% interval], paired t-test |",
+        "|---|---|---|---|",
+    ]
     for baseline, label, interval in paired:
         per_seed = ", ".join(f"{d:+.1f}" for d in interval["per_seed"])
-        test = (f" [{interval['low']:+.1f}, {interval['high']:+.1f}], p = {interval['p']:.2g}"
-                if interval.get("low") is not None else " (one seed: no interval)")  # fmt: skip
-        lines.append(f"| {_name(baseline)} | {report['label_names'][label]} | {per_seed} | {interval['mean']:+.1f}{test} |")
+        test = (
+            f" [{interval['low']:+.1f}, {interval['high']:+.1f}], p = {interval['p']:.2g}"
+            if interval.get("low") is not None
+            else " (one seed: no interval)"
+        )
+        lines.append(
+            f"| {_name(baseline)} | {report['label_names'][label]} | {per_seed} | {interval['mean']:+.1f}{test} |"
+        )
     return "\n".join(lines)
 
 
@@ -90,8 +111,10 @@ def seeds(report: dict) -> str:
     """Held-out accuracy at the end, run by run: a row per seed, a column per method, each
     decoding's value in the cell (the numbers the intervals above are made of)."""
     labels = report["labels"]
-    lines = ["| seed | before training | " + " | ".join(_name(m) for m in report["methods"]) + " |",
-             "|---" * (len(report["methods"]) + 2) + "|"]  # fmt: skip
+    lines = [
+        "| seed | before training | " + " | ".join(_name(m) for m in report["methods"]) + " |",
+        "|---" * (len(report["methods"]) + 2) + "|",
+    ]
     for seed in report["seeds"]:
         before = report["step0"].get(seed, {})
         cells = [" / ".join(f"{before[label]:.1f}" if label in before else "-" for label in labels)]
@@ -100,8 +123,15 @@ def seeds(report: dict) -> str:
             end = summary["held_out_end"] if summary else {}
             cells.append(" / ".join(f"{end[label]:.1f}" if label in end else "-" for label in labels))
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", "Held-out accuracy in % (" + " / ".join(report["label_names"][label] for label in labels)
-                               + "); -: not finished."])  # fmt: skip
+    return "\n".join(
+        lines
+        + [
+            "",
+            "Held-out accuracy in % ("
+            + " / ".join(report["label_names"][label] for label in labels)
+            + "); -: not finished.",
+        ]
+    )
 
 
 def claims(report: dict) -> str:
@@ -111,13 +141,18 @@ def claims(report: dict) -> str:
 
 
 def runs(report: dict) -> str:
-    lines = ["| run | finished (UTC) | wall time | median step | validations during training |", "|---|---|---|---|---|"]
+    lines = [
+        "| run | finished (UTC) | wall time | median step | validations during training |",
+        "|---|---|---|---|---|",
+    ]
     for name in _by_finish(report):
         summary = report["runs"][name]
         finished = (summary.get("finished") or "-").replace("T", " ")[:16]
         validations = ", ".join(f"{s:.0f}" for s in summary["validation_s"])
-        lines.append(f"| `{name}` | {finished} | {(summary.get('wall_s') or 0.0) / 60:.0f} min | "
-                     f"{summary['step_s_median']:.0f} s | {validations + ' s' if validations else '-'} |")  # fmt: skip
+        lines.append(
+            f"| `{name}` | {finished} | {(summary.get('wall_s') or 0.0) / 60:.0f} min | "
+            f"{summary['step_s_median']:.0f} s | {validations + ' s' if validations else '-'} |"
+        )
     return "\n".join(lines)
 
 
@@ -128,8 +163,10 @@ def fill(text: str, report: dict, where: str = "the page") -> str:
     """``text`` with every marked block re-made from ``report``."""
     names = [match["name"] for match in BLOCK.finditer(text)]
     if not names:
-        raise ValueError(f"{where} has no block to fill: mark one with '<!-- stapo-verl report: NAME -->' and "
-                         f"'<!-- /stapo-verl report -->' on lines of their own, NAME one of {', '.join(BLOCKS)}")  # fmt: skip
+        raise ValueError(
+            f"{where} has no block to fill: mark one with '<!-- stapo-verl report: NAME -->' and "
+            f"'<!-- /stapo-verl report -->' on lines of their own, NAME one of {', '.join(BLOCKS)}"
+        )
     unknown = sorted(set(names) - set(BLOCKS))
     if unknown:
         raise ValueError(f"{where}: unknown report block {', '.join(unknown)}; accepted: {', '.join(BLOCKS)}")

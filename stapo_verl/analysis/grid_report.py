@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -59,9 +59,10 @@ def load_runs(grid_dir: str) -> dict[tuple[str, int], dict]:
             continue
         dump = os.path.join(path, "dump")
         runs[(record["method"], int(record["seed"]))] = {
-            "record": record, "rows": read_metrics(os.path.join(path, "metrics.jsonl")),
+            "record": record,
+            "rows": read_metrics(os.path.join(path, "metrics.jsonl")),
             "dump": dump if os.path.isdir(dump) and os.listdir(dump) else None,
-        }  # fmt: skip
+        }
     if not runs:
         raise ValueError(f"no finished run in {runs_dir}")
     return runs
@@ -100,11 +101,14 @@ def run_summary(rows: list[dict], step0: dict[str, float]) -> dict:
         "response_length_end": train[-1]["response_length/mean"],
         "clip_frac_mean": float(np.mean([row.get("actor/pg_clipfrac", 0.0) for row in train])),
         "silenced_frac_mean": float(np.mean(silenced)) if silenced else 0.0,
-        "step_s_median": float(np.median([row["timing_s/step"] for row in train if "timing_s/step" in row] or [np.nan])),
+        "step_s_median": float(
+            np.median([row["timing_s/step"] for row in train if "timing_s/step" in row] or [np.nan])
+        ),
         # verl logs how long a validation during training took in that step's row (not the one before training)
         "validation_s": [row["timing_s/testing"] for row in train if "timing_s/testing" in row],
-        "held_out_end": {}, "held_out_change": {},
-    }  # fmt: skip
+        "held_out_end": {},
+        "held_out_change": {},
+    }
     for label, by_step in held_out(rows).items():
         last = max(by_step)
         if last > 0:
@@ -114,13 +118,13 @@ def run_summary(rows: list[dict], step0: dict[str, float]) -> dict:
     return summary
 
 
-def build(runs: dict[tuple[str, int], dict], planned: Optional[list[str]] = None) -> dict:
+def build(runs: dict[tuple[str, int], dict], planned: list[str] | None = None) -> dict:
     """``planned``: every run the grid was to make (default: the methods x seeds seen)."""
     methods = sorted({m for m, _ in runs}, key=lambda m: list(METHOD_NAMES).index(m) if m in METHOD_NAMES else 99)
     seeds = sorted({s for _, s in runs})
     step0 = {}
     for seed in seeds:  # the seed's validation before training, from whichever run logged it
-        for (method, s), run in runs.items():
+        for (_, s), run in runs.items():
             if s == seed:
                 values = {label: by_step[0] for label, by_step in held_out(run["rows"]).items() if 0 in by_step}
                 if values:
@@ -131,10 +135,13 @@ def build(runs: dict[tuple[str, int], dict], planned: Optional[list[str]] = None
         summary["wall_s"] = runs[key]["record"].get("wall_s")
         summary["finished"] = runs[key]["record"].get("finished")
     labels = sorted({label for summary in per_run.values() for label in summary["held_out_end"]})
-    metrics = [f"held_out_end/{label}" for label in labels] + [f"held_out_change/{label}" for label in labels] + [
-        "entropy_end", "entropy_max_drift", "response_length_end", "clip_frac_mean", "silenced_frac_mean"]  # fmt: skip
+    metrics = (
+        [f"held_out_end/{label}" for label in labels]
+        + [f"held_out_change/{label}" for label in labels]
+        + ["entropy_end", "entropy_max_drift", "response_length_end", "clip_frac_mean", "silenced_frac_mean"]
+    )
 
-    def value(summary: dict, metric: str) -> Optional[float]:
+    def value(summary: dict, metric: str) -> float | None:
         head, _, label = metric.partition("/")
         return summary[head].get(label) if label else summary[head]
 
@@ -151,29 +158,48 @@ def build(runs: dict[tuple[str, int], dict], planned: Optional[list[str]] = None
             paired[baseline] = {}
             for metric in metrics:
                 common = [s for s in seeds if (TARGET, s) in per_run and (baseline, s) in per_run]
-                diffs = [value(per_run[(TARGET, s)], metric) - value(per_run[(baseline, s)], metric) for s in common
-                         if value(per_run[(TARGET, s)], metric) is not None and value(per_run[(baseline, s)], metric) is not None]  # fmt: skip
+                diffs = [
+                    value(per_run[(TARGET, s)], metric) - value(per_run[(baseline, s)], metric)
+                    for s in common
+                    if value(per_run[(TARGET, s)], metric) is not None
+                    and value(per_run[(baseline, s)], metric) is not None
+                ]
                 paired[baseline][metric] = dict(paired_t(diffs), per_seed=diffs) if diffs else None
     step1 = {}
     for seed in seeds:
         firsts = {m: _training(runs[(m, seed)]["rows"])[0] for m in methods if (m, seed) in runs}
         values = {key: {m: firsts[m].get(key) for m in sorted(firsts)} for key in STEP1_KEYS}
-        step1[seed] = {"methods": sorted(firsts), "values": values,
-                       "identical": all(len(set(v.values())) == 1 for v in values.values())}  # fmt: skip
+        step1[seed] = {
+            "methods": sorted(firsts),
+            "values": values,
+            "identical": all(len(set(v.values())) == 1 for v in values.values()),
+        }
     tokens = silenced_tokens(runs)
     # for readers of tables: "sums-aligned avg@4" -> "avg@4: T 1.0, top-p 1.0"
-    label_names = {label: f"{label.rsplit(' ', 1)[-1]}{DECODINGS[decoding(label)]}" if decoding(label) else label
-                   for label in labels}  # fmt: skip
+    label_names = {
+        label: f"{label.rsplit(' ', 1)[-1]}{DECODINGS[decoding(label)]}" if decoding(label) else label
+        for label in labels
+    }
     planned = planned or [f"{m}_seed{s}" for s in seeds for m in methods]
-    report = {"methods": methods, "seeds": seeds, "planned": planned, "labels": labels, "label_names": label_names, "step0": step0,
-              "table": table, "paired": paired, "step1_identical": step1, "silenced_tokens": tokens,
-              "runs": {f"{m}_seed{s}": summary for (m, s), summary in per_run.items()}}  # fmt: skip
+    report = {
+        "methods": methods,
+        "seeds": seeds,
+        "planned": planned,
+        "labels": labels,
+        "label_names": label_names,
+        "step0": step0,
+        "table": table,
+        "paired": paired,
+        "step1_identical": step1,
+        "silenced_tokens": tokens,
+        "runs": {f"{m}_seed{s}": summary for (m, s), summary in per_run.items()},
+    }
     report["claims"] = claims(report)
     report["claims_note"] = multiplicity_note(report)
     return report
 
 
-def silenced_tokens(runs: dict) -> Optional[dict]:
+def silenced_tokens(runs: dict) -> dict | None:
     """STAPO's silenced tokens over every dumped update: count and category shares."""
     from stapo_verl.analysis.dump import read_token_dumps
 
@@ -185,11 +211,14 @@ def silenced_tokens(runs: dict) -> Optional[dict]:
         return None
     categories = [token_category(t) for t in tokens]
     shares = {c: categories.count(c) / len(tokens) for c in sorted(set(categories))}
-    return {"tokens": len(tokens), "category_shares": shares,
-            "symbols_share": sum(shares.get(c, 0.0) for c in SYMBOL_CATEGORIES)}  # fmt: skip
+    return {
+        "tokens": len(tokens),
+        "category_shares": shares,
+        "symbols_share": sum(shares.get(c, 0.0) for c in SYMBOL_CATEGORIES),
+    }
 
 
-def _verdict(interval: Optional[dict], better_when_positive: bool = True) -> str:
+def _verdict(interval: dict | None, better_when_positive: bool = True) -> str:
     if interval is None or interval.get("low") is None:
         return "not decidable at this scale"
     low, high = interval["low"], interval["high"]
@@ -205,59 +234,100 @@ def _verdict(interval: Optional[dict], better_when_positive: bool = True) -> str
 def claims(report: dict) -> list[dict]:
     """The paper's claims against what this grid measured."""
     if TARGET not in report["methods"]:
-        return [{"claim": "any of the paper's claims", "verdict": "not decidable at this scale",
-                 "numbers": "no STAPO run has finished"}]  # fmt: skip
+        return [
+            {
+                "claim": "any of the paper's claims",
+                "verdict": "not decidable at this scale",
+                "numbers": "no STAPO run has finished",
+            }
+        ]
     rows = []
     for baseline, metrics in report["paired"].items():
         for label in report["labels"]:
             interval = metrics.get(f"held_out_end/{label}")
-            rows.append({"claim": f"STAPO's held-out accuracy ({report['label_names'][label]}) is higher than {METHOD_NAMES.get(baseline, baseline)}'s",
-                         "verdict": _verdict(interval), "numbers": _interval_text(interval, "points")})  # fmt: skip
+            rows.append(
+                {
+                    "claim": f"STAPO's held-out accuracy ({report['label_names'][label]}) is higher than {METHOD_NAMES.get(baseline, baseline)}'s",
+                    "verdict": _verdict(interval),
+                    "numbers": _interval_text(interval, "points"),
+                }
+            )
         interval = metrics.get("entropy_max_drift")
-        rows.append({"claim": f"STAPO's entropy drifts less than {METHOD_NAMES.get(baseline, baseline)}'s (largest drift from step 1)",
-                     "verdict": _verdict(interval, better_when_positive=False), "numbers": _interval_text(interval, "nats")})  # fmt: skip
+        rows.append(
+            {
+                "claim": f"STAPO's entropy drifts less than {METHOD_NAMES.get(baseline, baseline)}'s (largest drift from step 1)",
+                "verdict": _verdict(interval, better_when_positive=False),
+                "numbers": _interval_text(interval, "nats"),
+            }
+        )
     # a bound the paper states of its runs, so it is judged run by run: each run's fraction is a
     # mean over thousands of tokens, and a t interval over two or three seeds is far wider than
     # the seed-to-seed spread it estimates
-    silenced = [summary["silenced_frac_mean"] for name, summary in sorted(report["runs"].items())
-                if name.startswith(f"{TARGET}_seed")]  # fmt: skip
+    silenced = [
+        summary["silenced_frac_mean"]
+        for name, summary in sorted(report["runs"].items())
+        if name.startswith(f"{TARGET}_seed")
+    ]
     if silenced:
-        verdict = ("supported" if all(f < SILENCED_CLAIM for f in silenced) else "contradicted"
-                   if all(f > SILENCED_CLAIM for f in silenced) else "not decidable at this scale")  # fmt: skip
-        rows.append({"claim": "S2T silences < 0.01% of response tokens", "verdict": verdict,
-                     "numbers": f"{', '.join(f'{100 * f:.3f}%' for f in silenced)} of tokens "
-                     f"(each STAPO run's mean over its steps)"})  # fmt: skip
+        verdict = (
+            "supported"
+            if all(f < SILENCED_CLAIM for f in silenced)
+            else "contradicted"
+            if all(f > SILENCED_CLAIM for f in silenced)
+            else "not decidable at this scale"
+        )
+        rows.append(
+            {
+                "claim": "S2T silences < 0.01% of response tokens",
+                "verdict": verdict,
+                "numbers": f"{', '.join(f'{100 * f:.3f}%' for f in silenced)} of tokens "
+                f"(each STAPO run's mean over its steps)",
+            }
+        )
     tokens = report["silenced_tokens"]
     if tokens is not None:
         share = tokens["symbols_share"]
-        rows.append({"claim": "the silenced tokens are mostly digits and symbols", "verdict": "supported" if share > 0.5
-                     else "contradicted", "numbers": f"{100 * share:.0f}% of {tokens['tokens']} silenced tokens are "
-                     f"digits, math/LaTeX or punctuation"})  # fmt: skip
+        rows.append(
+            {
+                "claim": "the silenced tokens are mostly digits and symbols",
+                "verdict": "supported" if share > 0.5 else "contradicted",
+                "numbers": f"{100 * share:.0f}% of {tokens['tokens']} silenced tokens are "
+                f"digits, math/LaTeX or punctuation",
+            }
+        )
     return rows
 
 
 def multiplicity_note(report: dict) -> str:
     """How often the paired verdicts would decide something by chance alone (they are not corrected)."""
     judged = {"entropy_max_drift", *(f"held_out_end/{label}" for label in report["labels"])}  # claims()' rows
-    tests = sum(1 for metrics in report["paired"].values() for metric, interval in metrics.items()
-                if metric in judged and interval is not None and interval.get("low") is not None)  # fmt: skip
+    tests = sum(
+        1
+        for metrics in report["paired"].values()
+        for metric, interval in metrics.items()
+        if metric in judged and interval is not None and interval.get("low") is not None
+    )
     if tests < 2:
         return ""
-    return (f"Each paired verdict is its own two-sided 95% test, {tests} of them, not corrected for their number: "
-            f"were no method different from another, at least one would come out supported or contradicted with "
-            f"probability 1 - 0.95^{tests} = {100 * (1 - 0.95**tests):.0f}% if they were independent (they share runs).")
+    return (
+        f"Each paired verdict is its own two-sided 95% test, {tests} of them, not corrected for their number: "
+        f"were no method different from another, at least one would come out supported or contradicted with "
+        f"probability 1 - 0.95^{tests} = {100 * (1 - 0.95**tests):.0f}% if they were independent (they share runs)."
+    )
 
 
-def _interval_text(interval: Optional[dict], unit: str) -> str:
+def _interval_text(interval: dict | None, unit: str) -> str:
     if interval is None:
         return "-"
     if interval.get("low") is None:
         return f"{interval['mean']:+.3g} {unit} (one seed: no interval)"
     p = f", p = {interval['p']:.3g}" if interval.get("p") is not None else ""
-    return f"{interval['mean']:+.3g} {unit} [{interval['low']:+.3g}, {interval['high']:+.3g}]{p} ({interval['n']} seeds)"
+    return (
+        f"{interval['mean']:+.3g} {unit} [{interval['low']:+.3g}, {interval['high']:+.3g}]{p} ({interval['n']} seeds)"
+    )
 
 
-def _cell(interval: Optional[dict], scale: float = 1.0, digits: int = 3) -> str:
+def _cell(interval: dict | None, scale: float = 1.0, digits: int = 3) -> str:
     if interval is None:
         return "-"
     mean = interval["mean"] * scale
@@ -268,33 +338,50 @@ def _cell(interval: Optional[dict], scale: float = 1.0, digits: int = 3) -> str:
 
 def markdown(report: dict) -> str:
     names = {m: METHOD_NAMES.get(m, m) for m in report["methods"]}
-    lines = [f"# Grid report: {', '.join(names.values())} x seeds {report['seeds']}", "",
-             "Mean over seeds [95% t interval]. Held-out accuracy in %, at the last step; change from "
-             "before training in points.", ""]  # fmt: skip
-    columns = [f"held_out_end/{label}" for label in report["labels"]] + [
-        f"held_out_change/{label}" for label in report["labels"]] + [
-        "entropy_end", "entropy_max_drift", "response_length_end", "clip_frac_mean", "silenced_frac_mean"]  # fmt: skip
-    lines += ["| method | " + " | ".join(c.replace("/", ": ") for c in columns) + " |",
-              "|---" * (len(columns) + 1) + "|"]  # fmt: skip
+    lines = [
+        f"# Grid report: {', '.join(names.values())} x seeds {report['seeds']}",
+        "",
+        "Mean over seeds [95% t interval]. Held-out accuracy in %, at the last step; change from "
+        "before training in points.",
+        "",
+    ]
+    columns = (
+        [f"held_out_end/{label}" for label in report["labels"]]
+        + [f"held_out_change/{label}" for label in report["labels"]]
+        + ["entropy_end", "entropy_max_drift", "response_length_end", "clip_frac_mean", "silenced_frac_mean"]
+    )
+    lines += [
+        "| method | " + " | ".join(c.replace("/", ": ") for c in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
     for method in report["methods"]:
         cells = [_cell(report["table"][method].get(c), 100.0 if c == "silenced_frac_mean" else 1.0) for c in columns]
         lines.append(f"| {names[method]} | " + " | ".join(cells) + " |")
     lines += ["", "(silenced fraction in % of response tokens; 20-Entropy silences 80% by construction)", ""]
     if report["paired"]:
-        lines += ["## STAPO minus each baseline, paired by seed", "",
-                  "| baseline | metric | per seed | mean [95% interval], paired t-test |", "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "## STAPO minus each baseline, paired by seed",
+            "",
+            "| baseline | metric | per seed | mean [95% interval], paired t-test |",
+            "|---|---|---|---|",
+        ]
         for baseline, metrics in report["paired"].items():
             for metric, interval in metrics.items():
                 if interval is not None and (metric.startswith("held_out") or metric == "entropy_max_drift"):
                     per_seed = ", ".join(f"{d:+.3g}" for d in interval["per_seed"])
-                    lines.append(f"| {names[baseline]} | {metric.replace('/', ': ')} | {per_seed} | "
-                                 f"{_interval_text(interval, '')} |")  # fmt: skip
+                    lines.append(
+                        f"| {names[baseline]} | {metric.replace('/', ': ')} | {per_seed} | "
+                        f"{_interval_text(interval, '')} |"
+                    )
         lines.append("")
-    lines += ["## Step-1 rollouts identical across methods (from the logs: "
-              + ", ".join(STEP1_KEYS) + ")", ""]  # fmt: skip
+    lines += ["## Step-1 rollouts identical across methods (from the logs: " + ", ".join(STEP1_KEYS) + ")", ""]
     for seed, check in report["step1_identical"].items():
-        lines.append(f"- seed {seed}: {'identical' if check['identical'] else 'NOT identical'} across {check['methods']}")
-        if not check["identical"]:  # how far apart, key by key (same rewards with other lengths is not a broken pairing)
+        lines.append(
+            f"- seed {seed}: {'identical' if check['identical'] else 'NOT identical'} across {check['methods']}"
+        )
+        if not check[
+            "identical"
+        ]:  # how far apart, key by key (same rewards with other lengths is not a broken pairing)
             for key, by_method in check["values"].items():
                 shown = ", ".join(f"{names[m]} {v:.6g}" for m, v in by_method.items() if v is not None)
                 lines.append(f"  - {key}: {'same' if len(set(by_method.values())) == 1 else 'differ'}: {shown}")
@@ -313,12 +400,23 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
 
     written = []
     panels = {
-        "held_out_accuracy": [(label, lambda rows, label=label: held_out(rows).get(label, {}), "held-out accuracy (%)")
-                              for label in report["labels"]],  # fmt: skip
-        "entropy": [("entropy", lambda rows: {r["step"]: r["actor/entropy"] for r in _training(rows)}, "token entropy (nats)")],
-        "silenced_fraction": [("silenced fraction", lambda rows: {r["step"]: silenced_fraction(r) for r in _training(rows)
-                                                                  if silenced_fraction(r) is not None}, "silenced / response tokens")],
-    }  # fmt: skip
+        "held_out_accuracy": [
+            (label, lambda rows, label=label: held_out(rows).get(label, {}), "held-out accuracy (%)")
+            for label in report["labels"]
+        ],
+        "entropy": [
+            ("entropy", lambda rows: {r["step"]: r["actor/entropy"] for r in _training(rows)}, "token entropy (nats)")
+        ],
+        "silenced_fraction": [
+            (
+                "silenced fraction",
+                lambda rows: {
+                    r["step"]: silenced_fraction(r) for r in _training(rows) if silenced_fraction(r) is not None
+                },
+                "silenced / response tokens",
+            )
+        ],
+    }
     for name, series in panels.items():
         if not series:  # no held-out validation after step 0: no accuracy curve
             continue
@@ -336,8 +434,13 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
                 if not steps:
                     continue
                 values = np.array([[p[s] for s in steps] for p in per_seed])
-                line = ax.plot(steps, values.mean(0), marker="o" if len(steps) < 12 else None, markersize=3,
-                               label=METHOD_NAMES.get(method, method))[0]  # fmt: skip
+                line = ax.plot(
+                    steps,
+                    values.mean(0),
+                    marker="o" if len(steps) < 12 else None,
+                    markersize=3,
+                    label=METHOD_NAMES.get(method, method),
+                )[0]
                 ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
             ax.set_xlabel("training step")
             ax.set_ylabel(ylabel)
@@ -367,18 +470,27 @@ def write(grid_dir: str, out_dir: str, docs: Sequence[str] = ()) -> list[str]:
     return ["grid.md", "grid.json", *plot(report, runs, out_dir)]
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="stapo-verl report --grid", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="stapo-verl report --grid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--grid", required=True, help="a `stapo-verl grid` output directory (its runs/)")
     parser.add_argument("--out", required=True, help="where grid.md, grid.json and the figures go")
-    parser.add_argument("--docs", nargs="+", default=[], metavar="PAGE",
-                        help="markdown pages whose '<!-- stapo-verl report: NAME -->' blocks are re-made "
-                             f"(NAME: {', '.join(grid_docs.BLOCKS)})")  # fmt: skip
+    parser.add_argument(
+        "--docs",
+        nargs="+",
+        default=[],
+        metavar="PAGE",
+        help="markdown pages whose '<!-- stapo-verl report: NAME -->' blocks are re-made "
+        f"(NAME: {', '.join(grid_docs.BLOCKS)})",
+    )
     args = parser.parse_args(argv)
     written = write(args.grid, args.out, args.docs)
-    print(f"stapo-verl report -> {args.out}: " + ", ".join(written)
-          + (f"; tables re-made in {', '.join(args.docs)}" if args.docs else ""))
+    print(
+        f"stapo-verl report -> {args.out}: "
+        + ", ".join(written)
+        + (f"; tables re-made in {', '.join(args.docs)}" if args.docs else "")
+    )
     return 0

@@ -34,7 +34,6 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -51,8 +50,13 @@ from stapo_verl.experiments.sweep import CANDIDATE_SELECTIONS, parse_label
 from stapo_verl.runlog import read_jsonl
 
 METHOD_NAMES = {"grpo": "GRPO", "entropy20": "20-Entropy", "justrl": "JustRL", "stapo": "STAPO"}  # paper order
-MODEL_NAMES = {"qwen3_1.7b": "1.7B", "qwen3_8b": "8B", "qwen3_14b": "14B", "smollm2_135m": "SmolLM2-135M",
-               "tiny_cpu": "tiny"}  # fmt: skip
+MODEL_NAMES = {
+    "qwen3_1.7b": "1.7B",
+    "qwen3_8b": "8B",
+    "qwen3_14b": "14B",
+    "smollm2_135m": "SmolLM2-135M",
+    "tiny_cpu": "tiny",
+}
 TARGET = "stapo"
 STAPO_LABEL = "low_entropy_q0.75_tp0.002"  # the sweep's label of the paper's STAPO settings
 
@@ -82,8 +86,9 @@ def load_eval(path: str) -> EvalRun:
     samples = samples_by_problem(read_jsonl(os.path.join(path, "samples.jsonl")))
     problems = {b: {p: float(np.mean(v)) for p, v in by_problem.items()} for b, by_problem in samples.items()}
     run_seed = config.get("run_seed")
-    return EvalRun(path, config["method"], config["model"], 0 if run_seed is None else int(run_seed),
-                   config["setting"], problems)  # fmt: skip
+    return EvalRun(
+        path, config["method"], config["model"], 0 if run_seed is None else int(run_seed), config["setting"], problems
+    )
 
 
 def _order(keys, preferred) -> list:
@@ -126,8 +131,9 @@ def build_report(runs: list[EvalRun], seed: int = 0, replicates: int = 2000, per
     for (model, setting, method), scores in groups.items():
         means, ci = avg_at_k(scores), bootstrap_ci(scores, replicates=replicates, seed=seed)
         seeds = next(iter(scores.values())).shape[0]
-        report["cells"].append({"model": model, "setting": setting, "method": method, "seeds": seeds,
-                                "avg": means, "ci": ci})  # fmt: skip
+        report["cells"].append(
+            {"model": model, "setting": setting, "method": method, "seeds": seeds, "avg": means, "ci": ci}
+        )
     for (model, setting, method), scores in groups.items():
         values = parse_label(method)
         if values is not None:  # an ablation cell: its difference to STAPO
@@ -135,8 +141,9 @@ def build_report(runs: list[EvalRun], seed: int = 0, replicates: int = 2000, per
             test = None
             if reference is not None and reference is not scores:
                 test = paired_test(scores, reference, permutations=permutations, replicates=replicates, seed=seed)
-            report["ablation"].append({"model": model, "setting": setting, "method": method, **values,
-                                       "vs_stapo": test})  # fmt: skip
+            report["ablation"].append(
+                {"model": model, "setting": setting, "method": method, **values, "vs_stapo": test}
+            )
             continue
         target = groups.get((model, setting, TARGET))
         if method != TARGET and target is not None:
@@ -153,8 +160,11 @@ def headline_gain(groups: dict, setting: str, replicates: int = 2000, seed: int 
     """docs/method.md section 5's headline for one decoding setting (the four main methods only), with
     a percentile bootstrap interval: each replicate redraws problems (shared by STAPO and the
     baseline: paired) and seeds, keeping each size's strongest baseline from the point estimate."""
-    main = {(model, method): scores for (model, s, method), scores in groups.items()
-            if s == setting and parse_label(method) is None}  # fmt: skip
+    main = {
+        (model, method): scores
+        for (model, s, method), scores in groups.items()
+        if s == setting and parse_label(method) is None
+    }
     averages: dict[str, dict[str, float]] = {}
     for (model, method), scores in main.items():
         averages.setdefault(model, {})[method] = avg_at_k(scores)[AVERAGE]
@@ -163,8 +173,11 @@ def headline_gain(groups: dict, setting: str, replicates: int = 2000, seed: int 
         return {**result, "ci": None}
     gains = []
     for i, (model, cell) in enumerate(sorted(result["per_model"].items())):
-        draws = bootstrap_averages({TARGET: main[(model, TARGET)], "baseline": main[(model, cell["baseline"])]},
-                                   replicates=replicates, seed=seed + i)  # fmt: skip
+        draws = bootstrap_averages(
+            {TARGET: main[(model, TARGET)], "baseline": main[(model, cell["baseline"])]},
+            replicates=replicates,
+            seed=seed + i,
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             gains.append(100.0 * (draws[TARGET] / draws["baseline"] - 1.0))
     tail = 100.0 * (1.0 - level) / 2.0
@@ -234,11 +247,16 @@ def _paired_rows(report: dict, paired: list[dict]) -> list[list[str]]:
         for column in _columns(report):
             t = p["test"].get(column)
             if t is not None:
-                rows.append([
-                    MODEL_NAMES.get(p["model"], p["model"]), METHOD_NAMES.get(p["baseline"], p["baseline"]),
-                    BENCHMARKS[column][0] if column in BENCHMARKS else "Avg", f"{t['diff']:+.2f}",
-                    f"[{t['ci_low']:+.2f}, {t['ci_high']:+.2f}]", f"{t['p_value']:.4f}",
-                ])  # fmt: skip
+                rows.append(
+                    [
+                        MODEL_NAMES.get(p["model"], p["model"]),
+                        METHOD_NAMES.get(p["baseline"], p["baseline"]),
+                        BENCHMARKS[column][0] if column in BENCHMARKS else "Avg",
+                        f"{t['diff']:+.2f}",
+                        f"[{t['ci_low']:+.2f}, {t['ci_high']:+.2f}]",
+                        f"{t['p_value']:.4f}",
+                    ]
+                )
     return rows
 
 
@@ -248,8 +266,9 @@ def write_tables(report: dict, out_dir: str) -> list[str]:
     written = []
 
     def mean_text(cells, model, method, column):
-        values = [cells[(model, s, method)]["avg"].get(column) if (model, s, method) in cells else None
-                  for s in settings]  # fmt: skip
+        values = [
+            cells[(model, s, method)]["avg"].get(column) if (model, s, method) in cells else None for s in settings
+        ]
         if all(v is None for v in values):
             return "-"
         first, *rest = ["-" if v is None else f"{v:.2f}" for v in values]
@@ -268,27 +287,57 @@ def write_tables(report: dict, out_dir: str) -> list[str]:
             low, high = cell["ci"][column]
             return f"{cell['avg'][column]:.2f} [{low:.2f}, {high:.2f}]"
 
-        _write(out_dir, f"table_ci_{setting}", header, _rows(report, ci_text),
-               f"avg@k (%) with 95% bootstrap intervals (problems, training seeds), setting {setting}")  # fmt: skip
+        _write(
+            out_dir,
+            f"table_ci_{setting}",
+            header,
+            _rows(report, ci_text),
+            f"avg@k (%) with 95% bootstrap intervals (problems, training seeds), setting {setting}",
+        )
         written.append(f"table_ci_{setting}")
         paired = [p for p in report["paired"] if p["setting"] == setting]
         if paired:
-            _write(out_dir, f"paired_{setting}", PAIRED_HEADER, _paired_rows(report, paired),
-                   f"Paired tests, STAPO vs each baseline, setting {setting}", latex=False)  # fmt: skip
+            _write(
+                out_dir,
+                f"paired_{setting}",
+                PAIRED_HEADER,
+                _paired_rows(report, paired),
+                f"Paired tests, STAPO vs each baseline, setting {setting}",
+                latex=False,
+            )
             written.append(f"paired_{setting}")
         headline = report.get("headline", {}).get(setting)
         if headline:
-            _write(out_dir, f"headline_{setting}", HEADLINE_HEADER, _headline_rows(headline),
-                   f"STAPO's relative gain over the strongest baseline per size (Avg column), setting {setting}; "
-                   "paper (v2): +7.13% at 1.0/1.0, +3.69% at 0.7/0.9")  # fmt: skip
+            _write(
+                out_dir,
+                f"headline_{setting}",
+                HEADLINE_HEADER,
+                _headline_rows(headline),
+                f"STAPO's relative gain over the strongest baseline per size (Avg column), setting {setting}; "
+                "paper (v2): +7.13% at 1.0/1.0, +3.69% at 0.7/0.9",
+            )
             written.append(f"headline_{setting}")
         ablation = [a for a in report.get("ablation", []) if a["setting"] == setting]
         if ablation:
             columns = _columns(report)
-            header = ["size", "selection", "q", "tau_p", "seeds", *_header(columns)[2:-1], "Avg [95% CI]",
-                      "- STAPO (points) [95% CI]", "p (sign-flip)"]  # fmt: skip
-            _write(out_dir, f"ablation_{setting}", header, _ablation_rows(report, ablation, setting, columns),
-                   f"Masking ablations among S2T candidates (docs/method.md section 6), avg@k (%), setting {setting}")  # fmt: skip
+            header = [
+                "size",
+                "selection",
+                "q",
+                "tau_p",
+                "seeds",
+                *_header(columns)[2:-1],
+                "Avg [95% CI]",
+                "- STAPO (points) [95% CI]",
+                "p (sign-flip)",
+            ]
+            _write(
+                out_dir,
+                f"ablation_{setting}",
+                header,
+                _ablation_rows(report, ablation, setting, columns),
+                f"Masking ablations among S2T candidates (docs/method.md section 6), avg@k (%), setting {setting}",
+            )
             written.append(f"ablation_{setting}")
     return written
 
@@ -300,8 +349,15 @@ def _headline_rows(headline: dict) -> list[list[str]]:
     rows = []
     for model in _order(headline["per_model"], list(MODEL_NAMES)):
         cell = headline["per_model"][model]
-        rows.append([MODEL_NAMES.get(model, model), METHOD_NAMES.get(cell["baseline"], cell["baseline"]),
-                     f"{cell['baseline_avg']:.2f}", f"{cell['target_avg']:.2f}", f"{cell['gain']:+.2f}%"])  # fmt: skip
+        rows.append(
+            [
+                MODEL_NAMES.get(model, model),
+                METHOD_NAMES.get(cell["baseline"], cell["baseline"]),
+                f"{cell['baseline_avg']:.2f}",
+                f"{cell['target_avg']:.2f}",
+                f"{cell['gain']:+.2f}%",
+            ]
+        )
     ci = headline.get("ci")
     interval = f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
     rows.append(["mean over sizes", "", "", "", f"{headline['gain']:+.2f}%{interval}"])
@@ -310,8 +366,12 @@ def _headline_rows(headline: dict) -> list[list[str]]:
 
 def _ablation_key(entry: dict) -> tuple:
     q = entry["entropy_quantile"]
-    return (_rank(entry["model"], MODEL_NAMES), list(CANDIDATE_SELECTIONS).index(entry["selection"]),
-            q if q is not None else 2.0, entry["tau_prob"])  # fmt: skip
+    return (
+        _rank(entry["model"], MODEL_NAMES),
+        list(CANDIDATE_SELECTIONS).index(entry["selection"]),
+        q if q is not None else 2.0,
+        entry["tau_prob"],
+    )
 
 
 def _ablation_rows(report: dict, ablation: list[dict], setting: str, columns: list[str]) -> list[list[str]]:
@@ -322,14 +382,19 @@ def _ablation_rows(report: dict, ablation: list[dict], setting: str, columns: li
         low, high = cell["ci"][AVERAGE]
         test = (entry["vs_stapo"] or {}).get(AVERAGE)
         q = entry["entropy_quantile"]
-        rows.append([
-            MODEL_NAMES.get(entry["model"], entry["model"]), entry["selection"], "-" if q is None else f"{q:g}",
-            f"{entry['tau_prob']:g}", str(cell["seeds"]),
-            *[f"{cell['avg'][c]:.2f}" if c in cell["avg"] else "-" for c in columns[:-1]],
-            f"{cell['avg'][AVERAGE]:.2f} [{low:.2f}, {high:.2f}]",
-            f"{test['diff']:+.2f} [{test['ci_low']:+.2f}, {test['ci_high']:+.2f}]" if test else "(reference)",
-            f"{test['p_value']:.4f}" if test else "-",
-        ])  # fmt: skip
+        rows.append(
+            [
+                MODEL_NAMES.get(entry["model"], entry["model"]),
+                entry["selection"],
+                "-" if q is None else f"{q:g}",
+                f"{entry['tau_prob']:g}",
+                str(cell["seeds"]),
+                *[f"{cell['avg'][c]:.2f}" if c in cell["avg"] else "-" for c in columns[:-1]],
+                f"{cell['avg'][AVERAGE]:.2f} [{low:.2f}, {high:.2f}]",
+                f"{test['diff']:+.2f} [{test['ci_low']:+.2f}, {test['ci_high']:+.2f}]" if test else "(reference)",
+                f"{test['p_value']:.4f}" if test else "-",
+            ]
+        )
     return rows
 
 
@@ -345,16 +410,19 @@ def plot_ablation(report: dict, out_dir: str) -> list[str]:
     for model, setting in sorted({(a["model"], a["setting"]) for a in report.get("ablation", [])}):
         entries = [a for a in report["ablation"] if (a["model"], a["setting"]) == (model, setting)]
 
-        def point(entry):
+        def point(entry, model=model, setting=setting):
             cell = cells[(model, setting, entry["method"])]
             low, high = cell["ci"][AVERAGE]
             return cell["avg"][AVERAGE], low, high
 
         figures = {
-            "q": {s: [a for a in entries if a["selection"] == s and a["tau_prob"] == 2e-3] for s in CANDIDATE_SELECTIONS},
-            "tau_prob": {"low_entropy": [a for a in entries if a["selection"] == "low_entropy"
-                                         and a["entropy_quantile"] == 0.75]},
-        }  # fmt: skip
+            "q": {
+                s: [a for a in entries if a["selection"] == s and a["tau_prob"] == 2e-3] for s in CANDIDATE_SELECTIONS
+            },
+            "tau_prob": {
+                "low_entropy": [a for a in entries if a["selection"] == "low_entropy" and a["entropy_quantile"] == 0.75]
+            },
+        }
         for axis, series in figures.items():
             key = "entropy_quantile" if axis == "q" else "tau_prob"
             fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
@@ -395,14 +463,14 @@ def plot_ablation(report: dict, out_dir: str) -> list[str]:
 # ---------------------------------------------------------------- training plots
 
 
-def silenced_fraction(row: dict) -> Optional[float]:
+def silenced_fraction(row: dict) -> float | None:
     silenced, kept = row.get("actor/token_mask/silenced/tokens"), row.get("actor/token_mask/kept/tokens")
     if silenced is not None and kept is not None and silenced + kept > 0:
         return silenced / (silenced + kept)
     return row.get("actor/s2t/silenced_frac")
 
 
-def val_accuracy(row: dict) -> Optional[float]:
+def val_accuracy(row: dict) -> float | None:
     values = [v for k, v in row.items() if k.startswith("val-core/") and "/acc/" in k]
     return 100.0 * float(np.mean(values)) if values else None
 
@@ -414,8 +482,15 @@ PLOTS = {
 }
 
 
-TRAINING_HEADER = ["run", "steps", "score (first, last)", "entropy (first, last)", "entropy min-max",
-                   "silenced fraction (mean)", "val accuracy % (first, last)"]  # fmt: skip
+TRAINING_HEADER = [
+    "run",
+    "steps",
+    "score (first, last)",
+    "entropy (first, last)",
+    "entropy min-max",
+    "silenced fraction (mean)",
+    "val accuracy % (first, last)",
+]
 
 
 def training_rows(logs: dict[str, list[dict]]) -> list[list[str]]:
@@ -431,14 +506,17 @@ def training_rows(logs: dict[str, list[dict]]) -> list[list[str]]:
     for label, log in logs.items():
         entropy = series(log, lambda row: row.get("actor/entropy"))
         silenced = series(log, silenced_fraction)
-        rows.append([
-            label, str(max((row["step"] for row in log if "actor/pg_loss" in row), default=0)),
-            first_last(series(log, lambda row: row.get("critic/score/mean")), lambda v: f"{v:+.3f}"),
-            first_last(entropy, lambda v: f"{v:.3f}"),
-            f"{min(entropy):.3f}-{max(entropy):.3f}" if entropy else "-",
-            f"{100 * float(np.mean(silenced)):.3f}%" if silenced else "-",
-            first_last(series(log, val_accuracy), lambda v: f"{v:.1f}"),
-        ])  # fmt: skip
+        rows.append(
+            [
+                label,
+                str(max((row["step"] for row in log if "actor/pg_loss" in row), default=0)),
+                first_last(series(log, lambda row: row.get("critic/score/mean")), lambda v: f"{v:+.3f}"),
+                first_last(entropy, lambda v: f"{v:.3f}"),
+                f"{min(entropy):.3f}-{max(entropy):.3f}" if entropy else "-",
+                f"{100 * float(np.mean(silenced)):.3f}%" if silenced else "-",
+                first_last(series(log, val_accuracy), lambda v: f"{v:.1f}"),
+            ]
+        )
     return rows
 
 
@@ -504,8 +582,11 @@ def token_summary(groups: dict[str, list[str]], top: int = 30) -> dict:
     for name, tokens in groups.items():
         counts = collections.Counter(tokens)
         categories = collections.Counter(token_category(t) for t in tokens)
-        summary[name] = {"tokens": len(tokens), "top": [[t, c] for t, c in counts.most_common(top)],
-                         "category_shares": {c: categories[c] / max(len(tokens), 1) for c in TOKEN_CATEGORIES}}  # fmt: skip
+        summary[name] = {
+            "tokens": len(tokens),
+            "top": [[t, c] for t, c in counts.most_common(top)],
+            "category_shares": {c: categories[c] / max(len(tokens), 1) for c in TOKEN_CATEGORIES},
+        }
     return summary
 
 
@@ -539,17 +620,22 @@ def plot_tokens(summary: dict, path: str, title: str, top: int = 20) -> None:
     plt.close(fig)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from stapo_verl.runlog import read_metrics
 
-    parser = argparse.ArgumentParser(prog="stapo-verl report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="stapo-verl report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("evals", nargs="*", help="eval output directories (summary.json + samples.jsonl)")
     parser.add_argument("--logs", nargs="*", default=[], help="training logs: PATH or LABEL=PATH (verl file logger)")
-    parser.add_argument("--dumps", nargs="*", default=[],
-                        help="silenced-token dumps: policy_loss.dump_dir directories or their JSONL files")  # fmt: skip
+    parser.add_argument(
+        "--dumps",
+        nargs="*",
+        default=[],
+        help="silenced-token dumps: policy_loss.dump_dir directories or their JSONL files",
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0, help="bootstrap / permutation seed")
     parser.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates")
@@ -574,8 +660,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             label, path = os.path.splitext(os.path.basename(item))[0], item
         logs[label] = read_metrics(path)
     if logs:
-        _write(args.out, "training", TRAINING_HEADER, training_rows(logs),
-               "Training logs: first and last logged values per run", latex=False)  # fmt: skip
+        _write(
+            args.out,
+            "training",
+            TRAINING_HEADER,
+            training_rows(logs),
+            "Training logs: first and last logged values per run",
+            latex=False,
+        )
         written += ["training.*"] + plot_training(logs, args.out)
         report["training"] = {label: rows for label, rows in logs.items()}
     if args.dumps:

@@ -133,8 +133,12 @@ def relative_gain_over_best(averages: dict[str, dict[str, float]], target: str) 
         if target not in by_method or not baselines:
             continue
         best = max(baselines, key=baselines.get)
-        per_model[model] = {"baseline": best, "baseline_avg": baselines[best], "target_avg": by_method[target],
-                            "gain": 100.0 * (by_method[target] / baselines[best] - 1.0)}  # fmt: skip
+        per_model[model] = {
+            "baseline": best,
+            "baseline_avg": baselines[best],
+            "target_avg": by_method[target],
+            "gain": 100.0 * (by_method[target] / baselines[best] - 1.0),
+        }
     gain = float(np.mean([m["gain"] for m in per_model.values()])) if per_model else None
     return {"gain": gain, "per_model": per_model}
 
@@ -172,8 +176,10 @@ def _beta_continued_fraction(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, 500):
-        for aa in (m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
-                   -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m))):  # fmt: skip
+        for aa in (
+            m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
+            -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m)),
+        ):
             d = 1.0 + aa * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + aa / c

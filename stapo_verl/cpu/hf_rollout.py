@@ -25,7 +25,8 @@ import verl  # noqa: F401  isort: skip  (first: the plugin registers the cpu pla
 import asyncio
 import collections
 import threading
-from typing import Any, Generator, Optional
+from collections.abc import Generator
+from typing import Any
 
 import ray
 import torch
@@ -75,11 +76,11 @@ class HFGenerationServer:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         self.eos_ids, self.pad_id = eos_and_pad_ids(self.model, tokenizer)
-        self.global_steps: Optional[int] = None
+        self.global_steps: int | None = None
         # (key, prompt, log-probs?, seed, reply)
         self._pending: list[tuple[tuple, list[int], bool, int, asyncio.Future]] = []
         self._prompt_repeats: collections.Counter = collections.Counter()  # requests per prompt in this step
-        self._drain_task: Optional[asyncio.Task] = None
+        self._drain_task: asyncio.Task | None = None
         self._model_lock = threading.Lock()  # generation and weight loads never overlap
         self._synced: set[str] = set()  # weights loaded by the sync in progress
 
@@ -109,8 +110,9 @@ class HFGenerationServer:
         self._prompt_repeats[tuple(prompt_ids)] += 1
         seed = sampling_params.get("seed")  # a request's own seed, as vLLM takes it (the seeded agent loop's)
         if seed is None:  # else: the repeat-th request (from 0) with these prompt ids in this step, on this replica
-            seed = request_seed(int(getattr(self.config, "seed", 0) or 0), self.replica_rank, self.global_steps,
-                                repeat, prompt_ids)  # fmt: skip
+            seed = request_seed(
+                int(getattr(self.config, "seed", 0) or 0), self.replica_rank, self.global_steps, repeat, prompt_ids
+            )
         self._pending.append((key, prompt_ids, bool(sampling_params.get("logprobs")), seed, future))
         if self._drain_task is None or self._drain_task.done():
             self._drain_task = asyncio.create_task(self._drain())
@@ -134,16 +136,30 @@ class HFGenerationServer:
             for request, output in zip(batch, outputs, strict=True):
                 request[4].set_result(output)
 
-    def _generate_batch(self, prompts: list[list[int]], key: tuple, want_log_probs: bool,
-                        seeds: list[int]) -> list[TokenOutput]:  # fmt: skip
+    def _generate_batch(
+        self, prompts: list[list[int]], key: tuple, want_log_probs: bool, seeds: list[int]
+    ) -> list[TokenOutput]:
         temperature, top_p, top_k, max_tokens = key
         with self._model_lock:
-            responses = sample(self.model, prompts, eos_ids=self.eos_ids, pad_id=self.pad_id, max_new_tokens=max_tokens,
-                               temperature=temperature, top_p=top_p, top_k=top_k, log_probs=want_log_probs,
-                               seeds=seeds)  # fmt: skip
+            responses = sample(
+                self.model,
+                prompts,
+                eos_ids=self.eos_ids,
+                pad_id=self.pad_id,
+                max_new_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                log_probs=want_log_probs,
+                seeds=seeds,
+            )
         return [
-            TokenOutput(token_ids=token_ids, log_probs=log_probs, stop_reason="completed" if stopped else "length",
-                        extra_fields={"global_steps": self.global_steps})  # fmt: skip
+            TokenOutput(
+                token_ids=token_ids,
+                log_probs=log_probs,
+                stop_reason="completed" if stopped else "length",
+                extra_fields={"global_steps": self.global_steps},
+            )
             for token_ids, stopped, log_probs in responses
         ]
 
@@ -160,7 +176,7 @@ class HFGenerationServer:
         self._synced.update(weights)
         return len(weights)
 
-    def finish_weight_update(self, global_steps: Optional[int] = None) -> int:
+    def finish_weight_update(self, global_steps: int | None = None) -> int:
         """End a sync: every model weight must have been loaded (tied ones excepted)."""
         synced, self._synced = self._synced, set()
         tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
@@ -171,7 +187,7 @@ class HFGenerationServer:
         self._prompt_repeats.clear()  # a new step: seeds count repeats from 0 again
         return len(synced)
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: Optional[int] = None) -> int:
+    def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> int:
         """A whole sync in one call."""
         self.load_weights(state_dict)
         return self.finish_weight_update(global_steps)

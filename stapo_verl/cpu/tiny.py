@@ -136,8 +136,13 @@ def prepare_tiny(out_dir: str, seed: int = 0, sft_steps: int = 300, train_size: 
 
     from stapo_verl.recipe import built_files
 
-    spec = {"version": TINY_FILES_VERSION, "seed": seed, "sft_steps": sft_steps, "train_size": train_size,
-            "val_size": val_size}  # fmt: skip
+    spec = {
+        "version": TINY_FILES_VERSION,
+        "seed": seed,
+        "sft_steps": sft_steps,
+        "train_size": train_size,
+        "val_size": val_size,
+    }
     marker = os.path.join(out_dir, "tiny.json")
     built = built_files(marker, spec)
     if built is not None:

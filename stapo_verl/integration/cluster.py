@@ -12,11 +12,10 @@ before any worker starts, in one line.
 
 from __future__ import annotations
 
-from typing import Optional
 
-
-def placement_problem(groups: list[int], nodes: list[dict[str, float]], cpus_per_process: float,
-                      gpu: str = "GPU") -> Optional[str]:  # fmt: skip
+def placement_problem(
+    groups: list[int], nodes: list[dict[str, float]], cpus_per_process: float, gpu: str = "GPU"
+) -> str | None:
     """Why ``groups`` (processes per placement group, each group on one node) do not fit on
     ``nodes`` (each node's free resources, e.g. ``{"GPU": 1, "CPU": 8}``), or None.
 
@@ -29,10 +28,12 @@ def placement_problem(groups: list[int], nodes: list[dict[str, float]], cpus_per
         node = next((n for n in free if all(n.get(k, 0) >= v for k, v in need.items())), None)
         if node is None:
             slots = sorted((int(n.get(gpu, 0)), int(n.get("CPU", 0))) for n in nodes)
-            return (f"the Ray cluster cannot place {len(groups)} node(s) x {max(groups)} trainer process(es) "
-                    f"(trainer.nnodes x trainer.n_gpus_per_node; each node's processes need {processes} {gpu} and "
-                    f"{processes * cpus_per_process:g} CPU slots free on one Ray node); its {len(nodes)} node(s) "
-                    f"have ({gpu}, CPU) slots free: {slots}")  # fmt: skip
+            return (
+                f"the Ray cluster cannot place {len(groups)} node(s) x {max(groups)} trainer process(es) "
+                f"(trainer.nnodes x trainer.n_gpus_per_node; each node's processes need {processes} {gpu} and "
+                f"{processes * cpus_per_process:g} CPU slots free on one Ray node); its {len(nodes)} node(s) "
+                f"have ({gpu}, CPU) slots free: {slots}"
+            )
         for key, value in need.items():
             node[key] -= value
     return None

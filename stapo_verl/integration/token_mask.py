@@ -1,8 +1,8 @@
 """The token mask on verl's batches: S2T, 20-Entropy (mini-batch scope) and the random control.
 
-:func:`apply_token_mask` builds one mini-batch's mask (:mod:`stapo_verl.method.s2t`, thresholds
-over the DP group) from statistics of the current policy (``current``) or of the old-log-prob pass
-(``old``) and zeroes the silenced tokens in ``response_mask`` and ``loss_mask``: they stay in the
+:func:`apply_token_mask` builds one mini-batch's mask (``MASKS[kind]`` of
+:mod:`stapo_verl.method.token_masks`, thresholds over the DP group) from statistics of the current
+policy (``current``) or of the old-log-prob pass (``old``), both read by :func:`token_stats`, and zeroes the silenced tokens in ``response_mask`` and ``loss_mask``: they stay in the
 forward pass (``attention_mask`` untouched), and verl's own ``agg_loss`` renormalises over the
 kept tokens for every ``loss_agg_mode``, exactly, whatever the micro-batch split. The helpers
 read verl's batch layout (jagged no-padding tensors, or padded ones).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import verl  # noqa: F401  isort: skip  (verl first: see stapo_verl/integration/worker.py)
 import logging
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from verl.workers.utils.padding import no_padding_2_padding, response_from_nested
@@ -20,16 +20,8 @@ from verl.workers.utils.padding import no_padding_2_padding, response_from_neste
 from stapo_verl.analysis.dump import append_jsonl, token_records
 from stapo_verl.method import config as stapo_config
 from stapo_verl.method.config import masks_in_training_forward
-from stapo_verl.method.s2t import (
-    assert_finite,
-    global_sum,
-    random_silence_like,
-    rank_spread,
-    s2t_spurious_mask,
-    select_candidates,
-    token_group_stats,
-    top_entropy_keep_mask,
-)
+from stapo_verl.method.s2t import assert_finite, global_sum, token_group_stats
+from stapo_verl.method.token_masks import MASKS, TokenStats
 
 logger = logging.getLogger("stapo_verl")
 
@@ -95,8 +87,10 @@ def current_stats_where_candidates_can_be(data, current_stats, positive_only: bo
     entropy = flat_tokens(data[OLD_ENTROPY_KEY]).clone()
     fresh_log_prob, fresh_entropy, fresh_sum_pi_squared = current_stats(rows)
     offsets = response_offsets(data)
-    tokens = torch.cat([torch.arange(int(offsets[r]), int(offsets[r + 1])) for r in rows.tolist()] or
-                       [torch.zeros(0, dtype=torch.long)]).to(log_prob.device)  # fmt: skip
+    tokens = torch.cat(
+        [torch.arange(int(offsets[r]), int(offsets[r + 1])) for r in rows.tolist()]
+        or [torch.zeros(0, dtype=torch.long)]
+    ).to(log_prob.device)
     log_prob[tokens] = fresh_log_prob.to(log_prob)
     entropy[tokens] = fresh_entropy.to(entropy)
     sum_pi_squared = None
@@ -106,19 +100,43 @@ def current_stats_where_candidates_can_be(data, current_stats, positive_only: bo
     return log_prob, entropy, sum_pi_squared
 
 
+def token_stats(data, policy_loss, current_stats, old_stats_are_current: bool) -> TokenStats:
+    """The statistics the mask reads, from the source the config names (flat, on this rank)."""
+    kind = stapo_config.token_mask_kind(policy_loss)
+    has_old_stats = OLD_ENTROPY_KEY in data.keys() and "old_log_probs" in data.keys()
+    if policy_loss.stats_source == "current" and not (old_stats_are_current and has_old_stats):
+        if kind in ("s2t", "random") and has_old_stats:
+            return TokenStats(
+                *current_stats_where_candidates_can_be(
+                    data, current_stats, positive_only=policy_loss.s2t_advantage_sign == "positive"
+                )
+            )
+        return TokenStats(*current_stats(None))  # 20-Entropy ranks every token: nothing to fill in with
+    if OLD_ENTROPY_KEY not in data.keys():
+        raise KeyError(
+            f"stats_source=old needs the old-log-prob pass's entropy in the update batch under "
+            f"'{OLD_ENTROPY_KEY}' (verl's v1 trainer, trainer.use_v1=true, keeps it); this batch has "
+            f"{sorted(data.keys())}. Use actor_rollout_ref.actor.policy_loss.stats_source=current."
+        )
+    # sum_pi_squared is present when actor.calculate_sum_pi_squared=true
+    sum_pi_squared = flat_tokens(data["sum_pi_squared"]) if "sum_pi_squared" in data.keys() else None
+    return TokenStats(flat_tokens(data["old_log_probs"]), flat_tokens(data[OLD_ENTROPY_KEY]), sum_pi_squared)
+
+
 def apply_token_mask(
     data,
-    policy_loss: "stapo_config.TokenMaskPolicyLossConfig",
-    current_stats: Optional[Callable[[], tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]] = None,
+    policy_loss: stapo_config.TokenMaskPolicyLossConfig,
+    current_stats: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = None,
     group=None,
-    dump: Optional[Callable[..., None]] = None,
+    dump: Callable[..., None] | None = None,
     old_stats_are_current: bool = False,
 ) -> dict[str, float]:
     """Zero the tokens that lose their gradient in ``data``'s ``response_mask``/``loss_mask``.
 
     Args:
         data: one mini-batch of this rank (TensorDict, verl's no-padding or padded layout).
-        policy_loss: the actor's policy-loss config; ``token_mask_kind`` says which mask.
+        policy_loss: the actor's policy-loss config; ``token_mask_kind`` says which mask
+            (:data:`stapo_verl.method.token_masks.MASKS`).
         current_stats: ``current_stats(rows)`` returns flat (log_prob, entropy, sum_pi_squared or
             None) of the current policy for the response tokens of ``rows`` (a 1-D index tensor,
             in that order; None: every row); called only for ``stats_source=current``. For S2T
@@ -140,103 +158,31 @@ def apply_token_mask(
     if masks_in_training_forward(policy_loss):
         raise ValueError("top_entropy_scope=micro_batch is masked in the loss (plan_top_entropy_per_micro_batch)")
     valid = flat_tokens(data["response_mask"]).bool()
-    has_old_stats = OLD_ENTROPY_KEY in data.keys() and "old_log_probs" in data.keys()
-    if policy_loss.stats_source == "current" and not (old_stats_are_current and has_old_stats):
-        if kind in ("s2t", "random") and has_old_stats:
-            log_prob, entropy, sum_pi_squared = current_stats_where_candidates_can_be(
-                data, current_stats, positive_only=policy_loss.s2t_advantage_sign == "positive"
-            )
-        else:  # 20-Entropy ranks every token; without the old pass there is nothing to fill in with
-            log_prob, entropy, sum_pi_squared = current_stats(None)
-    else:
-        if OLD_ENTROPY_KEY not in data.keys():
-            raise KeyError(
-                f"stats_source=old needs the old-log-prob pass's entropy in the update batch under "
-                f"'{OLD_ENTROPY_KEY}' (verl's v1 trainer, trainer.use_v1=true, keeps it); this batch has "
-                f"{sorted(data.keys())}. Use actor_rollout_ref.actor.policy_loss.stats_source=current."
-            )
-        log_prob, entropy = flat_tokens(data["old_log_probs"]), flat_tokens(data[OLD_ENTROPY_KEY])
-        # present when actor.calculate_sum_pi_squared=true
-        sum_pi_squared = flat_tokens(data["sum_pi_squared"]) if "sum_pi_squared" in data.keys() else None
-    log_prob, entropy = log_prob.to(valid.device), entropy.to(valid.device)
+    stats = token_stats(data, policy_loss, current_stats, old_stats_are_current)
+    log_prob, entropy = stats.log_prob.to(valid.device), stats.entropy.to(valid.device)
     if log_prob.shape != valid.shape or entropy.shape != valid.shape:
         raise ValueError(
             f"token statistics do not line up with response_mask: log_prob {tuple(log_prob.shape)}, "
             f"entropy {tuple(entropy.shape)}, response tokens {tuple(valid.shape)}"
         )
     assert_finite("entropy", entropy, valid, group)
+    sum_pi_squared = stats.sum_pi_squared.to(valid.device) if stats.sum_pi_squared is not None else None
+    stats = TokenStats(log_prob, entropy, sum_pi_squared)
     advantages = flat_tokens(data["advantages"]).to(valid.device)
 
-    num_valid = float(global_sum(valid.sum(), group))
-    denominator = max(num_valid, 1.0)
-    if kind in ("s2t", "random"):
-        assert_finite("log_prob", log_prob, valid, group)
-        s2t = s2t_spurious_mask(
-            log_prob,
-            entropy,
-            advantages if policy_loss.s2t_advantage_sign == "positive" else advantages.abs(),
-            valid,
-            tau_prob=policy_loss.tau_prob,
-            entropy_quantile=policy_loss.entropy_quantile,
-            entropy_threshold=policy_loss.entropy_threshold,
-            group=group,
-        )
-        silenced = s2t.spurious_mask
-        num_candidates = float(global_sum(s2t.candidate_mask.sum(), group))
-        selection = policy_loss.candidate_selection
-        rule_silenced = float(global_sum(silenced.sum(), group))  # what S2T's own rule silences
-        if kind == "random":
-            rank = torch.distributed.get_rank(group) if group is not None else 0
-            seed = policy_loss.random_mask_seed + 1_000_003 * int(valid.sum()) + 7919 * rank
-            silenced = random_silence_like(silenced, valid, torch.Generator().manual_seed(seed))
-        elif selection == "all":
-            silenced = s2t.candidate_mask
-        elif selection != "low_entropy":  # as many candidates as S2T silences, chosen otherwise
-            # the same on every rank (one global draw), and different from one mini-batch to the next
-            seed = policy_loss.random_mask_seed + 1_000_003 * int(num_valid) + 7919 * int(num_candidates)
-            silenced = select_candidates(
-                s2t.candidate_mask, entropy, int(rule_silenced), selection, torch.Generator().manual_seed(seed), group
-            )
-        num_silenced = float(global_sum(silenced.sum(), group))
-        candidates_rank_min, candidates_rank_max = rank_spread(s2t.candidate_mask.sum(), group)
-        metrics = {
-            "s2t/valid_tokens": num_valid,
-            "s2t/candidates": num_candidates,
-            "s2t/silenced": num_silenced,
-            "s2t/candidate_frac": num_candidates / denominator,
-            "s2t/silenced_frac": num_silenced / denominator,
-            # the fewest and most candidates one data-parallel rank held (the rule pools them all)
-            "s2t/candidates_rank_min": candidates_rank_min,
-            "s2t/candidates_rank_max": candidates_rank_max,
-        }
-        if s2t.tau_entropy is not None:
-            metrics["s2t/tau_entropy"] = s2t.tau_entropy
-        if kind == "s2t" and selection != "low_entropy":  # the ablation's count next to the rule's
-            metrics["s2t/rule_silenced"] = rule_silenced
-    else:
-        top = top_entropy_keep_mask(entropy, valid, ratio=policy_loss.top_entropy_ratio, group=group)
-        silenced = valid & ~top.keep_mask
-        num_kept = float(global_sum(top.keep_mask.sum(), group))
-        kept_rank_min, kept_rank_max = rank_spread(top.keep_mask.sum(), group)
-        metrics = {"entropy20/kept_tokens": num_kept, "entropy20/kept_frac": num_kept / denominator,
-                   "entropy20/kept_tokens_rank_min": kept_rank_min, "entropy20/kept_tokens_rank_max": kept_rank_max}
-        if top.entropy_threshold is not None:
-            metrics["entropy20/entropy_threshold"] = top.entropy_threshold
+    result = MASKS[kind](stats, advantages, valid, policy_loss, group)
+    silenced, metrics = result.silenced, result.metrics
     keep = valid & ~silenced
-
-    groups = token_group_stats(
-        log_prob, entropy, advantages, valid, silenced,
-        sum_pi_squared.to(valid.device) if sum_pi_squared is not None else None, group,
-    )  # fmt: skip
+    groups = token_group_stats(log_prob, entropy, advantages, valid, silenced, sum_pi_squared, group)
     if kind != "top_entropy" and "silenced/prob_mean" in groups:
         metrics["s2t/silenced_prob_mean"] = groups["silenced/prob_mean"]
         metrics["s2t/silenced_entropy_mean"] = groups["silenced/entropy_mean"]
     if policy_loss.diagnostics:
         metrics.update({f"token_mask/{key}": value for key, value in groups.items()})
     if dump is not None:
-        kept_candidates = s2t.candidate_mask & ~silenced if kind == "s2t" else None
-        dump(silenced, kept_candidates, log_prob, entropy, advantages)
+        dump(silenced, result.kept_candidates, log_prob, entropy, advantages)
 
+    num_valid = float(global_sum(valid.sum(), group))
     if num_valid > 0 and not bool(global_sum(keep.sum(), group)):
         logger.warning("stapo-verl: the %s mask silenced every token of this mini-batch; no gradient", kind)
     keep_only(data, keep)
@@ -268,7 +214,14 @@ def write_token_dump(path, data, groups, log_prob, entropy, advantages, decode, 
         if mask is None:
             continue
         records = token_records(
-            flat_tokens(responses).cpu(), lengths.cpu(), mask.cpu(), log_prob.cpu(), entropy.cpu(), advantages.cpu(),
-            decode, config.dump_context_tokens, config.dump_max_tokens,
-        )  # fmt: skip
+            flat_tokens(responses).cpu(),
+            lengths.cpu(),
+            mask.cpu(),
+            log_prob.cpu(),
+            entropy.cpu(),
+            advantages.cpu(),
+            decode,
+            config.dump_context_tokens,
+            config.dump_max_tokens,
+        )
         append_jsonl(path, records, update=update, group=group)

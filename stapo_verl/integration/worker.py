@@ -34,8 +34,8 @@ from __future__ import annotations
 import verl  # noqa: F401  isort: skip
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Optional
 
 import torch
 from verl.utils import tensordict_utils as tu
@@ -172,7 +172,7 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
                 return super().infer_batch(data)
         return super().infer_batch(data)
 
-    def _current_policy_stats(self, data, rows=None) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def _current_policy_stats(self, data, rows=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Log-prob, entropy and (for diagnostics) sum pi^2 of pi_theta on the response tokens of
         ``rows`` of this mini-batch (None: all), via verl's log-prob pass."""
         if rows is None:
@@ -204,7 +204,7 @@ class TokenMaskTrainingWorker(engine_workers.TrainingWorker):
         filler = [r for r in range(len(data)) if r not in chosen][: int(count) - len(rows)]
         return torch.cat([rows.to(torch.long), torch.tensor(filler, dtype=torch.long)])
 
-    def _silenced_token_dump(self, data) -> Optional[Callable[..., None]]:
+    def _silenced_token_dump(self, data) -> Callable[..., None] | None:
         """The dump callback for this mini-batch, every ``dump_every`` updates (else None)."""
         self.mask_updates += 1
         config = self.policy_loss

@@ -12,7 +12,6 @@ import verl  # noqa: F401  isort: skip  (first: see stapo_verl/integration/worke
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 from verl.workers.config import PolicyLossConfig
 
@@ -29,7 +28,7 @@ MASKED_LOSS_MODES = {"stapo": ("s2t", "random"), "entropy20": ("top_entropy",)}
 S2T_ADVANTAGE_SIGNS = ("positive", "any")
 
 
-def token_mask_kind(policy_loss) -> Optional[str]:
+def token_mask_kind(policy_loss) -> str | None:
     """The mask the worker hook applies for this policy-loss config (None: no hook)."""
     explicit = policy_loss.get("token_mask")
     if explicit is not None:
@@ -100,17 +99,17 @@ class TokenMaskPolicyLossConfig(PolicyLossConfig):
 
     stats_source: str = "current"
     tau_prob: float = 0.002
-    entropy_quantile: Optional[float] = 0.75
-    entropy_threshold: Optional[float] = None
+    entropy_quantile: float | None = 0.75
+    entropy_threshold: float | None = None
     top_entropy_ratio: float = 0.2
     top_entropy_scope: str = "mini_batch"
-    token_mask: Optional[str] = None
+    token_mask: str | None = None
     s2t_advantage_sign: str = "positive"
     candidate_selection: str = "low_entropy"
     random_mask_seed: int = 0
     fp32_statistics: bool = False
     diagnostics: bool = True
-    dump_dir: Optional[str] = None
+    dump_dir: str | None = None
     dump_every: int = 50
     dump_max_tokens: int = 200
     dump_context_tokens: int = 8

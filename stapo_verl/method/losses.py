@@ -19,14 +19,14 @@ import verl  # noqa: F401  isort: skip  (first: see stapo_verl/integration/worke
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, register_policy_loss
 
 # The kind of mask the worker hook applied to the mini-batch verl's loss is running on (None:
 # none). A context variable rather than an argument: verl's policy-loss signature is fixed.
-_token_mask_applied: ContextVar[Optional[str]] = ContextVar("stapo_verl_token_mask_applied", default=None)
+_token_mask_applied: ContextVar[str | None] = ContextVar("stapo_verl_token_mask_applied", default=None)
 
 
 @contextmanager
@@ -47,7 +47,7 @@ def _clipped_objective_on_kept_tokens(loss_mode: str):
         response_mask: torch.Tensor,
         loss_agg_mode: str = "token-mean",
         config=None,
-        rollout_is_weights: Optional[torch.Tensor] = None,
+        rollout_is_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """verl's clipped objective over kept tokens; tensors are (batch, response_len).
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -29,7 +28,7 @@ class S2TMask:
 
     spurious_mask: torch.Tensor  # silenced tokens: candidates with entropy < tau_entropy
     candidate_mask: torch.Tensor  # valid, advantage > 0, prob < tau_prob
-    tau_entropy: Optional[float]  # None in quantile mode when no rank has a candidate
+    tau_entropy: float | None  # None in quantile mode when no rank has a candidate
 
 
 @dataclass
@@ -37,7 +36,7 @@ class TopEntropyMask:
     """Result of :func:`top_entropy_keep_mask`."""
 
     keep_mask: torch.Tensor  # tokens that keep their gradient
-    entropy_threshold: Optional[float]  # smallest kept entropy; None if no valid token
+    entropy_threshold: float | None  # smallest kept entropy; None if no valid token
 
 
 def _is_distributed(group) -> bool:
@@ -116,8 +115,8 @@ def s2t_spurious_mask(
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
     tau_prob: float = 0.002,
-    entropy_quantile: Optional[float] = 0.75,
-    entropy_threshold: Optional[float] = None,
+    entropy_quantile: float | None = 0.75,
+    entropy_threshold: float | None = None,
     group=None,
 ) -> S2TMask:
     """The S2T rule: which tokens are spurious (silenced).
@@ -143,7 +142,7 @@ def s2t_spurious_mask(
     candidate = valid & (advantages > 0) & (torch.exp(log_prob.float()) < tau_prob)
     candidate_entropy = entropy.float()[candidate]
     if entropy_threshold is not None:
-        tau_entropy: Optional[float] = float(entropy_threshold)
+        tau_entropy: float | None = float(entropy_threshold)
     else:
         pooled = gather_values(candidate_entropy, group)
         tau_entropy = quantile(pooled, entropy_quantile) if pooled.numel() > 0 else None
@@ -158,7 +157,7 @@ def select_candidates(
     entropy: torch.Tensor,
     count: int,
     selection: str,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     group=None,
 ) -> torch.Tensor:
     """``count`` of the mini-batch's candidates (over all ranks of ``group``), for the paper's
@@ -262,7 +261,7 @@ def token_group_stats(
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
     silenced: torch.Tensor,
-    sum_pi_squared: Optional[torch.Tensor] = None,
+    sum_pi_squared: torch.Tensor | None = None,
     group=None,
 ) -> dict[str, float]:
     """Mini-batch-global statistics of the silenced and the kept tokens.

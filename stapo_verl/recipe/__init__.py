@@ -2,7 +2,6 @@
 
 import json
 import os
-from typing import Optional
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
 CONFIG_NAME = "stapo_trainer"
@@ -16,7 +15,7 @@ CPU_MODELS = {
 MODELS = ("qwen3_1.7b", "qwen3_8b", "qwen3_14b", *CPU_MODELS)
 
 
-def built_files(marker: str, spec: dict) -> Optional[dict]:
+def built_files(marker: str, spec: dict) -> dict | None:
     """What a CPU preset's maker recorded in ``marker`` (JSON), if it made the files ``spec`` describes."""
     if not os.path.exists(marker):
         return None

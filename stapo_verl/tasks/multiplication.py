@@ -14,7 +14,10 @@ WORKED_EXAMPLE = [
     {"role": "user", "content": "What is 2 * 5?" + INSTRUCTION},
     # The second sentence invites free text after the answer: correct responses then carry rare
     # tokens that earn a reward without affecting it, the S2T candidates (about 11 per 1000 tokens).
-    {"role": "assistant", "content": "2 * 5 = 10. The answer is \\boxed{10}. Multiplication is repeated addition, so five twos make ten."},
+    {
+        "role": "assistant",
+        "content": "2 * 5 = 10. The answer is \\boxed{10}. Multiplication is repeated addition, so five twos make ten.",
+    },
 ]
 
 

@@ -32,7 +32,7 @@ import multiprocessing
 import re
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any
 
 logger = logging.getLogger("stapo_verl")
 
@@ -56,8 +56,14 @@ MATH_VERIFY_CPU_BUDGET_S = 2.0
 HELPER_MEMORY_BYTES = 2 * 2**30
 # Graded once when a helper starts: imports and parser set-up, so that they are not charged to
 # the first real grade's CPU budget.
-WARM_UP = (("\\frac{84}{2}", "42"), ("[0, 1)", "[0,1)"), ("\\{2, 1\\}", "\\{1,2\\}"), ("2\\sqrt{3}", "\\sqrt{12}"),
-           ("x = 3", "3"), ("0.5", "\\frac{1}{2}"))
+WARM_UP = (
+    ("\\frac{84}{2}", "42"),
+    ("[0, 1)", "[0,1)"),
+    ("\\{2, 1\\}", "\\{1,2\\}"),
+    ("2\\sqrt{3}", "\\sqrt{12}"),
+    ("x = 3", "3"),
+    ("0.5", "\\frac{1}{2}"),
+)
 # How long a new helper process may take to import math-verify and sympy.
 HELPER_START_TIMEOUT_S = 300
 
@@ -78,7 +84,7 @@ def clean_ground_truth(answer: str) -> str:
     return strip_boxed(answer).strip()
 
 
-def last_boxed_answer(text: str) -> Optional[str]:
+def last_boxed_answer(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` in ``text`` (None if absent, unbalanced or too long)."""
     from verl.utils.reward_score.math_dapo import last_boxed_only_string, remove_boxed
 
@@ -189,7 +195,7 @@ def confirmed_equal(gold: list, pred: list) -> bool:
     return True
 
 
-def _grade(parse, verify, solution: str, ground_truth: str) -> tuple[bool, Optional[str]]:
+def _grade(parse, verify, solution: str, ground_truth: str) -> tuple[bool, str | None]:
     """(correct, pred) with math-verify's own timeouts off (the caller bounds CPU time)."""
     gold = parse(f"\\boxed{{{ground_truth}}}", parsing_timeout=None)
     pred = parse(solution, parsing_timeout=None)
@@ -285,7 +291,7 @@ class _HelperProcess:
             self._conn.close()
         self._process = self._conn = None
 
-    def call(self, solution: str, ground_truth: str, hard_timeout_s: float) -> Optional[tuple[bool, Optional[str]]]:
+    def call(self, solution: str, ground_truth: str, hard_timeout_s: float) -> tuple[bool, str | None] | None:
         """(correct, pred), or None when the call ran past ``hard_timeout_s`` or the helper died.
         A grade the helper's CPU budget interrupted comes back wrong; the helper is then replaced."""
         with self._lock:
@@ -391,12 +397,16 @@ def compute_score(
     solution = solution_str if isinstance(solution_str, str) else ""
     # A missing gold answer must never match a missing prediction (\boxed{} vs "", None vs "None").
     if not isinstance(ground_truth, str) or not clean_ground_truth(ground_truth):
-        _warn_once(f"stapo-verl reward: ground truth {ground_truth!r} is not a non-empty string "
-                   f"(data_source {data_source!r}); every response to it scores as wrong")  # fmt: skip
+        _warn_once(
+            f"stapo-verl reward: ground truth {ground_truth!r} is not a non-empty string "
+            f"(data_source {data_source!r}); every response to it scores as wrong"
+        )
         return wrong_answer(grader)
     if len(ground_truth) > MAX_GOLD_CHARS:
-        _warn_once(f"stapo-verl reward: a ground truth of {len(ground_truth):,} characters (data_source "
-                   f"{data_source!r}) is over {MAX_GOLD_CHARS:,}; every response to it scores as wrong")  # fmt: skip
+        _warn_once(
+            f"stapo-verl reward: a ground truth of {len(ground_truth):,} characters (data_source "
+            f"{data_source!r}) is over {MAX_GOLD_CHARS:,}; every response to it scores as wrong"
+        )
         return wrong_answer(grader)
     gold = ground_truth
     try:

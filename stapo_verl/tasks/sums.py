@@ -34,8 +34,14 @@ DECODINGS = {"aligned": (1.0, 1.0), "default": (0.7, 0.9)}
 
 def spec() -> dict:
     """What the task's files depend on (the preset remakes them when it changes)."""
-    return {"task": TASK, "first": list(FIRST), "second": list(SECOND), "held_out": HELD_OUT,
-            "example": list(WORKED_EXAMPLE), "decodings": {k: list(v) for k, v in DECODINGS.items()}}  # fmt: skip
+    return {
+        "task": TASK,
+        "first": list(FIRST),
+        "second": list(SECOND),
+        "held_out": HELD_OUT,
+        "example": list(WORKED_EXAMPLE),
+        "decodings": {k: list(v) for k, v in DECODINGS.items()},
+    }
 
 
 def data_source(decoding: str) -> str:
@@ -77,8 +83,13 @@ def _row(a: int, b: int, split_name: str, index: int, source: str, sampling=None
     extra = {"split": split_name, "index": index, "id": f"{TASK}-{min(a, b)}+{max(a, b)}"}
     if sampling is not None:
         extra["sampling"] = sampling
-    return {"data_source": source, "prompt": prompt(a, b), "ability": "math",
-            "reward_model": {"style": "rule", "ground_truth": str(a + b)}, "extra_info": extra}  # fmt: skip
+    return {
+        "data_source": source,
+        "prompt": prompt(a, b),
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": str(a + b)},
+        "extra_info": extra,
+    }
 
 
 def training_rows() -> list[dict]:

@@ -15,7 +15,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from stapo_verl.runlog import read_jsonl
 from stapo_verl.tasks.reward import MAX_GOLD_CHARS, clean_ground_truth
@@ -37,9 +37,11 @@ _COMMAND_TAILS = {
     "\r": "ight|ho|angle|floor|ceil|m\\b",
 }
 _ESCAPE_DAMAGE = re.compile(
-    "|".join([f"{re.escape(c)}(?=[A-Za-z])" for c in _ALWAYS_ESCAPE]
-             + [f"{re.escape(c)}(?=(?:{tails}))" for c, tails in _COMMAND_TAILS.items()])
-)  # fmt: skip
+    "|".join(
+        [f"{re.escape(c)}(?=[A-Za-z])" for c in _ALWAYS_ESCAPE]
+        + [f"{re.escape(c)}(?=(?:{tails}))" for c, tails in _COMMAND_TAILS.items()]
+    )
+)
 _ESCAPE_LETTER = {**_ALWAYS_ESCAPE, "\t": "t", "\r": "r"}
 
 
@@ -144,7 +146,7 @@ def output_name(path: str) -> str:
 
 
 def convert_file(
-    path: str, out_dir: str, split: str, template: str = "boxed", skip_bad: bool = False, name: Optional[str] = None
+    path: str, out_dir: str, split: str, template: str = "boxed", skip_bad: bool = False, name: str | None = None
 ) -> ConversionReport:
     """Convert one file to ``<out_dir>/<name>.parquet``; bad rows raise unless ``skip_bad``."""
     import pandas as pd
