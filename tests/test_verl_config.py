@@ -272,6 +272,20 @@ def test_train_dry_run_refuses_in_one_line(override, message, capsys):
     assert out == "" and err.strip() == f"stapo-verl: error: {message}  (--debug shows the traceback)"
 
 
+@pytest.mark.slow
+def test_the_demo_checks_before_making_the_model_or_starting_ray(capsys, tmp_path, monkeypatch):
+    from stapo_verl.cli import run
+
+    monkeypatch.setenv("STAPO_TINY_DIR", str(tmp_path / "tiny"))
+    assert run(["demo", "--model", "tiny_cpu", "--dir", str(tmp_path / "out"), "actor_rollout_ref.rollout.n=0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == "stapo-verl: error: actor_rollout_ref.rollout.n=0: must be an integer >= 1 (responses per prompt)  (--debug shows the traceback)"
+    )
+    assert not (tmp_path / "tiny").exists() and not (tmp_path / "out" / "logs").exists()  # nothing made or run
+
+
 def test_grid_and_sweep_check_before_running(capsys, tmp_path):
     from stapo_verl.cli import run
 

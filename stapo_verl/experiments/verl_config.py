@@ -43,7 +43,10 @@ class ConfigError(ValueError):
 
     def __init__(self, path: str, value, accepted: str):
         super().__init__(f"{path}={value!r}: {accepted}")
-        self.path = path
+        self.path, self.value, self.accepted = path, value, accepted
+
+    def __reduce__(self):  # whole across processes (the demo checks its config in a child process)
+        return ConfigError, (self.path, self.value, self.accepted)
 
 
 # ---------------------------------------------------------------------------------------------
