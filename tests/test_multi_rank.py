@@ -193,7 +193,9 @@ def test_ranks_the_cluster_cannot_place_fail_before_training_naming_the_numbers(
     nnodes, per_node, tiny_dir, two_ray_nodes, tmp_path
 ):
     """3 nodes on a 2-node cluster; and 2 ranks on one node where each node has 1 slot, which
-    verl's own check (the cluster's total) lets through and then waits for forever."""
+    verl's own check (the cluster's total) lets through and then waits for forever. (6 prompts x
+    4 responses in one update: 24 responses split over 2 or 3 ranks, so the config check before
+    Ray passes and the cluster is what refuses.)"""
     output = train(
         "stapo",
         tiny_dir,
@@ -201,6 +203,8 @@ def test_ranks_the_cluster_cannot_place_fail_before_training_naming_the_numbers(
         1,
         f"trainer.nnodes={nnodes}",
         f"trainer.n_gpus_per_node={per_node}",
+        "data.train_batch_size=6",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=6",
         *joining(two_ray_nodes),
         *NO_VALIDATION,
         check=False,
