@@ -205,16 +205,21 @@ def engine_registered(model_type: str, backend: str, device: str) -> bool:
     return device in EngineRegistry._engines.get(model_type, {}).get(backend, {})
 
 
+def _replace_once(owner, name: str, make) -> None:
+    """``owner.name`` := ``make(owner.name)``, once: the replacement carries a ``stapo_verl`` mark."""
+    current = getattr(owner, name)
+    if getattr(current, "stapo_verl", False):
+        return
+    replacement = make(current)
+    replacement.stapo_verl = True
+    setattr(owner, name, replacement)
+
+
 def wrap_resource_check(make_check) -> None:
     """``ResourcePoolManager._check_resource_available`` := ``make_check(verl's check)`` (once)."""
     from verl.single_controller.ray.base import ResourcePoolManager
 
-    verl_check = ResourcePoolManager._check_resource_available
-    if getattr(verl_check, "stapo_verl", False):
-        return
-    check = make_check(verl_check)
-    check.stapo_verl = True
-    ResourcePoolManager._check_resource_available = check
+    _replace_once(ResourcePoolManager, "_check_resource_available", make_check)
 
 
 @functools.cache
@@ -273,9 +278,4 @@ def replace_vllm_top_p(make_function) -> None:
     """vLLM's sampler applies top-k / top-p through ``make_function(vLLM's own function)`` (once)."""
     from vllm.v1.sample.ops import topk_topp_sampler
 
-    original = topk_topp_sampler.apply_top_k_top_p
-    if getattr(original, "stapo_verl", False):
-        return
-    function = make_function(original)
-    function.stapo_verl = True
-    topk_topp_sampler.apply_top_k_top_p = function
+    _replace_once(topk_topp_sampler, "apply_top_k_top_p", make_function)

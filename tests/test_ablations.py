@@ -173,6 +173,7 @@ def test_contradicting_mask_and_loss_mode_is_rejected():
         ("s2t_clip_cov", {"loss_mode": "clip_cov", "token_mask": "s2t"}),
     ],
 )
+@pytest.mark.slow
 def test_ablations_compose_with_algorithm_stapo(ablation, expected):
     from test_recipe import compose
     from verl.utils.config import omega_conf_to_dataclass

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from test_data import fixture_file
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
@@ -19,6 +20,7 @@ def run(script: str, *args: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_actor_step_runs_every_variant_through_verls_engine(tmp_path):
     out = tmp_path / "actor_step.json"
     run("actor_step.py", "--tiny", "--rounds", "1", "--profile", "--out", str(out))
@@ -38,6 +40,7 @@ def test_actor_step_runs_every_variant_through_verls_engine(tmp_path):
     assert 0 < profile["pass_rows"] < profile["mini_batch_rows"]
 
 
+@pytest.mark.slow
 def test_loss_benchmark_writes_its_ratio(tmp_path):
     out = tmp_path / "loss.json"
     run("loss_cpu.py", "--rows", "8", "--length", "128", "--rounds", "1", "--out", str(out))
@@ -45,6 +48,7 @@ def test_loss_benchmark_writes_its_ratio(tmp_path):
     assert record["ratio"] == record["stapo_loss_fwd_bwd_ms"] / record["grpo_loss_fwd_bwd_ms"]
 
 
+@pytest.mark.slow
 def test_smollm2_task_benchmark_writes_its_rates(smollm2_dir, tmp_path):
     out = tmp_path / "task.json"
     run("smollm2_task.py", "--dir", smollm2_dir, "--prompts", "2", "--samples", "2", "--out", str(out))
@@ -54,6 +58,7 @@ def test_smollm2_task_benchmark_writes_its_rates(smollm2_dir, tmp_path):
     assert record["candidate_token_frac"] <= record["low_prob_token_frac"] <= 1.0
 
 
+@pytest.mark.slow
 def test_s2t_study_quick_writes_every_result(smollm2_dir, tmp_path):
     """The real-model study at toy sizes (one lr, no cost run): every result is in the JSON,
     the first-mini-batch reuse checked itself against a fresh pass, the summary and figure exist."""

@@ -24,6 +24,7 @@ def run_python(code: str, **env: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_cpu_platform_is_selected_only_by_verl_platform():
     code = """
         import verl
@@ -44,6 +45,7 @@ def test_cpu_platform_is_selected_only_by_verl_platform():
     assert run_python(code).split()[2] == "TrainingWorker"
 
 
+@pytest.mark.slow
 def test_a_process_may_start_by_importing_the_rollout_module():
     """Ray starts the generation server by importing stapo_verl.cpu.hf_rollout first."""
     out = run_python(

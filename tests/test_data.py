@@ -58,6 +58,7 @@ def expected_rows(which: str, name: str) -> int:
 
 
 @pytest.mark.parametrize("which", ["fixtures", "full"])
+@pytest.mark.slow
 def test_cli_converts_the_six_benchmarks(which, tmp_path):
     inputs = [data_file(which, name) for name in BENCHMARKS]
     result = subprocess.run(
@@ -108,6 +109,7 @@ def test_training_set_round_trips_through_verls_dataset(which, tmp_path):
     assert any("让我们一步一步地思考" in p for p in prompts)  # Chinese rows keep DAPO's Chinese instruction
 
 
+@pytest.mark.slow
 def test_malformed_rows_are_named_or_skipped_and_counted(tmp_path):
     rows = [
         {"problem": "1+1?", "answer": "2"},

@@ -50,6 +50,7 @@ def _rank_main(rank, store, out_dir, case):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_two_ranks_match_one_process(case, process_group):
     out_dir = tempfile.mkdtemp()
     mp.spawn(_rank_main, args=(os.path.join(out_dir, "store"), out_dir, case), nprocs=WORLD, join=True)

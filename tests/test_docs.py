@@ -109,6 +109,7 @@ def compose_main_ppo(argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize("page, command", COMMANDS, ids=[f"{p}:{c[:60]}" for p, c in COMMANDS])
+@pytest.mark.slow
 def test_every_command_line_parses(page, command, monkeypatch, capsys):
     from stapo_verl import cli
 

@@ -49,6 +49,7 @@ def test_the_examples_exist_and_parse():
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.slow
 def test_paper_run_script_checks_its_config(method):
     result = run("stapo/run_qwen3_paper.sh", method, "8b", "2", DRY_RUN="1")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -79,6 +80,7 @@ def test_reproduce_paper_prints_the_plan_and_runs_nothing(tmp_path):
     assert run("reproduce_paper.sh", "--bogus").returncode == 2
 
 
+@pytest.mark.slow
 def test_plain_overrides_compose_on_verls_own_config():
     result = run("stapo/plain_overrides.sh", DRY_RUN="1")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -86,6 +88,7 @@ def test_plain_overrides_compose_on_verls_own_config():
         assert line in result.stdout
 
 
+@pytest.mark.slow
 def test_cpu_scripts_check_every_run(tmp_path):
     result = run("cpu/run_comparison.sh", str(tmp_path / "cmp"), "--seeds", "0", "--rollout", "hf", DRY_RUN="1")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -122,6 +125,7 @@ def test_the_recipe_folder_has_verl_recipes_shape():
         assert "Needs:" in header and "Writes:" in header, path
 
 
+@pytest.mark.slow
 def test_a_recipe_script_composes_through_main_ppo():
     result = subprocess.run(
         ["bash", os.path.join(RECIPE, "run_qwen3-8b_stapo.sh"), "--cfg", "job"],

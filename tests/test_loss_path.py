@@ -583,6 +583,7 @@ print("kept", int(after.sum()), "of", after.numel(), "in", len(made_in_loss), "m
 """
 
 
+@pytest.mark.slow
 def test_micro_batch_masks_on_verls_fsdp_engine_equal_a_separate_pass():
     """On verl's FSDP2 engine (tiny model, CPU): the masks the loss makes from the training
     forward's entropy equal the rule over verl's micro-batches with a separate pass's entropies,

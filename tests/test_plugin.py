@@ -13,6 +13,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_import_verl_alone_registers_losses_and_worker_hook():
     result = run_python(
         "import sys, verl\n"
@@ -29,6 +30,7 @@ def test_import_verl_alone_registers_losses_and_worker_hook():
     assert "engines loaded by import verl: False" in result.stdout
 
 
+@pytest.mark.slow
 def test_without_the_plugin_verl_does_not_know_stapo():
     # the control for the test above: the registration really comes from the entry point
     result = run_python(
@@ -38,12 +40,14 @@ def test_without_the_plugin_verl_does_not_know_stapo():
     assert result.returncode != 0 and "Unsupported loss mode: stapo" in result.stderr
 
 
+@pytest.mark.slow
 def test_check_command():
     result = subprocess.run([sys.executable, "-m", "stapo_verl", "check"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "stapo-verl OK" in result.stdout
 
 
+@pytest.mark.slow
 def test_failed_install_is_logged_at_error_level():
     result = run_python(
         "import verl.workers.engine_workers as ew\n"
@@ -185,6 +189,7 @@ def probe(**env) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in result.stdout.splitlines() if not line.startswith("stapo-verl:"))
 
 
+@pytest.mark.slow
 def test_a_run_that_asks_for_nothing_of_the_plugin_gets_verls_own_classes():
     """Installed, the plugin leaves a GPU run of GRPO on verl's own actor worker (the class
     itself), verl's own placement check, rollout and agent-loop registries and reference worker."""
@@ -197,6 +202,7 @@ def test_a_run_that_asks_for_nothing_of_the_plugin_gets_verls_own_classes():
     assert seen["stapo"] == seen["gspo_with_mask"] == "stapo_verl.integration.worker.TokenMaskTrainingWorker"
 
 
+@pytest.mark.slow
 def test_the_cpu_platform_turns_on_the_cpu_backends():
     seen = probe(VERL_PLATFORM="cpu")
     assert seen["grpo"] == "stapo_verl.cpu.workers.CPUTrainingWorker"  # gloo process group, verl's worker otherwise

@@ -81,6 +81,7 @@ FP32 = {**BF16, "actor_compute": "fp32", "ref_compute": "fp32", "rollout": "floa
 
 
 @pytest.mark.parametrize("model", ["smollm2_135m", "tiny_cpu"])
+@pytest.mark.slow
 def test_the_cpu_presets_follow_the_switch_as_verl_on_gpu(model, monkeypatch):
     """bf16 = verl's GPU mixed precision: bf16 compute and rollout, fp32 master weights and
     gradient reduction; fp32 = fp32 everywhere; auto follows the CPU's flags."""

@@ -173,6 +173,7 @@ def run_main_ppo(*args):
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_main_ppo_composes_each_method():
     for method in METHODS:
         result = run_main_ppo(method, "qwen3_8b", "--cfg", "job")
@@ -182,6 +183,7 @@ def test_main_ppo_composes_each_method():
         assert job.actor_rollout_ref.model.path == "Qwen/Qwen3-8B-Base"
 
 
+@pytest.mark.slow
 def test_bad_overrides_fail_fast_with_a_clear_message():
     result = run_main_ppo("stapo", "qwen3_1.7b", "algorithm=nope")  # straight to Hydra
     assert result.returncode != 0

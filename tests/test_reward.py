@@ -165,6 +165,7 @@ def adversarial_outputs(count=2000, seed=0):
 
 
 @pytest.mark.parametrize("grader", ["dapo", "math_verify"])
+@pytest.mark.slow
 def test_fuzz_never_raises_and_is_bounded(grader, capsys):
     outputs = adversarial_outputs(1000)  # (the hostile family below covers infinities and towers)
     assert len(outputs) >= 1000
@@ -207,6 +208,7 @@ def test_works_from_a_thread():
     assert len(results) == 8 and all(r["acc"] for r in results)
 
 
+@pytest.mark.slow
 def test_works_in_a_ray_task():
     import ray
 
@@ -321,6 +323,7 @@ def test_a_missing_or_non_string_gold_answer_never_scores_correct(grader, gold, 
     assert caplog.text.count("is not a non-empty string") == 1  # logged once, not per response
 
 
+@pytest.mark.slow
 def test_a_script_without_a_main_guard_runs_once(tmp_path):
     script = tmp_path / "grade.py"
     script.write_text(
@@ -445,6 +448,7 @@ def family_grades():
     return cases, grades(cases)
 
 
+@pytest.mark.slow
 def test_no_hostile_answer_is_graded_correct_and_right_forms_stay_right(family_grades):
     cases, graded = family_grades
     assert len(cases) > 300
@@ -452,6 +456,7 @@ def test_no_hostile_answer_is_graded_correct_and_right_forms_stay_right(family_g
     assert not wrong, wrong[:20]
 
 
+@pytest.mark.slow
 def test_a_grade_does_not_depend_on_what_was_graded_before(family_grades):
     """sympy's cache once carried one comparison into the next: reversed order, same grades."""
     cases, graded = family_grades
@@ -498,6 +503,7 @@ class Starvation:
             busy.wait()
 
 
+@pytest.mark.slow
 def test_grades_under_starvation_equal_the_grades_alone(family_grades):
     """A grade is a function of (response, gold): CPU-time budgets, not wall-clock ones."""
     cases, graded = family_grades

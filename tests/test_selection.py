@@ -154,6 +154,7 @@ def test_sweep_grids_and_run_names():
 
 
 @pytest.mark.parametrize("grid", ["selection", "tau_prob"])
+@pytest.mark.slow
 def test_sweep_runs_compose_through_hydra_and_verls_validation(grid):
     from test_recipe import compose
     from verl.trainer.ppo.utils import need_critic, need_reference_policy

@@ -248,6 +248,7 @@ def test_a_real_ray_memory_kill_during_the_demo_is_named_in_one_line(tmp_path):
     assert "ppo_max_token_len_per_gpu=N" in last and "main_ppo failed" not in last
 
 
+@pytest.mark.slow
 def test_the_demos_config_check_keeps_verls_import_warnings_off_the_screen():
     code = "from stapo_verl.cli import check_config; check_config('stapo', 'smollm2_135m', []); print('checked')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -62,6 +62,7 @@ def scalar_kind(annotation) -> str | None:
     return annotation.__name__ if annotation in (int, float, bool) else None
 
 
+@pytest.mark.slow
 def test_every_typed_numeric_boolean_and_literal_field_refuses_a_wrong_type(composed):
     """Each scalar field whose verl dataclass declares int, float, bool, a Literal or a list, set to a
     string it cannot be: refused, naming the field (verl's instantiate would pass it on)."""
@@ -79,6 +80,7 @@ def test_every_typed_numeric_boolean_and_literal_field_refuses_a_wrong_type(comp
         assert expected in message, (path, message)
 
 
+@pytest.mark.slow
 def test_an_integer_field_refuses_a_fraction_and_a_boolean(composed):
     _, cfg = composed
     ints = [path for path, _, _, annotation in typed_scalar_fields(cfg) if scalar_kind(annotation) == "int"]
@@ -200,6 +202,7 @@ def test_verl_own_validation_runs_too():
         check_verl_config(compose_config("stapo", "smollm2_135m", ["actor_rollout_ref.rollout.mode=sync"]))
 
 
+@pytest.mark.slow
 def test_every_method_model_ablation_and_experiment_still_passes():
     """No false refusal: each method on each model preset, each ablation (with STAPO) on a CPU and a
     GPU preset, each experiment with each method on both CPU presets, the CPU presets' vLLM rollout."""
@@ -315,6 +318,7 @@ def test_grid_and_sweep_check_before_running(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("own_config", [False, True])
+@pytest.mark.slow
 def test_main_ppo_refuses_before_ray_starts(own_config, tmp_path):
     """`python -m verl.trainer.main_ppo` itself: with the recipe's config (its Hydra callback),
     and with verl's own config plus the callback named on the command line."""

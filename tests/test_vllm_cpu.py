@@ -146,6 +146,7 @@ def test_the_cpu_vllm_preset_composes_for_verl(precision, dtype):
         ("actor_rollout_ref.rollout.enable_sleep_mode=true", "enable_sleep_mode must be false on CPU"),
     ],
 )
+@pytest.mark.slow
 def test_bad_cpu_vllm_settings_are_refused_before_ray_starts(override, message, monkeypatch):
     from stapo_verl.cli import check_config
 
@@ -296,6 +297,7 @@ def test_a_row_may_carry_its_own_decoding_with_its_own_seeds(monkeypatch):
 
 
 @pytest.mark.parametrize("first", ["verl", "stapo_verl.cpu.seeded_agent_loop"])
+@pytest.mark.slow
 def test_the_plugin_registers_the_seeded_agent_loop_where_verl_loads_its_agent_loops(first):
     """In a process that imports verl's agent loops (whichever module comes first: hydra imports
     the seeded loop itself when a run selects it), with the worker hook installed as before."""

