@@ -120,8 +120,8 @@ try:
     # being executed and completes its own registration once verl's import returns.
     # The CPU platform first: verl resolves its platform on first use, and the imports below
     # already use it when VERL_PLATFORM=cpu.
+    from stapo_verl.cpu.platform import cpu_platform_selected  # isort: skip  (first: see above)
     import stapo_verl.method.losses  # noqa: F401
-    from stapo_verl.cpu.platform import cpu_platform_selected
     from stapo_verl.cpu.precision import register_resolver
     from stapo_verl.cpu.registration import register_rollout
     from stapo_verl.cpu.vllm_cpu import install_vllm_cpu_metadata
