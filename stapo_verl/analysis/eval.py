@@ -199,7 +199,8 @@ class VLLMEngine:
             # start-up on 2 cores), and a set KV cache (its default reserves 92% of the machine's memory)
             from stapo_verl.cpu.vllm_cpu import BLOCK_SIZE, THREAD_VARIABLES, kv_cache_gib, vllm_cpu_env
 
-            os.environ.update({name: vllm_cpu_env()[name] for name in THREAD_VARIABLES})  # its engine process's
+            environment = vllm_cpu_env()
+            os.environ.update({name: environment[name] for name in THREAD_VARIABLES})  # its engine process's
             self.prefill_budget = max(8192, longest_prompt * max_k)  # at least one prompt's k samples
             cpu = {
                 "dtype": dtype,

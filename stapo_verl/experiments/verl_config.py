@@ -344,19 +344,15 @@ def check_with_verl(cfg: DictConfig) -> None:
         ("algorithm", lambda: omega_conf_to_dataclass(cfg.algorithm)),
         ("verl's validate_config", lambda: validate_config(cfg, need_reference_policy(cfg), need_critic(cfg))),
     )
+    from hydra.errors import HydraException  # its InstantiationException wraps a dataclass's own error
+
     for what, step in steps:
         try:
             # validate_config prints its verdict, need_critic warns: main_ppo says both again itself
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 step()
-        except (AssertionError, ValueError, TypeError, OmegaConfBaseException) as exc:
-            raise ValueError(f"{what}: {_message(exc)}") from None
-        except Exception as exc:  # hydra's InstantiationException wraps a dataclass's own error
-            from hydra.errors import HydraException
-
-            if not isinstance(exc, HydraException):
-                raise
+        except (AssertionError, ValueError, TypeError, OmegaConfBaseException, HydraException) as exc:
             raise ValueError(f"{what}: {_message(exc)}") from None
 
 
