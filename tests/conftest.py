@@ -227,7 +227,8 @@ def tiny_stapo_run(tiny_dir, tmp_path_factory):
 
 
 def toy_grid_args() -> list[str]:
-    """The toy grid's options and overrides (fp32, one mini-batch a step, no validation during)."""
+    """The toy grid's options and overrides (fp32, one mini-batch a step, no validation during, a
+    checkpoint every step: test_grid interrupts and resumes one of its runs)."""
     from e2e_runs import EXACT, ONE_MINI_BATCH
 
     return [
@@ -244,6 +245,8 @@ def toy_grid_args() -> list[str]:
         "0",
         "1",
         "--steps",
+        "3",
+        "--checkpoint-every",
         "1",
         EXACT,
         ONE_MINI_BATCH,
@@ -253,7 +256,7 @@ def toy_grid_args() -> list[str]:
 
 @pytest.fixture(scope="session")
 def toy_grid(tiny_dir, tmp_path_factory):
-    """`stapo-verl grid` at toy size (tiny preset, GRPO and 20-Entropy x seeds 0, 1 x 1 step, fp32,
+    """`stapo-verl grid` at toy size (tiny preset, GRPO and 20-Entropy x seeds 0, 1 x 3 steps, fp32,
     one mini-batch a step): (its output directory, its printed output). Its 20-Entropy seed-0 run
     is the one-rank reference of the two-ranks test."""
     import subprocess

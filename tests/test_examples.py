@@ -39,6 +39,7 @@ def test_the_examples_exist_and_parse():
         "stapo/plain_overrides.sh",
         "cpu/demo.sh",
         "cpu/run_comparison.sh",
+        "cpu/run_stability.sh",
     }
     for path in SCRIPTS:
         assert subprocess.run(["bash", "-n", path], capture_output=True).returncode == 0, path
@@ -98,6 +99,18 @@ def test_cpu_scripts_check_every_run(tmp_path):
     assert all("data.seed=0" in line and "actor_rollout_ref.rollout.seed=0" in line for line in plan)
     assert "dump_dir=" in plan[0] and "val_before_train=true" in plan[0] and "val_before_train=false" in plan[1]
     assert not (tmp_path / "cmp").exists()
+    stability = run("cpu/run_stability.sh", str(tmp_path / "st"), "--seeds", "1", "--rollout", "hf", DRY_RUN="1")
+    assert stability.returncode == 0, stability.stderr[-2000:]
+    assert "4 runs (4 methods x 1 seeds x 60 steps, experiment=cpu_stability" in stability.stdout
+    plan = [line for line in stability.stdout.splitlines() if "to run   stapo-verl train" in line]
+    assert [line.split()[0] for line in plan] == [
+        "justrl_seed1:",
+        "grpo_seed1:",
+        "stapo_seed1:",
+        "random_control_seed1:",
+    ]
+    assert "stapo-verl train stapo" in plan[3] and "ablation=candidates_random" in plan[3]
+    assert all("trainer.save_freq=10" in line and "trainer.resume_mode=auto" in line for line in plan)
     demo = run("cpu/demo.sh", "justrl", DRY_RUN="1")
     assert demo.returncode == 0 and "algorithm=justrl model=smollm2_135m" in demo.stdout
 

@@ -83,6 +83,55 @@ def test_a_finished_run_is_skipped_only_with_the_same_overrides(tmp_path):
     assert validated_before_training([str(done)]) and not validated_before_training([str(failed)])
 
 
+def test_checkpoint_overrides_do_not_change_which_runs_count_as_finished(tmp_path):
+    """A run saved with checkpoints and one made before the grid saved them compute the same thing."""
+    run_dir = str(tmp_path / "runs" / "grpo_seed0")
+    saving = run_overrides(Run("grpo", 0), "cpu_stability", 60, run_dir, True, [], checkpoint_every=10)
+    assert {"trainer.save_freq=10", "trainer.max_actor_ckpt_to_keep=1", "trainer.resume_mode=auto"} <= set(saving)
+    plain = run_overrides(Run("grpo", 0), "cpu_stability", 60, run_dir, True, [])
+    assert "trainer.resume_mode=disable" in plain and not any(o.startswith("trainer.save_freq") for o in plain)
+    done = fake_run(tmp_path, "grpo", 0, [1.0], {0: 0.2}, overrides=grid.portable(plain, run_dir))
+    assert finished(str(done), saving) and finished(str(done), plain)
+    assert finished(str(done), saving + ["trainer.total_training_steps=61"]) is None
+
+
+def test_the_random_control_is_stapo_with_the_random_selection_and_the_runs_seed(tmp_path, capsys):
+    run = Run("random_control", 2)
+    assert run.verl_method == "stapo" and run.name == "random_control_seed2"
+    overrides = run_overrides(run, "cpu_stability", 60, str(tmp_path), True, [])
+    assert "ablation=candidates_random" in overrides
+    assert "actor_rollout_ref.actor.policy_loss.random_mask_seed=2" in overrides
+    assert any(o.startswith("actor_rollout_ref.actor.policy_loss.dump_dir=") for o in overrides)
+    out = tmp_path / "grid"
+    argv = ["--methods", "random_control", "--seeds", "2", "--experiment", "cpu_stability", "--rollout", "hf"]
+    assert grid.main([*argv, "--out", str(out), "--dry-run"]) == 0  # composed and checked
+    printed = capsys.readouterr().out
+    assert "random_control_seed2: to run   stapo-verl train stapo smollm2_135m" in printed
+    assert "ablation=candidates_random" in printed
+
+
+def test_an_interrupted_runs_metrics_keep_the_steps_up_to_its_checkpoint(tmp_path):
+    first, second = tmp_path / "a0.jsonl", tmp_path / "a1.jsonl"
+    first.write_text(
+        "".join(json.dumps({"step": s, "data": {"x": s, "first": 1}}) + "\n" for s in (0, 1, 2, 3))
+        + json.dumps({"step": 2, "data": {"val": 0.5}})  # a second record of a step: its keys join
+        + "\n"
+    )
+    out = tmp_path / "metrics.jsonl"
+    grid.merge_attempts([str(first), str(second)], 2, str(out))  # the second attempt has not logged yet
+    from stapo_verl.runlog import read_metrics
+
+    assert read_metrics(str(out)) == [
+        {"step": 0, "x": 0, "first": 1},
+        {"step": 1, "x": 1, "first": 1},
+        {"step": 2, "x": 2, "first": 1, "val": 0.5},
+    ]
+    second.write_text("".join(json.dumps({"step": s, "data": {"x": 10 * s}}) + "\n" for s in (3, 4)))
+    grid.merge_attempts([str(first), str(second)], None, str(out))
+    assert [row.get("x") for row in read_metrics(str(out))] == [0, 1, 2, 30, 40]  # step 3 from the second
+    assert grid.last_checkpoint(str(tmp_path / "none")) == 0
+
+
 def test_progress_names_the_run_the_step_and_the_etas():
     progress = grid.Progress(total_steps=30, runs_left=4)
     line = progress.line(2, 4, Run("stapo", 1), {"step": 10, "timing_s/step": 40.0}, 500.0)
@@ -109,6 +158,7 @@ def test_the_grid_refuses_bad_input_naming_the_field(capsys):
         (["--methods", "ppo"], "unknown ['ppo']"),
         (["--model", "qwen3_8b"], "CPU presets"),
         (["--steps", "0"], "--steps must be >= 1"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
     ):
         with pytest.raises(SystemExit):
             grid.main([*argv, "--dry-run"])
@@ -226,6 +276,27 @@ def test_the_report_pairs_seeds_checks_step_one_and_marks_the_claims(tmp_path):
     assert "  - critic/score/mean: same: JustRL 0.5, STAPO 0.5" in text
 
 
+def test_the_report_judges_each_run_by_the_stability_criteria_and_applies_the_rule(tmp_path):
+    """JustRL collapses in every seed, the random control in two, STAPO in none: "supported"."""
+    collapsing = [1.0] * 10 + [0.05] * 10
+    for seed in (0, 1, 2):
+        fake_run(tmp_path, "justrl", seed, collapsing, {0: 0.30, 20: 0.28})
+        fake_run(tmp_path, "stapo", seed, [1.0] * 20, {20: 0.31}, silenced=0.004)
+        fake_run(tmp_path, "random_control", seed, collapsing if seed else [1.0] * 20, {20: 0.18 if seed else 0.29})
+    report = grid_report.build(grid_report.load_runs(str(tmp_path)))
+    assert report["runs"]["justrl_seed1"]["stability"]["steps"]["entropy_collapse"] == 11
+    assert report["runs"]["random_control_seed2"]["stability"]["steps"]["accuracy_collapse"] == 20  # 30% -> 18%
+    assert not report["runs"]["stapo_seed0"]["stability"]["unstable"]
+    claims = {c["claim"]: c for c in report["claims"]}
+    justrl = claims["STAPO prevents JustRL's instability (the stability study's criteria and rule)"]
+    assert justrl["verdict"] == "supported"
+    assert "random_control unstable in 2 of 3 seeds" in justrl["numbers"]
+    text = grid_report.markdown(report)
+    assert "| justrl_seed0 (20 steps) | 11 | - | - | - | yes, from step 11 |" in text
+    assert "random control" in text  # the control is named for readers, and paired with STAPO
+    assert "random_control" in report["paired"]
+
+
 def test_a_partial_grid_without_stapo_reports_and_says_no_claim_is_decidable(tmp_path, recwarn):
     # an interrupted grid whose only finished run is a baseline: the report still comes out
     fake_run(tmp_path, "justrl", 0, [1.0, 0.8], {0: 0.2, 2: 0.6})
@@ -304,7 +375,7 @@ def test_the_report_re_makes_the_marked_tables_of_a_page_and_keeps_its_prose(tmp
 
 @pytest.mark.e2e
 def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
-    """2 methods x 2 seeds x 1 step on the tiny preset: raw logs per run, step-0 validation once
+    """2 methods x 2 seeds x 3 steps on the tiny preset: raw logs per run, step-0 validation once
     per seed, the same step-1 rollouts across methods of a seed; a second call runs nothing."""
     import subprocess
     import sys
@@ -312,7 +383,7 @@ def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
     from conftest import toy_grid_args
 
     out, printed = toy_grid
-    assert "4 to run" in printed and "[4/4 entropy20 seed 1] step 1/1" in printed
+    assert "4 to run" in printed and "[4/4 entropy20 seed 1] step 3/3" in printed
     runs = sorted(os.listdir(out / "runs"))
     assert runs == ["entropy20_seed0", "entropy20_seed1", "grpo_seed0", "grpo_seed1"]
     for name in runs:
@@ -367,6 +438,59 @@ def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
     assert not (tmp_path / "report" / "held_out_accuracy.png").exists()  # no validation after step 0
 
 
+@pytest.mark.e2e
+def test_an_interrupted_grid_run_goes_on_from_its_checkpoint_and_logs_what_an_uninterrupted_one_did(
+    toy_grid, tiny_dir, tmp_path
+):
+    """The toy grid's GRPO seed-0 run again (same overrides, fp32): its grid stopped (SIGTERM) after
+    the first checkpoint, started again, the run goes on from that checkpoint, and every step's
+    metrics equal the uninterrupted run's (times aside)."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import toy_grid_args
+
+    from stapo_verl.runlog import read_metrics
+
+    args = toy_grid_args()
+    args[args.index("--methods") + 1 : args.index("--seeds")] = ["grpo"]
+    args[args.index("--seeds") + 1 : args.index("--steps")] = ["0"]
+    out, scratch = tmp_path / "grid", tmp_path / "scratch"
+    command = [sys.executable, "-m", "stapo_verl", "grid", *args, "--out", str(out), "--scratch", str(scratch)]
+    env = {**os.environ, "STAPO_TINY_DIR": tiny_dir}
+    latest = scratch / "grpo_seed0" / "checkpoints" / "grpo_seed0" / "latest_checkpointed_iteration.txt"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 900
+        while not latest.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    run_dir = out / "runs" / "grpo_seed0"
+    assert latest.exists() and not (run_dir / "run.json").exists(), (tmp_path / "first.log").read_text()[-3000:]
+    stopped_at = grid.last_checkpoint(str(latest.parent))
+    assert 1 <= stopped_at < 3
+    assert grid.processes_with(f"STAPO_RUN_DIR={scratch / 'grpo_seed0'}") == []  # its run stopped with it
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
+    assert f"grpo_seed0: going on from its checkpoint of step {stopped_at}" in again.stdout
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["exit_code"] == 0 and record["resumed_from"] == [stopped_at]
+    with gzip.open(run_dir / "train.log.gz", "rt") as f:  # both attempts' output
+        assert f.read().count("stapo-verl: actor worker") >= 2
+    assert not (scratch / "grpo_seed0").exists()  # checkpoints go once the run finished
+
+    def computed(rows):  # what a step computed: its times and memory aside
+        return [{k: v for k, v in row.items() if not k.startswith("timing_") and "perf/" not in k} for row in rows]
+
+    resumed = read_metrics(str(run_dir / "metrics.jsonl"))
+    uninterrupted = read_metrics(str(toy_grid[0] / "runs" / "grpo_seed0" / "metrics.jsonl"))
+    assert [row["step"] for row in resumed] == [0, 1, 2, 3] == [row["step"] for row in uninterrupted]
+    assert computed(resumed) == computed(uninterrupted)
+
+
 def test_a_run_that_stops_logging_is_stopped_with_its_whole_process_group(tmp_path):
     """verl's main_ppo can hang instead of exiting (seen when vLLM's engine died): the grid stops a
     run whose metrics do not move, children included, instead of waiting forever."""
@@ -390,3 +514,25 @@ def test_a_run_that_stops_logging_is_stopped_with_its_whole_process_group(tmp_pa
             assert f.read().split(")")[1].split()[0] == "Z"
     except FileNotFoundError:
         pass
+
+
+def test_stopping_a_run_kills_its_processes_outside_its_process_group_too(tmp_path):
+    """Ray's raylet and workers leave main_ppo's process group: a run is stopped by the environment
+    entry every process of it carries, not by its group alone."""
+    import subprocess
+    import time
+
+    marker = f"STAPO_RUN_DIR={tmp_path / 'run'}"
+    child_pid = tmp_path / "child.pid"
+    script = (
+        "import subprocess, time; "
+        "p = subprocess.Popen(['sleep', '600'], start_new_session=True); "  # as Ray's raylet: its own session
+        f"open({str(child_pid)!r}, 'w').write(str(p.pid)); time.sleep(600)"
+    )
+    env = {**os.environ, "STAPO_RUN_DIR": str(tmp_path / "run")}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    while not child_pid.exists() or not child_pid.read_text():
+        time.sleep(0.05)
+    assert len(grid.processes_with(marker)) == 2
+    grid.stop_run(process, marker)
+    assert process.returncode == -9 and grid.processes_with(marker) == []

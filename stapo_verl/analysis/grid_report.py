@@ -9,7 +9,10 @@ and writes to ``--out``:
   baseline per seed with a 95% interval and a paired t-test; whether each seed's step-1 rollouts
   were identical across methods (from the logs); the paper's claims, marked supported,
   contradicted or not decidable at this scale.
-- ``held_out_accuracy.png``, ``entropy.png``, ``silenced_fraction.png``: against step, a line per
+- per run, the step at which each instability criterion of the stability study was first met
+  (``stability.py``), and the study's rule for "STAPO prevents it" among the claims;
+- ``held_out_accuracy.png``, ``entropy.png``, ``training.png`` (reward, verl's clip fractions, grad
+  norm, response length), ``silenced_fraction.png``: against step, a line per
   method (mean over seeds) with a band from the lowest to the highest seed.
 - ``grid.json``: every number above.
 
@@ -27,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stapo_verl.analysis import grid_docs
+from stapo_verl.analysis import grid_docs, stability
 from stapo_verl.analysis.report import METHOD_NAMES, TARGET, silenced_fraction, token_category
 from stapo_verl.analysis.stats import paired_t, seed_interval
 from stapo_verl.experiments.grid import read_plan
@@ -40,6 +43,15 @@ SYMBOL_CATEGORIES = ("digits", "math/LaTeX", "punctuation")
 # the paper's two decodings, as stapo-verl eval's --setting names them (a held-out label's suffix)
 DECODINGS = {"aligned": ": T 1.0, top-p 1.0", "default": ": T 0.7, top-p 0.9"}
 STEP1_KEYS = ("response_length/mean", "critic/score/mean", "critic/advantages/max")
+# training.png: what the stability criteria and a reader of a long run look at, per step
+TRAINING_CURVES = (
+    ("critic/score/mean", "training reward", "mean score (-1..1)"),
+    # verl's two: the PPO clip active at either bound; the dual clip (A < 0, ratio > clip_ratio_c)
+    ("actor/pg_clipfrac", "PPO clip active (either bound)", "fraction of tokens"),
+    ("actor/pg_clipfrac_lower", "dual clip active (A < 0, ratio > c)", "fraction of tokens"),
+    ("actor/grad_norm", "gradient norm", "norm before clipping"),
+    ("response_length/mean", "response length", "tokens"),
+)
 
 
 def load_runs(grid_dir: str) -> dict[tuple[str, int], dict]:
@@ -89,6 +101,15 @@ def _training(rows: list[dict]) -> list[dict]:
     return [row for row in rows if "actor/pg_loss" in row]
 
 
+def aligned_accuracy(rows: list[dict], step0: dict[str, float]) -> dict[int, float]:
+    """step -> held-out avg@k at T 1.0 / top-p 1.0 (percent), the seed's step 0 included: what the
+    stability criteria judge."""
+    for label, by_step in held_out(rows).items():
+        if decoding(label) == "aligned":
+            return {**({0: step0[label]} if label in step0 else {}), **by_step}
+    return {}
+
+
 def run_summary(rows: list[dict], step0: dict[str, float]) -> dict:
     """One run's numbers; ``step0``: its seed's held-out accuracy before training."""
     train = _training(rows)
@@ -108,6 +129,7 @@ def run_summary(rows: list[dict], step0: dict[str, float]) -> dict:
         "validation_s": [row["timing_s/testing"] for row in train if "timing_s/testing" in row],
         "held_out_end": {},
         "held_out_change": {},
+        "stability": stability.judge(rows, aligned_accuracy(rows, step0)),
     }
     for label, by_step in held_out(rows).items():
         last = max(by_step)
@@ -242,6 +264,23 @@ def claims(report: dict) -> list[dict]:
             }
         ]
     rows = []
+
+    def unstable(method: str) -> list[bool]:
+        return [
+            report["runs"][f"{method}_seed{seed}"]["stability"]["unstable"]
+            for seed in report["seeds"]
+            if f"{method}_seed{seed}" in report["runs"]
+        ]
+
+    for baseline in [m for m in stability.BASELINES if m in report["methods"]]:
+        verdict = stability.prevents(unstable, baseline)
+        rows.append(
+            {
+                "claim": f"STAPO prevents {METHOD_NAMES.get(baseline, baseline)}'s instability (the stability "
+                "study's criteria and rule)",
+                **verdict,
+            }
+        )
     for baseline, metrics in report["paired"].items():
         for label in report["labels"]:
             interval = metrics.get(f"held_out_end/{label}")
@@ -385,6 +424,18 @@ def markdown(report: dict) -> str:
             for key, by_method in check["values"].items():
                 shown = ", ".join(f"{names[m]} {v:.6g}" for m, v in by_method.items() if v is not None)
                 lines.append(f"  - {key}: {'same' if len(set(by_method.values())) == 1 else 'differ'}: {shown}")
+    lines += [
+        "",
+        "## Instability criteria per run (step first met; examples/results/cpu_stability/README.md)",
+        "",
+        "| run | " + " | ".join(c.replace("_", " ") for c in stability.CRITERIA) + " | unstable |",
+        "|---" * (len(stability.CRITERIA) + 2) + "|",
+    ]
+    for name, summary in sorted(report["runs"].items()):
+        judged = summary["stability"]
+        cells = ["-" if judged["steps"][c] is None else str(judged["steps"][c]) for c in stability.CRITERIA]
+        verdict = f"yes, from step {judged['first']}" if judged["unstable"] else "no"
+        lines.append(f"| {name} ({summary['steps']} steps) | " + " | ".join(cells) + f" | {verdict} |")
     lines += ["", "## The paper's claims at this scale", "", "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {c['claim']} | {c['verdict']} | {c['numbers']} |" for c in report["claims"]]
     if report["claims_note"]:
@@ -407,6 +458,10 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
         "entropy": [
             ("entropy", lambda rows: {r["step"]: r["actor/entropy"] for r in _training(rows)}, "token entropy (nats)")
         ],
+        "training": [
+            (title, lambda rows, key=key: {r["step"]: r[key] for r in _training(rows) if key in r}, ylabel)
+            for key, title, ylabel in TRAINING_CURVES
+        ],
         "silenced_fraction": [
             (
                 "silenced fraction",
@@ -420,8 +475,14 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
     for name, series in panels.items():
         if not series:  # no held-out validation after step 0: no accuracy curve
             continue
-        fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 3.8), dpi=120, squeeze=False)
-        for ax, (title, get, ylabel) in zip(axes[0], series):
+        columns = min(len(series), 3)
+        rows_of_panels = -(-len(series) // columns)
+        fig, axes = plt.subplots(
+            rows_of_panels, columns, figsize=(6 * columns, 3.8 * rows_of_panels), dpi=120, squeeze=False
+        )
+        for ax in axes.flat[len(series) :]:
+            ax.set_visible(False)
+        for ax, (title, get, ylabel) in zip(axes.flat, series):
             for method in report["methods"]:
                 per_seed = []
                 for seed in report["seeds"]:

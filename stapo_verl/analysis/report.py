@@ -49,7 +49,14 @@ from stapo_verl.analysis.stats import (
 from stapo_verl.experiments.sweep import CANDIDATE_SELECTIONS, parse_label
 from stapo_verl.runlog import read_jsonl
 
-METHOD_NAMES = {"grpo": "GRPO", "entropy20": "20-Entropy", "justrl": "JustRL", "stapo": "STAPO"}  # paper order
+# the paper's order, then the grid's control (stapo_verl.experiments.grid.CONTROLS)
+METHOD_NAMES = {
+    "grpo": "GRPO",
+    "entropy20": "20-Entropy",
+    "justrl": "JustRL",
+    "stapo": "STAPO",
+    "random_control": "random control",
+}
 MODEL_NAMES = {
     "qwen3_1.7b": "1.7B",
     "qwen3_8b": "8B",

