@@ -13,7 +13,7 @@ import pytest
 from stapo_verl.analysis import grid_report
 from stapo_verl.analysis.stats import paired_t
 from stapo_verl.experiments import grid
-from stapo_verl.experiments.grid import Run, finished, run_overrides, validated_before_training
+from stapo_verl.experiments.grid import Run, finished, run_overrides
 
 
 def fake_run(
@@ -80,7 +80,6 @@ def test_a_finished_run_is_skipped_only_with_the_same_overrides(tmp_path):
     assert finished(str(done), overrides + ["actor_rollout_ref.actor.optim.lr=1e-4"]) is None  # other settings
     failed = fake_run(tmp_path, "grpo", 1, [1.0], {}, exit_code=1)
     assert finished(str(failed)) is None
-    assert validated_before_training([str(done)]) and not validated_before_training([str(failed)])
 
 
 def test_checkpoint_overrides_do_not_change_which_runs_count_as_finished(tmp_path):
@@ -191,44 +190,21 @@ def test_the_dry_run_prints_the_plan_with_what_is_finished(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "2 runs" in printed and "1 finished" in printed and "1 to run" in printed
     stapo_line = next(line for line in printed.splitlines() if "stapo_seed0:" in line)
-    assert "to run" in stapo_line and "trainer.val_before_train=false" in stapo_line  # seed 0 validated already
+    # every run validates before training, its seed's other runs finished or not (grid.py says why)
+    assert "to run" in stapo_line and "trainer.val_before_train=true" in stapo_line
 
 
-def test_a_seeds_validation_is_redone_when_the_run_that_held_it_runs_again(tmp_path, capsys):
-    """The run that validated seed 0 before training finished with other settings: it runs again,
-    and validates again (no other finished run of the seed did)."""
+def test_a_run_finished_under_the_once_per_seed_rule_still_counts(tmp_path, capsys):
+    """An earlier grid validated only in a seed's first run: its other runs (no validation before
+    training) are recognised as finished, and a run still to make validates."""
     out = tmp_path / "grid"
-    old = run_overrides(
-        Run("justrl", 0),
-        "cpu_comparison",
-        2,
-        str(out / "runs" / "justrl_seed0"),
-        True,
-        ["actor_rollout_ref.actor.optim.lr=1e-4"],
-    )
-    fake_run(out, "justrl", 0, [1.0, 1.0], {0: 0.2, 2: 0.25}, overrides=old)
-    assert (
-        grid.main(
-            [
-                "--methods",
-                "justrl",
-                "stapo",
-                "--seeds",
-                "0",
-                "--steps",
-                "2",
-                "--rollout",
-                "hf",
-                "--out",
-                str(out),
-                "--dry-run",
-            ]
-        )
-        == 0
-    )
-    lines = [line for line in capsys.readouterr().out.splitlines() if "_seed0:" in line]
-    assert len(lines) == 2 and all("to run" in line for line in lines)
-    assert "val_before_train=true" in lines[0] and "val_before_train=false" in lines[1]
+    old = run_overrides(Run("stapo", 0), "cpu_comparison", 2, str(out / "runs" / "stapo_seed0"), False, [])
+    fake_run(out, "stapo", 0, [1.0, 1.0], {2: 0.25}, overrides=grid.portable(old, str(out / "runs" / "stapo_seed0")))
+    argv = ["--methods", "justrl", "stapo", "--seeds", "0", "--steps", "2", "--rollout", "hf", "--out", str(out)]
+    assert grid.main([*argv, "--dry-run"]) == 0
+    lines = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines() if "_seed0:" in line}
+    assert "finished" in lines["stapo_seed0"] and "val_before_train=false" in lines["stapo_seed0"]
+    assert "to run" in lines["justrl_seed0"] and "val_before_train=true" in lines["justrl_seed0"]
 
 
 def test_paired_t_matches_the_textbook():
@@ -432,7 +408,7 @@ def test_the_toy_grid_runs_resumes_and_reports(toy_grid, tiny_dir, tmp_path):
     result = json.loads((tmp_path / "report" / "grid.json").read_text())
     assert result["methods"] == ["grpo", "entropy20"] and result["seeds"] == [0, 1]
     assert all(check["identical"] for check in result["step1_identical"].values())
-    assert set(result["step0"]) == {"0", "1"}  # validated before training once per seed
+    assert set(result["step0"]) == {"0", "1"}  # validated before training (every run)
     for name in ("entropy.png", "silenced_fraction.png", "grid.md"):
         assert (tmp_path / "report" / name).is_file()
     assert not (tmp_path / "report" / "held_out_accuracy.png").exists()  # no validation after step 0

@@ -17,8 +17,9 @@ and writes to ``--out``:
 - ``grid.json``: every number above.
 
 Held-out accuracy comes from verl's validation metrics ``val-core/<data_source>/acc/mean@<k>``
-(one data_source per decoding); before training it is logged once per seed (every method starts
-from the same model) and shared by that seed's runs.
+(one data_source per decoding); before training every method of a seed starts from the same model,
+so the seed's first logged value is shared by its runs (an earlier grid validated only in a seed's
+first run; where several runs validated, the report says whether they agree).
 """
 
 from __future__ import annotations
@@ -191,10 +192,17 @@ def build(runs: dict[tuple[str, int], dict], planned: list[str] | None = None) -
     for seed in seeds:
         firsts = {m: _training(runs[(m, seed)]["rows"])[0] for m in methods if (m, seed) in runs}
         values = {key: {m: firsts[m].get(key) for m in sorted(firsts)} for key in STEP1_KEYS}
+        zeros = {  # each run's validation before training, where it made one
+            m: {label: by_step[0] for label, by_step in held_out(runs[(m, seed)]["rows"]).items() if 0 in by_step}
+            for m in firsts
+        }
+        zeros = {m: v for m, v in zeros.items() if v}
         step1[seed] = {
             "methods": sorted(firsts),
             "values": values,
             "identical": all(len(set(v.values())) == 1 for v in values.values()),
+            "validations_before_training": len(zeros),
+            "validations_identical": len({json.dumps(v, sort_keys=True) for v in zeros.values()}) <= 1,
         }
     tokens = silenced_tokens(runs)
     # for readers of tables: "sums-aligned avg@4" -> "avg@4: T 1.0, top-p 1.0"
@@ -415,8 +423,14 @@ def markdown(report: dict) -> str:
         lines.append("")
     lines += ["## Step-1 rollouts identical across methods (from the logs: " + ", ".join(STEP1_KEYS) + ")", ""]
     for seed, check in report["step1_identical"].items():
+        validations = check.get("validations_before_training", 0)
+        agree = (
+            f"; its {validations} validations before training {'agree' if check['validations_identical'] else 'DIFFER'}"
+            if validations > 1
+            else ""
+        )
         lines.append(
-            f"- seed {seed}: {'identical' if check['identical'] else 'NOT identical'} across {check['methods']}"
+            f"- seed {seed}: {'identical' if check['identical'] else 'NOT identical'} across {check['methods']}{agree}"
         )
         if not check[
             "identical"

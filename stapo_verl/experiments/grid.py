@@ -12,8 +12,12 @@ finished run's directory to git at once). A run saves a checkpoint every ``--che
 steps (only the last is kept, under ``--scratch``, outside the results): an interrupted run goes on
 from its last checkpoint, its metrics up to that step kept, the later ones logged again.
 ``OUT/plan.json``, written at the start, lists the runs in order (``stapo-verl report --grid``
-counts what remains against it). Validation before training runs once per seed (every method
-starts from the same model): in that seed's first run.
+counts what remains against it). Every run validates before training, although every method of a
+seed starts from the same model: verl syncs no weights between that validation and step 1, so
+vLLM's prefix cache still holds the validation's prompts at step 1, and a prefix read from the
+cache changes bf16 numerics enough to change sampled tokens: a run that had not validated would
+sample other step-1 rollouts than its seed's others. (Runs finished by an earlier grid that
+validated once per seed, in the seed's first run, are still recognised.)
 
 Besides verl's methods, ``--methods`` takes the controls in ``CONTROLS``: ``random_control`` is
 STAPO with ``ablation=candidates_random`` (as many tokens silenced as S2T would, drawn uniformly
@@ -188,16 +192,6 @@ def _metric_rows(run_dir: str) -> list[dict]:
 def step_times(run_dir: str) -> list[float]:
     """A run's logged step times (``timing_s/step``), in order."""
     return [row["timing_s/step"] for row in _metric_rows(run_dir) if "timing_s/step" in row]
-
-
-def validated_before_training(run_dirs: list[str]) -> bool:
-    """Whether a finished run among these logged a validation before its first step."""
-    from stapo_verl.runlog import val_metric_names
-
-    return any(
-        finished(run_dir) and any(row["step"] == 0 and val_metric_names([row]) for row in _metric_rows(run_dir))
-        for run_dir in run_dirs
-    )
 
 
 def _duration(seconds: float) -> str:
@@ -389,6 +383,8 @@ def train_one(
     }
     with open(os.path.join(run_dir, "run.json"), "w") as f:
         json.dump(record, f, indent=1)
+    if process.returncode == 0:  # run.json says it all; a failed run keeps it to go on from its checkpoint
+        os.remove(attempt_path)
     progress.run_done(wall)
     return process.returncode
 
@@ -466,20 +462,15 @@ def main(argv: list[str] | None = None) -> int:
             run, args.experiment, args.steps, run_dirs[run], validate_first, extra, args.checkpoint_every
         )
 
-    # finished runs first (with or without the step-0 validation), then which run of each seed
-    # validates before training: the first to run, where no finished run of the seed did
+    # finished runs, with or without the step-0 validation (an earlier grid's once-per-seed rule);
+    # a run still to make validates before training (the module's docstring says why)
     records = {
         run: finished(run_dirs[run], overrides_of(run, True)) or finished(run_dirs[run], overrides_of(run, False))
         for run in runs
     }
-    validated = {
-        seed: validated_before_training([run_dirs[r] for r in runs if r.seed == seed and records[r]])
-        for seed in args.seeds
-    }
     plan = []  # (run, overrides, validates before training, finished run's record or None)
     for run in runs:
-        validate_first = not records[run] and not validated[run.seed]
-        validated[run.seed] = validated[run.seed] or validate_first
+        validate_first = records[run] is None or "trainer.val_before_train=true" in records[run]["overrides"]
         plan.append((run, overrides_of(run, validate_first), validate_first, records[run]))
     check_config(runs[0].verl_method, args.model, plan[0][1])  # one composition, before anything runs
     todo = [p for p in plan if p[3] is None]
