@@ -267,6 +267,8 @@ def test_the_report_judges_each_run_by_the_stability_criteria_and_applies_the_ru
     justrl = claims["STAPO prevents JustRL's instability (the stability study's criteria and rule)"]
     assert justrl["verdict"] == "supported"
     assert "random_control unstable in 2 of 3 seeds" in justrl["numbers"]
+    post_hoc = [c for c in report["claims"] if c["claim"].startswith("STAPO prevents JustRL's instability, criteria 1-3")]
+    assert len(post_hoc) == 1 and post_hoc[0]["verdict"] == "supported" and "post hoc" in post_hoc[0]["claim"]
     text = grid_report.markdown(report)
     assert "| justrl_seed0 (20 steps) | 11 | - | - | - | yes, from step 11 |" in text
     assert "random control" in text  # the control is named for readers, and paired with STAPO

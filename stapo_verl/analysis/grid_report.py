@@ -273,20 +273,29 @@ def claims(report: dict) -> list[dict]:
         ]
     rows = []
 
-    def unstable(method: str) -> list[bool]:
-        return [
-            report["runs"][f"{method}_seed{seed}"]["stability"]["unstable"]
-            for seed in report["seeds"]
-            if f"{method}_seed{seed}" in report["runs"]
-        ]
+    def unstable_by(criteria: tuple[str, ...]):
+        def unstable(method: str) -> list[bool]:
+            return [
+                any(report["runs"][f"{method}_seed{seed}"]["stability"]["steps"][c] is not None for c in criteria)
+                for seed in report["seeds"]
+                if f"{method}_seed{seed}" in report["runs"]
+            ]
+
+        return unstable
 
     for baseline in [m for m in stability.BASELINES if m in report["methods"]]:
-        verdict = stability.prevents(unstable, baseline)
+        name = METHOD_NAMES.get(baseline, baseline)
         rows.append(
             {
-                "claim": f"STAPO prevents {METHOD_NAMES.get(baseline, baseline)}'s instability (the stability "
-                "study's criteria and rule)",
-                **verdict,
+                "claim": f"STAPO prevents {name}'s instability (the stability study's criteria and rule)",
+                **stability.prevents(unstable_by(stability.CRITERIA), baseline),
+            }
+        )
+        rows.append(
+            {
+                "claim": f"STAPO prevents {name}'s instability, criteria 1-3 only (post hoc: criterion 4 "
+                "is met by sampling noise at 4 prompts a step)",
+                **stability.prevents(unstable_by(stability.WITHOUT_REWARD), baseline),
             }
         )
     for baseline, metrics in report["paired"].items():

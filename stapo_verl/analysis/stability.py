@@ -29,6 +29,10 @@ REWARD_WINDOW = 5
 REWARD_DROP = 0.3
 REWARD_FROM_STEP = 15
 CRITERIA = ("entropy_collapse", "entropy_explosion", "accuracy_collapse", "reward_collapse")
+# a secondary reading added after the pilot, and labelled so wherever it is shown: at 4 prompts a
+# step a 5-step reward mean has a standard deviation of ~0.16 from sampling alone, and both pilot
+# runs met criterion 4 while their reward rose (examples/results/cpu_stability/README.md)
+WITHOUT_REWARD = ("entropy_collapse", "entropy_explosion", "accuracy_collapse")
 BASELINES = ("justrl", "grpo", "entropy20")
 CONTROL = "random_control"  # stapo_verl.experiments.grid.CONTROLS
 SEEDS_NEEDED = 3

@@ -348,8 +348,8 @@ def train_one(
     marker = f"STAPO_RUN_DIR={run_scratch}"  # in the environment of every process of the run
     started = time.time()
     follower = MetricsFollower(attempt_logs[-1])
-    log_path = os.path.join(run_scratch, "train.log")
-    with open(log_path, "w") as log:
+    output_logs = [os.path.join(run_scratch, f"train_attempt{i}.log") for i in range(len(attempt_logs))]
+    with open(output_logs[-1], "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             watch(
@@ -364,12 +364,11 @@ def train_one(
             stop_run(process, marker)
     wall = time.time() - started
     merge_attempts(attempt_logs, None, metrics)
-    # each attempt's output, one gzip member after the other (read back as one text)
-    with (
-        open(log_path, "rb") as src,
-        gzip.open(os.path.join(run_dir, "train.log.gz"), "ab" if resume_step else "wb") as dst,
-    ):
-        shutil.copyfileobj(src, dst)
+    with gzip.open(os.path.join(run_dir, "train.log.gz"), "wb") as dst:  # every attempt's output, in order
+        for path in output_logs:
+            if os.path.exists(path):
+                with open(path, "rb") as src:
+                    shutil.copyfileobj(src, dst)
     record = {
         "method": run.method,
         "seed": run.seed,
