@@ -13,11 +13,11 @@ steps (only the last is kept, under ``--scratch``, outside the results): an inte
 from its last checkpoint, its metrics up to that step kept, the later ones logged again.
 ``OUT/plan.json``, written at the start, lists the runs in order (``stapo-verl report --grid``
 counts what remains against it). Every run validates before training, although every method of a
-seed starts from the same model: verl syncs no weights between that validation and step 1, so
-vLLM's prefix cache still holds the validation's prompts at step 1, and a prefix read from the
-cache changes bf16 numerics enough to change sampled tokens: a run that had not validated would
-sample other step-1 rollouts than its seed's others. (Runs finished by an earlier grid that
-validated once per seed, in the seed's first run, are still recognised.)
+seed starts from the same model: each run then has its own starting accuracy (the stability
+criteria compare a run with its own best), and where a rollout is not reproducible run to run
+(verl's vLLM rollout on CPU: examples/results/cpu_stability/README.md) the report shows how far
+two validations of the same model differ. (Runs finished by an earlier grid that validated once
+per seed, in the seed's first run, are still recognised.)
 
 Besides verl's methods, ``--methods`` takes the controls in ``CONTROLS``: ``random_control`` is
 STAPO with ``ablation=candidates_random`` (as many tokens silenced as S2T would, drawn uniformly
