@@ -228,7 +228,7 @@ def tiny_stapo_run(tiny_dir, tmp_path_factory):
 
 def toy_grid_args() -> list[str]:
     """The toy grid's options and overrides (fp32, one mini-batch a step, no validation during, a
-    checkpoint every step: test_grid interrupts and resumes one of its runs)."""
+    checkpoint every step: the fixture interrupts and resumes its last run)."""
     from e2e_runs import EXACT, ONE_MINI_BATCH
 
     return [
@@ -245,7 +245,7 @@ def toy_grid_args() -> list[str]:
         "0",
         "1",
         "--steps",
-        "3",
+        "2",
         "--checkpoint-every",
         "1",
         EXACT,
@@ -254,36 +254,65 @@ def toy_grid_args() -> list[str]:
     ]
 
 
+INTERRUPTED = "entropy20_seed1"  # the toy grid's last run, on the token-mask worker
+
+
+def _logged_steps(path) -> list[dict]:
+    """The complete rows of a metrics log that is being written."""
+    import json
+
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = f.read().split("\n")[:-1]  # the last line may be half written
+    return [json.loads(line) for line in lines]
+
+
 @pytest.fixture(scope="session")
 def toy_grid(tiny_dir, tmp_path_factory):
-    """`stapo-verl grid` at toy size (tiny preset, GRPO and 20-Entropy x seeds 0, 1 x 3 steps, fp32,
-    one mini-batch a step): (its output directory, its printed output). Its 20-Entropy seed-0 run
-    is the one-rank reference of the two-ranks test."""
+    """`stapo-verl grid` at toy size (tiny preset, GRPO and 20-Entropy x seeds 0, 1 x 2 steps, fp32,
+    one mini-batch a step), stopped (SIGTERM) once its last run (``INTERRUPTED``) logged step 1,
+    then started again. Its fields: ``out`` (the grid's directory), ``printed`` and ``resumed`` (the
+    two calls' output), ``stopped_rows`` (the stopped attempt's metrics rows), ``left_running`` (the
+    stopped run's processes still alive once the grid stopped). Its 20-Entropy seed-0 run is the
+    one-rank reference of the two-ranks test."""
+    import signal
     import subprocess
     import sys
+    import time
+    from types import SimpleNamespace
+
+    from stapo_verl.experiments import grid
 
     out = tmp_path_factory.mktemp("toy_grid")
     env = {**os.environ, "STAPO_TINY_DIR": tiny_dir}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stapo_verl",
-            "grid",
-            *toy_grid_args(),
-            "--out",
-            str(out / "grid"),
-            "--scratch",
-            str(out / "scratch"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        cwd=str(out),
+    scratch = out / "scratch"
+    command = [sys.executable, "-m", "stapo_verl", "grid", *toy_grid_args(), "--out", str(out / "grid")]
+    command += ["--scratch", str(scratch)]
+    attempt_log = scratch / INTERRUPTED / "metrics_attempt0.jsonl"
+    with open(out / "first.log", "w+") as log:
+        first = subprocess.Popen(command, env=env, cwd=str(out), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 1200
+        while first.poll() is None and time.time() < deadline:
+            if any(row["step"] == 1 for row in _logged_steps(attempt_log)):
+                break
+            time.sleep(0.1)
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+        log.seek(0)
+        printed = log.read()
+    stopped_rows = _logged_steps(attempt_log)
+    assert [row["step"] for row in stopped_rows] == [0, 1], printed[-6000:]
+    left_running = grid.processes_with(f"STAPO_RUN_DIR={scratch / INTERRUPTED}")
+    again = subprocess.run(command, env=env, cwd=str(out), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
+    return SimpleNamespace(
+        out=out / "grid",
+        printed=printed,
+        resumed=again.stdout,
+        stopped_rows=stopped_rows,
+        left_running=left_running,
     )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
-    return out / "grid", result.stdout
 
 
 @cache

@@ -167,8 +167,9 @@ def adversarial_outputs(count=2000, seed=0):
 @pytest.mark.parametrize("grader", ["dapo", "math_verify"])
 @pytest.mark.slow
 def test_fuzz_never_raises_and_is_bounded(grader, capsys):
-    outputs = adversarial_outputs(1000)  # (the hostile family below covers infinities and towers)
-    assert len(outputs) >= 1000
+    # the fixed hostile cases and random ones (the hostile family below covers infinities and towers)
+    outputs = adversarial_outputs(300)
+    assert len(outputs) >= 300
     slowest, timed_out = 0.0, 0
     for output in outputs:
         start = time.perf_counter()

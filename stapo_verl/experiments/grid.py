@@ -100,7 +100,7 @@ def run_overrides(
     if checkpoint_every > 0:  # the checkpoint directory is the run's scratch (train_one's STAPO_RUN_DIR)
         overrides += [
             f"trainer.save_freq={checkpoint_every}",
-            "trainer.max_actor_ckpt_to_keep=1",
+            "trainer.max_actor_ckpt_to_keep=2",  # the newer one may lack its step's metrics (resume_point)
             "trainer.resume_mode=auto",
         ]
     else:
@@ -145,27 +145,47 @@ def finished(run_dir: str, overrides: list[str] | None = None) -> dict | None:
     return record
 
 
-def last_checkpoint(checkpoints: str) -> int:
-    """The step of the last checkpoint verl finished writing in ``checkpoints``; 0 where none."""
-    path = os.path.join(checkpoints, "latest_checkpointed_iteration.txt")  # verl writes it last
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return int(f.read().strip())
+def resume_point(checkpoints: str, logged_steps: set[int]) -> int:
+    """The newest step in ``checkpoints`` (verl's ``global_step_<k>`` folders) with the actor's
+    weights saved and the step's metrics logged; 0 where none.
+
+    verl saves a step's checkpoint before it logs the step (and validates in between on a
+    validation step): a run stopped in between has a checkpoint whose step was never logged. It
+    goes on from the checkpoint before (the grid keeps two), which keeps its metrics whole."""
+    saved = []
+    if os.path.isdir(checkpoints):
+        for name in os.listdir(checkpoints):
+            if name.startswith("global_step_") and os.path.isdir(os.path.join(checkpoints, name, "actor")):
+                saved.append(int(name.removeprefix("global_step_")))
+    return max((step for step in saved if step in logged_steps), default=0)
 
 
-def merge_attempts(attempt_logs: list[str], up_to: int | None, path: str) -> None:
-    """Write ``path``: the metrics of a run's attempts (verl file-logger JSONL, in the order they
-    ran), a step's keys from the last attempt that logged it, steps after ``up_to`` dropped (the
-    next attempt logs them again)."""
+def merged_metrics(attempt_logs: list[str], resumed_from: list[int]) -> dict[int, dict]:
+    """A run's metrics by step, from its attempts' logs (verl file-logger JSONL, in the order they
+    ran; attempt i > 0 went on from the checkpoint of step ``resumed_from[i - 1]``): each attempt's
+    steps after its checkpoint, up to the checkpoint a later attempt went on from (later steps were
+    computed again); a step's records join their keys."""
     from stapo_verl.runlog import read_metrics
 
     by_step: dict[int, dict] = {}
-    for log in attempt_logs:
+    for i, log in enumerate(attempt_logs):
+        after = resumed_from[i - 1] if i else -1
+        up_to = min(resumed_from[i:], default=None)
         if os.path.exists(log):
             for row in read_metrics(log):
-                if up_to is None or row["step"] <= up_to:
-                    by_step[row["step"]] = {**by_step.get(row["step"], {}), **row}
+                if after < row["step"] and (up_to is None or row["step"] <= up_to):
+                    by_step.setdefault(row["step"], {}).update(row)
+    return by_step
+
+
+def attempt_logs(run_scratch: str, count: int) -> list[str]:
+    """The metrics logs of a run's first ``count`` attempts (verl's file logger starts its file
+    afresh: each attempt logs to its own)."""
+    return [os.path.join(run_scratch, f"metrics_attempt{i}.jsonl") for i in range(count)]
+
+
+def write_metrics(by_step: dict[int, dict], path: str) -> None:
+    """``path`` in verl's file-logger format, one line a step."""
     with open(path, "w") as f:
         for step in sorted(by_step):
             data = {k: v for k, v in by_step[step].items() if k != "step"}
@@ -319,9 +339,11 @@ def train_one(
     if os.path.exists(attempt_path):
         with open(attempt_path) as f:
             attempt = json.load(f)
+    checkpoints = os.path.join(run_scratch, "checkpoints", run.name)
     resume_step = 0
     if attempt and same_run(attempt["overrides"], overrides, run_dir) and "trainer.resume_mode=auto" in overrides:
-        resume_step = last_checkpoint(os.path.join(run_scratch, "checkpoints", run.name))
+        logs = attempt_logs(run_scratch, len(attempt["resumed_from"]) + 1)
+        resume_step = resume_point(checkpoints, set(merged_metrics(logs, attempt["resumed_from"])))
     if resume_step == 0:  # a fresh start: nothing of an earlier attempt is kept
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(run_scratch, ignore_errors=True)
@@ -330,25 +352,31 @@ def train_one(
     else:
         attempt["resumed_from"].append(resume_step)
         print(f"stapo-verl grid: {run.name}: going on from its checkpoint of step {resume_step}", flush=True)
+        for name in os.listdir(checkpoints):  # later ones are of steps this attempt computes again
+            if name.startswith("global_step_") and int(name.removeprefix("global_step_")) > resume_step:
+                shutil.rmtree(os.path.join(checkpoints, name))
     os.makedirs(run_scratch, exist_ok=True)
     with open(attempt_path, "w") as f:
         json.dump(attempt, f, indent=1)
-    attempt_logs = [
-        os.path.join(run_scratch, f"metrics_attempt{i}.jsonl") for i in range(len(attempt["resumed_from"]) + 1)
-    ]
+    logs = attempt_logs(run_scratch, len(attempt["resumed_from"]) + 1)
     metrics = os.path.join(run_dir, "metrics.jsonl")
-    merge_attempts(attempt_logs[:-1], resume_step, metrics)  # what the earlier attempts logged up to the checkpoint
+    # what the earlier attempts logged up to the checkpoint
+    write_metrics(merged_metrics(logs[:-1], attempt["resumed_from"]), metrics)
     attempt_overrides = overrides
-    if resume_step:
-        attempt_overrides = [o for o in overrides if not o.startswith("trainer.val_before_train=")]
-        attempt_overrides.append("trainer.val_before_train=false")
+    if resume_step:  # from this checkpoint (verl's auto mode takes the newest), not validating first again
+        attempt_overrides = [o for o in overrides if not o.startswith(("trainer.val_before_train=", "trainer.resume_"))]
+        attempt_overrides += [
+            "trainer.val_before_train=false",
+            "trainer.resume_mode=resume_path",
+            f"trainer.resume_from_path={os.path.join(checkpoints, f'global_step_{resume_step}')}",
+        ]
     command = [sys.executable, "-m", "stapo_verl", "train", run.verl_method, model, *attempt_overrides]
     # verl's file logger starts its file afresh: each attempt logs to its own
-    env = train_env(model, {**os.environ, "STAPO_RUN_DIR": run_scratch, "VERL_FILE_LOGGER_PATH": attempt_logs[-1]})
+    env = train_env(model, {**os.environ, "STAPO_RUN_DIR": run_scratch, "VERL_FILE_LOGGER_PATH": logs[-1]})
     marker = f"STAPO_RUN_DIR={run_scratch}"  # in the environment of every process of the run
     started = time.time()
-    follower = MetricsFollower(attempt_logs[-1])
-    output_logs = [os.path.join(run_scratch, f"train_attempt{i}.log") for i in range(len(attempt_logs))]
+    follower = MetricsFollower(logs[-1])
+    output_logs = [os.path.join(run_scratch, f"train_attempt{i}.log") for i in range(len(logs))]
     with open(output_logs[-1], "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -363,7 +391,7 @@ def train_one(
         finally:  # the grid itself stopped (or the run ended): nothing of the run is left running
             stop_run(process, marker)
     wall = time.time() - started
-    merge_attempts(attempt_logs, None, metrics)
+    write_metrics(merged_metrics(logs, attempt["resumed_from"]), metrics)
     with gzip.open(os.path.join(run_dir, "train.log.gz"), "wb") as dst:  # every attempt's output, in order
         for path in output_logs:
             if os.path.exists(path):
