@@ -130,3 +130,18 @@ def test_demo_memory_measures_every_process_of_the_tree(tmp_path):
     assert at_peak[0]["pss_gib"] >= 0.29 and at_peak[0]["rss_gib"] >= at_peak[0]["pss_gib"]
     assert record["tree_pss_peak_gib"] >= 0.29  # (the machine-wide figure moves with everything else running)
     assert "process tree" in result.stdout
+
+
+def test_the_reproducibility_benchmark_counts_identical_responses_and_the_first_difference():
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import rollout_reproducibility as benchmark
+    finally:
+        sys.path.remove(BENCHMARKS)
+    same, other = [[1, 2, 3], [4, 5], [6]], [[1, 2, 3], [4, 9], [6, 7]]
+    assert benchmark.compare(same, same) == {"identical": 3, "of": 3, "first_difference_at": []}
+    # a response that is the other's prefix differs where the shorter one ends
+    assert benchmark.compare(same, other) == {"identical": 1, "of": 3, "first_difference_at": [1, 1]}
+    requests = benchmark.requests([[10], [20]], 2, 5)
+    assert requests == [([10], 5), ([10], 6), ([20], 1005), ([20], 1006)]  # one seed a sample
+    assert "presets" in benchmark.SETTINGS and benchmark.SETTINGS["fp32"][1] == "float32"
