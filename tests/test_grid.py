@@ -384,7 +384,7 @@ def test_the_report_re_makes_the_marked_tables_of_a_page_and_keeps_its_prose(tmp
 
 
 @pytest.mark.e2e
-def test_the_toy_grid_runs_goes_on_after_an_interruption_and_reports(toy_grid, tiny_dir, tmp_path):
+def test_the_toy_grid_goes_on_after_an_interruption_and_reports(toy_grid, tiny_dir, tmp_path):
     """2 methods x 2 seeds x 2 steps on the tiny preset, stopped (SIGTERM) after its last run's
     step 1 and started again (conftest.toy_grid): nothing of the stopped run left running; the
     run goes on from its checkpoint of step 1 (verl loads it), keeps the stopped attempt's
