@@ -243,7 +243,6 @@ def toy_grid_args() -> list[str]:
         "entropy20",
         "--seeds",
         "0",
-        "1",
         "--steps",
         "2",
         "--checkpoint-every",
@@ -254,7 +253,7 @@ def toy_grid_args() -> list[str]:
     ]
 
 
-INTERRUPTED = "entropy20_seed1"  # the toy grid's last run, on the token-mask worker
+INTERRUPTED = "entropy20_seed0"  # the toy grid's last run, on the token-mask worker
 
 
 def _logged_steps(path) -> list[dict]:
@@ -270,12 +269,12 @@ def _logged_steps(path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def toy_grid(tiny_dir, tmp_path_factory):
-    """`stapo-verl grid` at toy size (tiny preset, GRPO and 20-Entropy x seeds 0, 1 x 2 steps, fp32,
+    """`stapo-verl grid` at toy size (tiny preset, GRPO and 20-Entropy x seed 0 x 2 steps, fp32,
     one mini-batch a step), stopped (SIGTERM) once its last run (``INTERRUPTED``) logged step 1,
     then started again. Its fields: ``out`` (the grid's directory), ``printed`` and ``resumed`` (the
     two calls' output), ``stopped_rows`` (the stopped attempt's metrics rows), ``left_running`` (the
     stopped run's processes still alive once the grid stopped). Its 20-Entropy seed-0 run is the
-    one-rank reference of the two-ranks test."""
+    one-rank reference of the two-ranks test (its step 1 is the stopped attempt's)."""
     import signal
     import subprocess
     import sys
