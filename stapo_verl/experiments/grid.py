@@ -152,12 +152,21 @@ def resume_point(checkpoints: str, logged_steps: set[int]) -> int:
     verl saves a step's checkpoint before it logs the step (and validates in between on a
     validation step): a run stopped in between has a checkpoint whose step was never logged. It
     goes on from the checkpoint before (the grid keeps two), which keeps its metrics whole."""
-    saved = []
-    if os.path.isdir(checkpoints):
-        for name in os.listdir(checkpoints):
-            if name.startswith("global_step_") and os.path.isdir(os.path.join(checkpoints, name, "actor")):
-                saved.append(int(name.removeprefix("global_step_")))
+    saved = [
+        step for step, path in checkpoint_folders(checkpoints).items() if os.path.isdir(os.path.join(path, "actor"))
+    ]
     return max((step for step in saved if step in logged_steps), default=0)
+
+
+def checkpoint_folders(checkpoints: str) -> dict[int, str]:
+    """verl's ``global_step_<k>`` folders in ``checkpoints``, by step (none where it is missing)."""
+    if not os.path.isdir(checkpoints):
+        return {}
+    return {
+        int(name.removeprefix("global_step_")): os.path.join(checkpoints, name)
+        for name in os.listdir(checkpoints)
+        if name.startswith("global_step_")
+    }
 
 
 def merged_metrics(attempt_logs: list[str], resumed_from: list[int]) -> dict[int, dict]:
@@ -352,9 +361,9 @@ def train_one(
     else:
         attempt["resumed_from"].append(resume_step)
         print(f"stapo-verl grid: {run.name}: going on from its checkpoint of step {resume_step}", flush=True)
-        for name in os.listdir(checkpoints):  # later ones are of steps this attempt computes again
-            if name.startswith("global_step_") and int(name.removeprefix("global_step_")) > resume_step:
-                shutil.rmtree(os.path.join(checkpoints, name))
+        for step, path in checkpoint_folders(checkpoints).items():  # later ones: steps this attempt computes again
+            if step > resume_step:
+                shutil.rmtree(path)
     os.makedirs(run_scratch, exist_ok=True)
     with open(attempt_path, "w") as f:
         json.dump(attempt, f, indent=1)
