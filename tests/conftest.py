@@ -22,6 +22,35 @@ import torch
 
 warnings.filterwarnings("ignore", message=".*engine is not available.*")
 
+# README's test command runs two pytest-xdist workers (pyproject.toml: -n 2 --dist loadgroup).
+# What loads a process's worth of the 2 cores goes to one of them, one at a time: the runs of verl's
+# main_ppo (one training job at a time fits the machine's memory; the toy grid's runs are shared
+# by three files) and SmolLM2's benchmark scripts (two such at once, vLLM's above all, take far
+# longer than one after the other). The other worker runs the rest beside them, as it gets free.
+ONE_AT_A_TIME = "one_at_a_time"
+HEAVY_FIXTURES = {"smollm2_dir", "toy_grid"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        heavy = item.get_closest_marker("e2e") or HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if heavy or item.path.name == "test_benchmarks.py":
+            item.add_marker(pytest.mark.xdist_group(ONE_AT_A_TIME))
+
+
+def pytest_runtest_setup(item):
+    """On an xdist worker, xdist has appended the group to a grouped test's id; without it (pytest
+    9.2: pytest-xdist issue 1386) the group would run on both workers at once."""
+    grouped = item.get_closest_marker("xdist_group")
+    if grouped and getattr(item.config.option, "loadgroup", False) and not item.nodeid.endswith(f"@{ONE_AT_A_TIME}"):
+        pytest.fail(
+            "pytest-xdist's --dist loadgroup did not group this test with the other main_ppo runs (with "
+            "pytest 9.2 it groups nothing: pytest-xdist issue 1386); install the test extra's pytest "
+            "(pip install -e '.[test]') or run with -n 0",
+            pytrace=False,
+        )
+
 
 # A hand-computed mini-batch (docs/method.md section 1), two responses, padded to 6 tokens.
 #   response 0, A = +1: p = .5 .001 .0005 .001 .1 .0001   H = .2 .4 1 2 .1 3
@@ -214,22 +243,11 @@ def tiny_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_stapo_run(tiny_dir, tmp_path_factory):
-    """One trainer rank, STAPO on the tiny preset for 2 steps (fp32, tau_p = 1, one mini-batch a
-    step, validation and a checkpoint at step 2): (run directory, metrics file). Shared by the
-    resume test and the one-vs-two-ranks test, so that both read the same reference run."""
-    from e2e_runs import ALL_POSITIVE_ARE_CANDIDATES, EXACT, ONE_MINI_BATCH, train
-
-    run_dir = tmp_path_factory.mktemp("tiny_stapo")
-    train("stapo", tiny_dir, run_dir, 2, ALL_POSITIVE_ARE_CANDIDATES, EXACT, ONE_MINI_BATCH)
-    return run_dir, run_dir / "logs" / "stapo" / "stapo_tiny_cpu.jsonl"
-
-
 def toy_grid_args() -> list[str]:
-    """The toy grid's options and overrides (fp32, one mini-batch a step, no validation during, a
-    checkpoint every step: the fixture interrupts and resumes its last run)."""
-    from e2e_runs import EXACT, ONE_MINI_BATCH
+    """The toy grid's options and overrides (fp32, one mini-batch a step, tau_p = 1 so that S2T
+    silences tokens of the tiny model (20-Entropy ignores it), no validation during, a checkpoint
+    every step: the fixture interrupts and resumes its last run)."""
+    from e2e_runs import ALL_POSITIVE_ARE_CANDIDATES, EXACT, ONE_MINI_BATCH
 
     return [
         "--model",
@@ -239,8 +257,8 @@ def toy_grid_args() -> list[str]:
         "--rollout",
         "hf",
         "--methods",
-        "grpo",
         "entropy20",
+        "stapo",
         "--seeds",
         "0",
         "--steps",
@@ -249,11 +267,12 @@ def toy_grid_args() -> list[str]:
         "1",
         EXACT,
         ONE_MINI_BATCH,
+        ALL_POSITIVE_ARE_CANDIDATES,
         "trainer.test_freq=-1",
     ]
 
 
-INTERRUPTED = "entropy20_seed0"  # the toy grid's last run, on the token-mask worker
+INTERRUPTED = "stapo_seed0"  # the toy grid's last run
 
 
 def _logged_steps(path) -> list[dict]:
@@ -269,12 +288,16 @@ def _logged_steps(path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def toy_grid(tiny_dir, tmp_path_factory):
-    """`stapo-verl grid` at toy size (tiny preset, GRPO and 20-Entropy x seed 0 x 2 steps, fp32,
-    one mini-batch a step), stopped (SIGTERM) once its last run (``INTERRUPTED``) logged step 1,
-    then started again. Its fields: ``out`` (the grid's directory), ``printed`` and ``resumed`` (the
-    two calls' output), ``stopped_rows`` (the stopped attempt's metrics rows), ``left_running`` (the
-    stopped run's processes still alive once the grid stopped). Its 20-Entropy seed-0 run is the
-    one-rank reference of the two-ranks test (its step 1 is the stopped attempt's)."""
+    """`stapo-verl grid` at toy size (tiny preset, 20-Entropy and STAPO x seed 0 x 2 steps, fp32,
+    one mini-batch a step, tau_p = 1), stopped (SIGTERM) once its last run (``INTERRUPTED``) logged
+    step 1, then started again. Its fields: ``out`` (the grid's directory), ``printed`` and
+    ``resumed`` (the two calls' output), ``stopped_rows`` (the stopped attempt's metrics rows),
+    ``left_running`` (the stopped run's processes still alive once the grid stopped),
+    ``checkpoint`` (a copy of the stopped attempt's checkpoint of step 1: the grid deletes a run's
+    checkpoints once it finished). Its STAPO run is the suite's one-rank STAPO run: test_e2e's
+    checks of a trained run and its checkpoint, the one-rank reference of the two-ranks test (its
+    step 1 is the stopped attempt's)."""
+    import shutil
     import signal
     import subprocess
     import sys
@@ -303,6 +326,8 @@ def toy_grid(tiny_dir, tmp_path_factory):
     stopped_rows = _logged_steps(attempt_log)
     assert [row["step"] for row in stopped_rows] == [0, 1], printed[-6000:]
     left_running = grid.processes_with(f"STAPO_RUN_DIR={scratch / INTERRUPTED}")
+    checkpoint = out / "stopped_attempt_step_1"
+    shutil.copytree(scratch / INTERRUPTED / "checkpoints" / INTERRUPTED / "global_step_1", checkpoint)
     again = subprocess.run(command, env=env, cwd=str(out), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
     return SimpleNamespace(
@@ -311,6 +336,7 @@ def toy_grid(tiny_dir, tmp_path_factory):
         resumed=again.stdout,
         stopped_rows=stopped_rows,
         left_running=left_running,
+        checkpoint=checkpoint,
     )
 
 

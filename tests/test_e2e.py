@@ -1,15 +1,15 @@
 """verl's own main_ppo, end to end on CPU with the CPU presets (model=tiny_cpu, smollm2_135m).
 
 Each run is a real Ray job: HF rollout server, DAPO reward, old log-prob, GRPO advantages, the
-actor update through the S2T hook on verl's FSDP2 engine, validation, checkpoints. About a
-minute per tiny run on 2 cores. The STAPO checkpoint then goes through verl's merger into eval.
-The real model (SmolLM2-135M) runs STAPO at the paper's thresholds: about 4 minutes.
+actor update through the S2T hook on verl's FSDP2 engine, validation, checkpoints. The tiny
+preset's STAPO run is the toy grid's (conftest.toy_grid: interrupted and resumed); its checkpoint
+goes through verl's merger into eval. The real model (SmolLM2-135M) runs STAPO at the paper's
+thresholds: about 4 minutes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -26,18 +26,13 @@ pytestmark = pytest.mark.e2e
 VAL_ACC = f"val-core/{TINY_DATA_SOURCE}/acc/mean@1"
 
 
-def assert_checkpoint(run_dir, experiment: str, step: int) -> None:
-    root = os.path.join(run_dir, "checkpoints", experiment)
-    assert os.path.isfile(os.path.join(root, f"global_step_{step}", "actor", "model_world_size_1_rank_0.pt"))
-    with open(os.path.join(root, "latest_checkpointed_iteration.txt")) as f:
-        assert f.read().strip() == str(step)
+def test_stapo_trains_and_its_checkpoint_evaluates(tiny_dir, toy_grid, tmp_path):
+    """The suite's one-rank STAPO run (conftest.toy_grid's: 2 steps, fp32, tau_p = 1; validated
+    before training; step 2 trained after a resume from the checkpoint of step 1), its checkpoint
+    of step 1 through verl's merger into eval."""
+    from conftest import INTERRUPTED
 
-
-def test_stapo_trains_two_steps_checkpoints_and_its_checkpoint_evaluates(tiny_dir, tiny_stapo_run):
-    """The shared one-rank run (conftest.tiny_stapo_run: 2 steps, fp32, tau_p = 1), its checkpoint
-    through verl's merger into eval. (verl resuming from a checkpoint: test_grid's toy grid.)"""
-    tmp_path, log = tiny_stapo_run
-    rows = training_rows(log)
+    rows = training_rows(toy_grid.out / "runs" / INTERRUPTED / "metrics.jsonl")
     assert_trained(rows, [1, 2], "fp32")
     for row in rows:  # S2T ran inside verl's actor update
         assert row["actor/s2t/valid_tokens"] > 0
@@ -45,11 +40,11 @@ def test_stapo_trains_two_steps_checkpoints_and_its_checkpoint_evaluates(tiny_di
         assert 0.0 <= row["actor/s2t/silenced_frac"] <= 1.0
         assert row["actor/token_mask/kept/tokens"] + row["actor/token_mask/silenced/tokens"] > 0
     assert sum(row["actor/s2t/silenced"] for row in rows) > 0
-    assert any(VAL_ACC in row for row in read_metrics(str(log)))  # validation ran
-    assert_checkpoint(tmp_path, "stapo_tiny_cpu", 2)
+    assert any(VAL_ACC in row for row in read_metrics(str(toy_grid.out / "runs" / INTERRUPTED / "metrics.jsonl")))
+    assert (toy_grid.checkpoint / "actor" / "model_world_size_1_rank_0.pt").is_file()
 
     # the trained checkpoint -> verl's merger -> stapo-verl eval (one AIME24 problem)
-    merged = merge_checkpoint(tmp_path, "stapo_tiny_cpu", 2)
+    merged = merge_checkpoint(toy_grid.checkpoint / "actor", tmp_path / "merged")
     assert eval_two_samples(merged, tmp_path, "hf", max_tokens=8)["benchmarks"]["aime24"]["k"] == 2
 
 
@@ -92,7 +87,8 @@ def test_stapo_on_smollm2_silences_tokens_at_the_papers_thresholds(rollout, smol
     # machine gets the same samples every run (seeded vLLM here: silenced 1, then 12).
     assert sum(row["actor/s2t/silenced"] for row in rows) > 0
     if rollout == "vllm":  # the path users take after training: merge, then eval with vLLM (and HF)
-        merged = merge_checkpoint(tmp_path, "stapo_smollm2_135m", 2)
+        actor = tmp_path / "checkpoints" / "stapo_smollm2_135m" / "global_step_2" / "actor"
+        merged = merge_checkpoint(actor, tmp_path / "merged")
         summaries = {engine: eval_two_samples(merged, tmp_path, engine) for engine in ("vllm", "hf")}
         assert summaries["vllm"].keys() == summaries["hf"].keys()
         assert summaries["vllm"]["benchmarks"]["aime24"]["k"] == summaries["hf"]["benchmarks"]["aime24"]["k"] == 2
@@ -101,10 +97,8 @@ def test_stapo_on_smollm2_silences_tokens_at_the_papers_thresholds(rollout, smol
         assert all(0 < row["response_tokens"] <= 16 and row["response"] for row in rows["vllm"])
 
 
-def merge_checkpoint(run_dir, experiment: str, step: int):
-    """verl's merger: the FSDP checkpoint -> an HF model directory."""
-    actor = run_dir / "checkpoints" / experiment / f"global_step_{step}" / "actor"
-    merged = run_dir / "merged"
+def merge_checkpoint(actor, merged):
+    """verl's merger: an FSDP checkpoint's ``actor`` folder -> an HF model directory ``merged``."""
     subprocess.run(
         [
             sys.executable,

@@ -398,11 +398,11 @@ def test_the_toy_grid_goes_on_after_an_interruption_and_reports(toy_grid, tiny_d
     from stapo_verl.runlog import read_metrics
 
     out = toy_grid.out
-    assert "2 to run" in toy_grid.printed and "[1/2 grpo seed 0] step 2/2" in toy_grid.printed
+    assert "2 to run" in toy_grid.printed and "[1/2 entropy20 seed 0] step 2/2" in toy_grid.printed
     assert toy_grid.left_running == []  # the stopped grid stopped its run, Ray's processes included
     assert "1 finished" in toy_grid.resumed and "1 to run" in toy_grid.resumed
     assert f"{INTERRUPTED}: going on from its checkpoint of step 1" in toy_grid.resumed
-    assert "[1/1 entropy20 seed 0] step 2/2" in toy_grid.resumed
+    assert "[1/1 stapo seed 0] step 2/2" in toy_grid.resumed
     record = json.loads((out / "runs" / INTERRUPTED / "run.json").read_text())
     assert record["exit_code"] == 0 and record["resumed_from"] == [1]
     resumed = read_metrics(str(out / "runs" / INTERRUPTED / "metrics.jsonl"))
@@ -411,18 +411,15 @@ def test_the_toy_grid_goes_on_after_an_interruption_and_reports(toy_grid, tiny_d
     assert "actor/pg_loss" in resumed[2]
 
     runs = sorted(os.listdir(out / "runs"))
-    assert runs == ["entropy20_seed0", "grpo_seed0"]
+    assert runs == ["entropy20_seed0", "stapo_seed0"]
     for name in runs:
         assert {"run.json", "metrics.jsonl", "train.log.gz"} <= set(os.listdir(out / "runs" / name))
         with gzip.open(out / "runs" / name / "train.log.gz", "rt") as f:
             output = f.read()
         workers = re.findall(r"stapo-verl: actor worker (\S+)", output)
-        # a run without a token mask trains on verl's worker (the CPU platform's, which only starts
-        # its process group with gloo), a token-mask run on the hook's
-        expected = (
-            "cpu.workers.CPUTrainingWorker" if name.startswith("grpo") else "integration.worker.TokenMaskTrainingWorker"
-        )
-        assert set(workers) == {f"stapo_verl.{expected}"}, (name, workers)
+        # a token-mask run trains on the hook's worker (a run without a token mask on verl's:
+        # test_plugin)
+        assert set(workers) == {"stapo_verl.integration.worker.TokenMaskTrainingWorker"}, (name, workers)
         if name == INTERRUPTED:  # both attempts' output; verl loaded the checkpoint
             assert len(workers) >= 2 and "global_step_1, setting global step to 1" in output
     assert not (toy_grid.out.parent / "scratch" / INTERRUPTED).exists()  # checkpoints go once the run finished
@@ -444,15 +441,15 @@ def test_the_toy_grid_goes_on_after_an_interruption_and_reports(toy_grid, tiny_d
         timeout=600,
     )
     assert again.returncode == 0 and "2 finished" in again.stdout and "0 to run" in again.stdout
-    assert json.loads((out / "plan.json").read_text())["runs"] == ["grpo_seed0", "entropy20_seed0"]
+    assert json.loads((out / "plan.json").read_text())["runs"] == ["entropy20_seed0", "stapo_seed0"]
     from stapo_verl.cli import main as cli
 
     page = tmp_path / "page.md"
     page.write_text("<!-- stapo-verl report: status -->\n<!-- /stapo-verl report -->\n")
     assert cli(["report", "--grid", str(out), "--out", str(tmp_path / "report"), "--docs", str(page)]) == 0
-    assert "**2 of 2 runs finished** (grpo_seed0, entropy20_seed0); none remaining." in page.read_text()
+    assert "**2 of 2 runs finished** (entropy20_seed0, stapo_seed0); none remaining." in page.read_text()
     result = json.loads((tmp_path / "report" / "grid.json").read_text())
-    assert result["methods"] == ["grpo", "entropy20"] and result["seeds"] == [0]
+    assert result["methods"] == ["entropy20", "stapo"] and result["seeds"] == [0]
     # the interrupted run's step 1 (its stopped attempt's) has the rollouts of its seed's other run
     assert all(check["identical"] for check in result["step1_identical"].values())
     assert set(result["step0"]) == {"0"}  # validated before training (every run)

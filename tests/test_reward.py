@@ -506,12 +506,14 @@ class Starvation:
 
 @pytest.mark.slow
 def test_grades_under_starvation_equal_the_grades_alone(family_grades):
-    """A grade is a function of (response, gold): CPU-time budgets, not wall-clock ones."""
+    """A grade is a function of (response, gold): CPU-time budgets, not wall-clock ones. (Every
+    fourth case of the family, and the huge exponents, whose grading comes near the budget.)"""
     cases, graded = family_grades
+    chosen = [i for i, (_, response, _) in enumerate(cases) if i % 4 == 0 or any(h in response for h in HUGE_EXPONENTS)]
     with Starvation() as starvation:
-        starved = grades(cases)
+        starved = grades([cases[i] for i in chosen])
     assert starvation.bursts > 50  # the helper really was stopped, many times
-    assert starved == graded
+    assert starved == [graded[i] for i in chosen]
 
 
 def test_the_dapo_grader_and_the_preset_tasks_pay_no_hostile_answer():

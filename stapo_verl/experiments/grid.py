@@ -9,8 +9,9 @@ dump (``dump/``), verl's output (``train.log.gz``) and, written last, ``run.json
 the overrides, wall time, exit code). A run with a ``run.json`` of exit 0 and the same overrides
 is finished and skipped, so an interrupted grid resumes where it stopped (``--commit`` commits each
 finished run's directory to git at once). A run saves a checkpoint every ``--checkpoint-every``
-steps (only the last is kept, under ``--scratch``, outside the results): an interrupted run goes on
-from its last checkpoint, its metrics up to that step kept, the later ones logged again.
+steps (the last two are kept, under ``--scratch``, outside the results): an interrupted run goes on
+from its newest checkpoint whose step was logged (verl saves a step's checkpoint before it logs the
+step), its metrics up to that step kept, the later ones logged again.
 ``OUT/plan.json``, written at the start, lists the runs in order (``stapo-verl report --grid``
 counts what remains against it). Every run validates before training, although every method of a
 seed starts from the same model: each run then has its own starting accuracy (the stability
