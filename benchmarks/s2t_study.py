@@ -553,7 +553,7 @@ def main():
     started = time.time()
     # sizes: prompts x samples per source; the engine uses the task's first mini-batches
     prompts_n, samples, mb_prompts = (4, 4, 2) if args.quick else (32, 8, 8)
-    dapo_tokens = 32 if args.quick else 128  # the model solves none of these; 128 tokens show its text
+    dapo_tokens = 16 if args.quick else 128  # the model solves none of these; 128 tokens show its text
     engine_prompts, engine_mb_prompts = (4, 2) if args.quick else (16, 4)
     work = os.path.join(args.work_dir, "quick" if args.quick else "full")
     if args.fresh and os.path.isdir(work):
@@ -696,6 +696,12 @@ def main():
     write_summary(record, os.path.join(figures, "README.md"))
 
 
+def _g(value) -> str:
+    """A table cell: 3 significant digits, or "-" where nothing was measured (no mini-batch with
+    candidates in both sources gives no tau_h difference)."""
+    return "-" if value is None else f"{value:.3g}"
+
+
 def write_summary(record: dict, path: str) -> None:
     """The markdown summary next to the JSON (quoted by the README)."""
     from stapo_verl.analysis.report import TOKEN_CATEGORIES
@@ -754,7 +760,7 @@ def write_summary(record: dict, path: str) -> None:
             a = a["all_mini_batches"]
             lines.append(
                 f"| {key[3:]} | {k} | {a['silenced_reference']} | {a['flipped_silenced_decisions']} | "
-                f"{100 * a['flipped_frac_of_silenced']:.1f}% | {a['jaccard']:.3f} | {a['tau_h_abs_diff_mean']:.3g} |"
+                f"{100 * a['flipped_frac_of_silenced']:.1f}% | {a['jaccard']:.3f} | {_g(a['tau_h_abs_diff_mean'])} |"
             )
     lines += [
         "",
@@ -777,7 +783,7 @@ def write_summary(record: dict, path: str) -> None:
         if b:
             lines.append(
                 f"| {name} | {b['silenced_reference']} | {b['flipped_silenced_decisions']} | "
-                f"{100 * b['flipped_frac_of_silenced']:.1f}% | {b['jaccard']:.3f} | {b['tau_h_abs_diff_mean']:.3g} | "
+                f"{100 * b['flipped_frac_of_silenced']:.1f}% | {b['jaccard']:.3f} | {_g(b['tau_h_abs_diff_mean'])} | "
                 f"{b['max_abs_log_prob_diff']:.3g} | {b['max_abs_entropy_diff']:.3g} |"
             )
     if "cost" in record:
