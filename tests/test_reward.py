@@ -1,5 +1,6 @@
 """stapo_verl.tasks.reward: exact on the benchmarks' gold answers, bounded and crash-free on anything."""
 
+import contextlib
 import random
 import subprocess
 import sys
@@ -482,12 +483,13 @@ class Starvation:
             process = reward._helper._process
             pid = process.pid if process is not None else None
             if pid is not None:
-                try:
-                    os.kill(pid, signal.SIGSTOP)
-                    time.sleep(self.stop_s)
-                finally:
-                    os.kill(pid, signal.SIGCONT)
-                self.bursts += 1
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile: the next helper's turn
+                    try:
+                        os.kill(pid, signal.SIGSTOP)
+                        time.sleep(self.stop_s)
+                    finally:
+                        os.kill(pid, signal.SIGCONT)
+                    self.bursts += 1
             time.sleep(self.run_s)
 
     def __enter__(self):
