@@ -26,13 +26,14 @@ pytestmark = pytest.mark.e2e
 VAL_ACC = f"val-core/{TINY_DATA_SOURCE}/acc/mean@1"
 
 
-def test_stapo_trains_and_its_checkpoint_evaluates(tiny_dir, toy_grid, tmp_path):
+def test_stapo_trains_and_its_checkpoint_evaluates(toy_grid, tmp_path):
     """The suite's one-rank STAPO run (conftest.toy_grid's: 2 steps, fp32, tau_p = 1; validated
     before training; step 2 trained after a resume from the checkpoint of step 1), its checkpoint
     of step 1 through verl's merger into eval."""
     from conftest import INTERRUPTED
 
-    rows = training_rows(toy_grid.out / "runs" / INTERRUPTED / "metrics.jsonl")
+    log = toy_grid.out / "runs" / INTERRUPTED / "metrics.jsonl"
+    rows = training_rows(log)
     assert_trained(rows, [1, 2], "fp32")
     for row in rows:  # S2T ran inside verl's actor update
         assert row["actor/s2t/valid_tokens"] > 0
@@ -40,7 +41,7 @@ def test_stapo_trains_and_its_checkpoint_evaluates(tiny_dir, toy_grid, tmp_path)
         assert 0.0 <= row["actor/s2t/silenced_frac"] <= 1.0
         assert row["actor/token_mask/kept/tokens"] + row["actor/token_mask/silenced/tokens"] > 0
     assert sum(row["actor/s2t/silenced"] for row in rows) > 0
-    assert any(VAL_ACC in row for row in read_metrics(str(toy_grid.out / "runs" / INTERRUPTED / "metrics.jsonl")))
+    assert any(VAL_ACC in row for row in read_metrics(str(log)))  # validation ran
     assert (toy_grid.checkpoint / "actor" / "model_world_size_1_rank_0.pt").is_file()
 
     # the trained checkpoint -> verl's merger -> stapo-verl eval (one AIME24 problem)
