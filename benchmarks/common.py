@@ -11,6 +11,15 @@ def cpu_description() -> str:
     return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def chat_ids(tokenizer, chats) -> list[list[int]]:
+    """Each chat's prompt token ids, as the chat template with the generation prompt gives them."""
+    out = []
+    for chat in chats:
+        ids = tokenizer.apply_chat_template(list(chat), add_generation_prompt=True, tokenize=True)
+        out.append(list(ids["input_ids"]) if hasattr(ids, "keys") else list(ids))
+    return out
+
+
 def run_eval(model: str, data_dir: str, bench: str, k: int, options: list[str], out: str) -> dict:
     """``stapo-verl eval`` on ``<data_dir>/<bench>.parquet`` (k samples a problem), timed with
     start-up: problems, avg@k, its standard error over problems, mean response tokens, wall time."""

@@ -46,14 +46,6 @@ SETTINGS = {
 PROMPTS, SAMPLES, MAX_TOKENS = 4, 8, 64
 
 
-def chat_ids(tokenizer, chats) -> list[list[int]]:
-    out = []
-    for chat in chats:
-        ids = tokenizer.apply_chat_template(list(chat), add_generation_prompt=True, tokenize=True)
-        out.append(list(ids["input_ids"]) if hasattr(ids, "keys") else list(ids))
-    return out
-
-
 def requests(prompts: list[list[int]], samples: int, seed_base: int) -> list[tuple[list[int], int]]:
     """One request a sample, each with its own seed, grouped by prompt."""
     return [(p, seed_base + 1000 * i + j) for i, p in enumerate(prompts) for j in range(samples)]
@@ -132,7 +124,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import pandas as pd
-    from common import cpu_description, write_result
+    from common import chat_ids, cpu_description, write_result
     from transformers import AutoTokenizer
 
     from stapo_verl.cli import cpu_model_dir

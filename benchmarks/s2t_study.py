@@ -37,6 +37,7 @@ import sys
 import time
 
 import torch
+from common import chat_ids
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TAU_PROBS = (2e-4, 2e-3, 2e-2, 2e-1)
@@ -58,7 +59,7 @@ def task_prompts(files: str, tokenizer, count: int):
     import pandas as pd
 
     rows = pd.read_parquet(os.path.join(files, "data", "train.parquet")).head(count)
-    return _chat_ids(tokenizer, [list(p) for p in rows.prompt]), [r["ground_truth"] for r in rows.reward_model]
+    return chat_ids(tokenizer, rows.prompt), [r["ground_truth"] for r in rows.reward_model]
 
 
 def dapo_prompts(path: str, tokenizer, count: int):
@@ -71,15 +72,7 @@ def dapo_prompts(path: str, tokenizer, count: int):
         convert_row(row, i, "dapo_math_17k", "train", "boxed")[0]
         for i, row in enumerate(pd.read_parquet(path).head(count).to_dict(orient="records"))
     ]
-    return _chat_ids(tokenizer, [r["prompt"] for r in rows]), [r["reward_model"]["ground_truth"] for r in rows]
-
-
-def _chat_ids(tokenizer, chats) -> list[list[int]]:
-    out = []
-    for chat in chats:
-        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-        out.append(list(ids["input_ids"]) if hasattr(ids, "keys") else list(ids))
-    return out
+    return chat_ids(tokenizer, [r["prompt"] for r in rows]), [r["reward_model"]["ground_truth"] for r in rows]
 
 
 def roll_out(model, tokenizer, prompts, truths, data_source, samples, temperature, max_tokens, batch, desc):

@@ -39,7 +39,8 @@ SEEDS_NEEDED = 3
 MAJORITY = 2  # of SEEDS_NEEDED
 
 
-def _training(rows: list[dict]) -> list[dict]:
+def training_steps(rows: list[dict]) -> list[dict]:
+    """The rows of training steps: verl logs a validation between steps in a row of its own."""
     return [row for row in rows if "actor/entropy" in row]
 
 
@@ -53,14 +54,14 @@ def first_of_consecutive(steps: list[int], met: list[bool], length: int) -> int 
 
 
 def entropy_collapse(rows: list[dict]) -> int | None:
-    train = _training(rows)
+    train = training_steps(rows)
     return first_of_consecutive(
         [r["step"] for r in train], [r["actor/entropy"] < COLLAPSE_BELOW for r in train], CONSECUTIVE
     )
 
 
 def entropy_explosion(rows: list[dict]) -> int | None:
-    train = _training(rows)
+    train = training_steps(rows)
     first = next((r["actor/entropy"] for r in train if r["step"] == 1), None)
     if first is None:
         return None
