@@ -160,6 +160,10 @@ def test_a_run_goes_on_from_its_newest_checkpoint_whose_step_was_logged(tmp_path
     assert grid.resume_point(str(checkpoints), set(range(0, 20))) == 0  # step 10's weights are gone
     assert grid.resume_point(str(tmp_path / "none"), {1, 2}) == 0
 
+    grid.drop_checkpoints_after(str(checkpoints), 20)  # going on from step 20: step 30 is computed again
+    assert sorted(grid.checkpoint_folders(str(checkpoints))) == [10, 20]
+    assert grid.resume_point(str(checkpoints), set(range(0, 31))) == 20  # the old attempt's step 30 is gone
+
 
 def test_progress_names_the_run_the_step_and_the_etas():
     progress = grid.Progress(total_steps=30, runs_left=4)
@@ -235,6 +239,33 @@ def test_a_run_finished_under_the_once_per_seed_rule_still_counts(tmp_path, caps
     lines = {line.split(":")[0].strip(): line for line in capsys.readouterr().out.splitlines() if "_seed0:" in line}
     assert "finished" in lines["stapo_seed0"] and "val_before_train=false" in lines["stapo_seed0"]
     assert "to run" in lines["justrl_seed0"] and "val_before_train=true" in lines["justrl_seed0"]
+
+
+def test_a_grids_runs_share_one_precision(tmp_path, capsys):
+    """`auto` trains in bf16 or fp32 by the CPU: a grid going on on another machine refuses to mix
+    them, naming the runs and the setting; the setting itself does not unfinish a run."""
+    out = tmp_path / "grid"
+    argv = ["--methods", "justrl", "grpo", "--seeds", "0", "--steps", "2", "--rollout", "hf", "--out", str(out)]
+    run_dir = out / "runs" / "justrl_seed0"
+    overrides = run_overrides(Run("justrl", 0), "cpu_comparison", 2, str(run_dir), True, [])
+    fake_run(out, "justrl", 0, [1.0, 1.0], {0: 0.2, 2: 0.25}, overrides=grid.portable(overrides, str(run_dir)))
+    # recorded before run.json held the precision: read from the first line of its output
+    with gzip.open(run_dir / "train.log.gz", "wt") as f:
+        f.write("stapo-verl train: smollm2_135m on CPU in fp32: this CPU has no native bf16 matrix instructions\n")
+    assert grid.run_precision(str(run_dir), {}) == "fp32"
+    assert grid.run_precision(str(run_dir), {"precision": "bf16"}) == "bf16"  # the record's comes first
+    assert grid.run_precision(str(tmp_path), {}) is None
+    assert grid.main([*argv, "stapo.cpu_precision=bf16", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "justrl_seed0 trained in fp32" in err and "stapo.cpu_precision=fp32" in err
+    assert grid.main([*argv, "stapo.cpu_precision=fp32", "--dry-run"]) == 0
+    assert "1 finished" in capsys.readouterr().out  # the setting is not what a run computes
+    # a started run's attempt counts too
+    started = out / "runs" / "grpo_seed0"
+    started.mkdir()
+    (started / grid.ATTEMPT).write_text(json.dumps({"overrides": [], "resumed_from": [], "precision": "bf16"}))
+    assert grid.main([*argv, "stapo.cpu_precision=fp32", "--dry-run"]) == 2
+    assert "grpo_seed0 trained in bf16" in capsys.readouterr().err
 
 
 def test_paired_t_matches_the_textbook():

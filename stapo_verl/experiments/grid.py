@@ -36,6 +36,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -62,6 +63,11 @@ ARMS = (*METHODS, *CONTROLS)
 # overrides that change how a run is saved, not what it computes: a finished run is recognised
 # with or without them (runs made before checkpoints were saved count)
 SAVE_KEYS = ("trainer.save_freq=", "trainer.max_actor_ckpt_to_keep=", "trainer.resume_mode=")
+# the precision setting is not compared either: `auto` gives bf16 or fp32 by the CPU, so the
+# precision a run trained in is recorded (run.json, attempt.json) and compared instead
+PRECISION_KEY = "stapo.cpu_precision="
+# what `stapo-verl train` prints first, in the output of runs recorded before run.json held it
+PRECISION_LINE = re.compile(r"stapo-verl train: \S+ on CPU in (bf16|fp32):")
 
 
 @dataclass(frozen=True)
@@ -124,8 +130,9 @@ def portable(overrides: list[str], run_dir: str) -> list[str]:
 
 
 def what_it_computes(overrides: list[str]) -> list[str]:
-    """The overrides without those that only say how a run is saved (``SAVE_KEYS``)."""
-    return [o for o in overrides if not o.startswith(SAVE_KEYS)]
+    """The overrides without those that only say how a run is saved (``SAVE_KEYS``) and without
+    the precision setting (``PRECISION_KEY``: :func:`run_precision` is compared instead)."""
+    return [o for o in overrides if not o.startswith((*SAVE_KEYS, PRECISION_KEY))]
 
 
 def same_run(recorded: list[str] | None, overrides: list[str], run_dir: str) -> bool:
@@ -144,6 +151,40 @@ def finished(run_dir: str, overrides: list[str] | None = None) -> dict | None:
     if overrides is not None and not same_run(record.get("overrides"), overrides, run_dir):
         return None
     return record
+
+
+def run_precision(run_dir: str, record: dict) -> str | None:
+    """The precision (bf16, fp32) a run trained in: its record's (run.json, attempt.json), or for
+    runs recorded before the record held it, the first line ``stapo-verl train`` printed into its
+    output; None where neither says."""
+    if record.get("precision"):
+        return record["precision"]
+    path = os.path.join(run_dir, "train.log.gz")
+    if os.path.exists(path):
+        with gzip.open(path, "rt", errors="replace") as f:
+            for line in f:
+                match = PRECISION_LINE.search(line)
+                if match:
+                    return match.group(1)
+    return None
+
+
+def other_precisions(plan: list[tuple], run_dirs: dict, precision: str) -> dict[str, str]:
+    """Run name -> precision, for each finished or started run of ``plan`` that trained in
+    another precision than ``precision`` (a grid's runs must share one: bf16 and fp32 runs of a
+    seed do not pair)."""
+    others = {}
+    for run, _, _, record in plan:
+        if record is None:
+            attempt_path = os.path.join(run_dirs[run], ATTEMPT)
+            if not os.path.exists(attempt_path):
+                continue
+            with open(attempt_path) as f:
+                record = json.load(f)
+        trained_in = run_precision(run_dirs[run], record)
+        if trained_in not in (None, precision):
+            others[run.name] = trained_in
+    return others
 
 
 def resume_point(checkpoints: str, logged_steps: set[int]) -> int:
@@ -168,6 +209,14 @@ def checkpoint_folders(checkpoints: str) -> dict[int, str]:
         for name in os.listdir(checkpoints)
         if name.startswith("global_step_")
     }
+
+
+def drop_checkpoints_after(checkpoints: str, step: int) -> None:
+    """Delete the checkpoints of steps after ``step``, the one a run goes on from: the new attempt
+    computes those steps again, and an old attempt's weights must not be gone on from later."""
+    for later, path in checkpoint_folders(checkpoints).items():
+        if later > step:
+            shutil.rmtree(path)
 
 
 def merged_metrics(attempt_logs: list[str], resumed_from: list[int]) -> dict[int, dict]:
@@ -329,6 +378,7 @@ def train_one(
     index: int,
     count: int,
     stall_s: float,
+    precision: str | None = None,
 ) -> int:
     """Run one training job, or go on with it from its last checkpoint; keep its raw logs in
     ``run_dir``; returns main_ppo's exit code.
@@ -358,13 +408,11 @@ def train_one(
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(run_scratch, ignore_errors=True)
         os.makedirs(run_dir)
-        attempt = {"overrides": portable(overrides, run_dir), "resumed_from": []}
+        attempt = {"overrides": portable(overrides, run_dir), "resumed_from": [], "precision": precision}
     else:
         attempt["resumed_from"].append(resume_step)
         print(f"stapo-verl grid: {run.name}: going on from its checkpoint of step {resume_step}", flush=True)
-        for step, path in checkpoint_folders(checkpoints).items():  # later ones: steps this attempt computes again
-            if step > resume_step:
-                shutil.rmtree(path)
+        drop_checkpoints_after(checkpoints, resume_step)
     os.makedirs(run_scratch, exist_ok=True)
     with open(attempt_path, "w") as f:
         json.dump(attempt, f, indent=1)
@@ -413,6 +461,7 @@ def train_one(
         "model": model,
         "overrides": portable(overrides, run_dir),
         "command": shlex.join(["stapo-verl", "train", run.verl_method, model, *portable(overrides, run_dir)]),
+        "precision": precision,  # the CPU presets' (bf16 or fp32)
         "exit_code": process.returncode,
         "wall_s": round(wall, 1),  # the last attempt's
         "resumed_from": attempt["resumed_from"],  # the checkpoint steps its later attempts started from
@@ -509,14 +558,28 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         validate_first = records[run] is None or "trainer.val_before_train=true" in records[run]["overrides"]
         plan.append((run, overrides_of(run, validate_first), validate_first, records[run]))
-    check_config(runs[0].verl_method, args.model, plan[0][1])  # one composition, before anything runs
+    # one composition, before anything runs; the precision line: "bf16: this CPU has AMX-BF16"
+    precision_line = check_config(runs[0].verl_method, args.model, plan[0][1])
+    precision = precision_line.split(":")[0] or None
     todo = [p for p in plan if p[3] is None]
     print(
         f"stapo-verl grid: {len(runs)} runs ({len(args.methods)} methods x {len(args.seeds)} seeds x "
-        f"{args.steps} steps, experiment={args.experiment}, {args.model}, {rollout} rollout); {len(runs) - len(todo)} finished "
-        f"in {args.out}, {len(todo)} to run",
+        f"{args.steps} steps, experiment={args.experiment}, {args.model}, {rollout} rollout, in {precision_line}); "
+        f"{len(runs) - len(todo)} finished in {args.out}, {len(todo)} to run",
         flush=True,
     )
+    others = other_precisions(plan, run_dirs, precision) if precision else {}
+    if others:
+        print(
+            f"stapo-verl grid: {args.out}: "
+            + ", ".join(f"{name} trained in {other}" for name, other in others.items())
+            + f"; its other runs would train in {precision} here. The runs of a grid share one precision "
+            f"(bf16 and fp32 runs of a seed do not pair): add stapo.cpu_precision="
+            f"{next(iter(others.values()))} (bf16 on a CPU without native bf16 is emulated, slower than "
+            "fp32), or give another --out",
+            file=sys.stderr,
+        )
+        return 2
     for run, overrides, _, record in plan:
         if record:
             print(f"  {run.name:>18}: finished {record['finished']}   {record['command']}")
@@ -558,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
             index,
             len(todo),
             args.stall_minutes * 60,
+            precision,
         )
         if code != 0:
             print(
