@@ -77,9 +77,12 @@ def tail(path: str, lines: int) -> str:
 
 
 def run_with_progress(command: list[str], env: dict, output_path: str, metrics_path: str, steps: int) -> int:
-    """Run main_ppo with its output in ``output_path``; print one line per step verl logs."""
+    """Run main_ppo with its output in ``output_path``; print one line per step verl logs. An
+    earlier run's ``metrics_path`` is removed first: its rows are not this run's progress."""
     from stapo_verl.runlog import MetricsFollower, progress_line
 
+    if os.path.exists(metrics_path):
+        os.remove(metrics_path)
     started = time.time()
     follower = MetricsFollower(metrics_path)
     with open(output_path, "w") as output:

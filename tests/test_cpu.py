@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -266,3 +267,78 @@ def test_cpu_preset_runs_with_the_cpu_platform(monkeypatch):
     env = train_env("tiny_cpu", {"STAPO_RUN_DIR": "/runs/x"})
     assert env["VERL_PLATFORM"] == "cpu" and env["VERL_FILE_LOGGER_ROOT"] == "/runs/x/logs"
     assert "VERL_PLATFORM" not in train_env("qwen3_8b", {})
+
+
+ALLOCATOR_PROBE = """
+    import ctypes, resource
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+
+    def faults(size, times):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(times):  # what a tensor of `size` bytes does: allocated, written, freed
+            p = libc.malloc(size)
+            ctypes.memset(p, 1, size)
+            libc.free(ctypes.c_void_p(p))
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults(4 << 20, 1)  # the first 4 MiB chunk is mapped; freeing it raises glibc's threshold
+    print(faults(4 << 20, 50))
+    big = libc.malloc(256 << 20)  # over glibc's 32 MiB ceiling: always mapped
+    ctypes.memset(big, 1, 256 << 20)
+    with open("/proc/self/smaps_rollup") as f:
+        print(next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:")))
+"""
+
+
+# the faster allocator's opt-in (docs/cpu.md, "The allocator"): glibc's own mmap threshold, 2 MiB pages
+FAST_ALLOCATOR = [
+    "~ray_kwargs.ray_init.runtime_env.env_vars.MALLOC_MMAP_THRESHOLD_",
+    "++ray_kwargs.ray_init.runtime_env.env_vars.GLIBC_TUNABLES='glibc.malloc.hugetlb=1'",
+]
+
+
+@pytest.mark.slow
+def test_the_allocator_settings_do_what_the_docs_say_in_the_workers_environment():
+    """In a process started with the Ray workers' environment: the presets' setting (memory first)
+    faults every freed tensor in afresh; the documented opt-in reuses freed chunks and maps large
+    ones in huge pages (benchmarks/results/malloc_settings.json: the page faults cost the update)."""
+    import platform
+
+    import verl  # noqa: F401
+
+    from stapo_verl.experiments.launch import compose_config
+
+    def worker_env(overrides):
+        return dict(compose_config("stapo", "smollm2_135m", overrides).ray_kwargs.ray_init.runtime_env.env_vars)
+
+    pages = 50 * (4 << 20) // 4096  # 4 KiB pages the 50 allocations touch
+    unmapped, _ = map(int, run_python(ALLOCATOR_PROBE, **worker_env([])).split())
+    assert unmapped >= pages // 2, unmapped  # the presets: every allocation faulted in again
+    fast = worker_env(FAST_ALLOCATOR)
+    assert "MALLOC_MMAP_THRESHOLD_" not in fast and fast["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    reused, huge_kib = map(int, run_python(ALLOCATOR_PROBE, **fast).split())
+    assert reused < pages // 10, (reused, pages)  # freed chunks reused, not faulted in afresh
+    thp_path = "/sys/kernel/mm/transparent_hugepage/enabled"
+    thp = open(thp_path).read() if os.path.exists(thp_path) else "[never]"
+    glibc = tuple(int(x) for x in platform.libc_ver()[1].split(".")[:2])
+    if "[never]" in thp or glibc < (2, 35):  # glibc.malloc.hugetlb arrived in 2.35
+        pytest.skip(f"no transparent huge pages to ask for here (THP: {thp.strip()}, glibc {glibc})")
+    assert huge_kib >= 128 << 10, huge_kib  # most of the 256 MiB chunk in 2 MiB pages
+
+
+def test_the_demos_progress_shows_only_its_own_steps(tmp_path, capsys):
+    """A demo run again in the same directory: the last run's metrics file is not its progress."""
+    from stapo_verl import cli
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "data": {"critic/score/mean": 0.5}}) + "\n" for s in (1, 2, 3)))
+    writes_one_step = (
+        f"open({str(metrics)!r}, 'w').write({json.dumps({'step': 1, 'data': {'critic/score/mean': -0.25}})!r} + '\\n')"
+    )
+    code = cli.run_with_progress(
+        [sys.executable, "-c", writes_one_step], {}, str(tmp_path / "out.log"), str(metrics), 3
+    )
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("step")]
+    assert len(lines) == 1 and "step 1/3" in lines[0] and "-0.25" in lines[0], lines
