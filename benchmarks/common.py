@@ -8,7 +8,11 @@ import platform
 def cpu_description() -> str:
     import torch  # here, not at the top: demo_memory.py measures others and should stay small
 
-    return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    model = ""
+    if os.path.exists("/proc/cpuinfo"):  # the model: results from one kind of CPU are not another's
+        with open("/proc/cpuinfo") as f:
+            model = next((f" ({line.split(':', 1)[1].strip()})" for line in f if line.startswith("model name")), "")
+    return f"CPU: {platform.processor() or platform.machine()}{model}, {torch.get_num_threads()} threads"
 
 
 def chat_ids(tokenizer, chats) -> list[list[int]]:

@@ -46,8 +46,6 @@ def main() -> None:
         "--out", default=None, help="default benchmarks/results/matrix_rate_<native_bf16 or no_native_bf16>.json"
     )
     args = parser.parse_args()
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
     gflops = {
         name: {str(rows): round(rate(dtype, rows, args.seconds), 1) for rows in ROWS}
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
@@ -56,7 +54,7 @@ def main() -> None:
     record = {
         "what": f"GFLOP/s of (rows x {K}) @ ({K} x {N}) (SmolLM2-135M's MLP up-projection) per dtype and rows",
         "date": datetime.date.today().isoformat(),
-        "device": f"{cpu_description()}, {model}, native bf16 flags: {', '.join(flags) or 'none'}",
+        "device": f"{cpu_description()}, native bf16 flags: {', '.join(flags) or 'none'}",
         "native_bf16": native_bf16(),
         "gflops": gflops,
         "bf16_over_fp32": {rows: round(gflops["bf16"][rows] / gflops["fp32"][rows], 3) for rows in gflops["fp32"]},

@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(runs) - len(todo)} finished in {args.out}, {len(todo)} to run",
         flush=True,
     )
-    others = other_precisions(plan, run_dirs, precision) if precision else {}
+    others = other_precisions(plan, run_dirs, precision) if precision and todo else {}  # only where one trains
     if others:
         print(
             f"stapo-verl grid: {args.out}: "
