@@ -268,6 +268,22 @@ def test_a_grids_runs_share_one_precision(tmp_path, capsys):
     assert "grpo_seed0 trained in bf16" in capsys.readouterr().err
 
 
+def test_the_report_states_the_runs_precision_and_flags_a_mix(tmp_path):
+    for method in ("justrl", "stapo"):
+        fake_run(tmp_path, method, 0, [1.0, 1.0], {0: 0.2, 2: 0.25})
+
+    def report_with(precisions):
+        for method, precision in precisions.items():
+            path = tmp_path / "runs" / f"{method}_seed0" / "run.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "precision": precision}))
+        return grid_report.markdown(grid_report.build(grid_report.load_runs(str(tmp_path))))
+
+    assert "- precision: not recorded" in grid_report.markdown(grid_report.build(grid_report.load_runs(str(tmp_path))))
+    assert "- precision: every run trained in bf16" in report_with({"justrl": "bf16", "stapo": "bf16"})
+    mixed = report_with({"stapo": "fp32"})
+    assert "- precision: MIXED, runs of a seed do not pair: bf16: justrl_seed0; fp32: stapo_seed0" in mixed
+
+
 def test_paired_t_matches_the_textbook():
     result = paired_t([1.0, 2.0, 3.0])  # t = 2 / (1 / sqrt 3) = 3.464, 2 df
     assert result["mean"] == 2.0 and result["p"] == pytest.approx(0.0742, abs=1e-4)

@@ -449,7 +449,10 @@ def markdown(report: dict) -> str:
     for name, precision in report.get("precisions", {}).items():
         by_precision.setdefault(precision or "not recorded", []).append(name)
     if len(by_precision) == 1:
-        lines.append(f"- precision: every run trained in {next(iter(by_precision))}")
+        (precision,) = by_precision
+        lines.append(
+            "- precision: " + ("not recorded" if precision == "not recorded" else f"every run trained in {precision}")
+        )
     elif by_precision:  # the grid refuses this; runs copied in by hand could still mix
         lines.append(
             "- precision: MIXED, runs of a seed do not pair: "

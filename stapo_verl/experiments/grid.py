@@ -6,12 +6,14 @@ agent loop's requests), so every method of a seed samples step 1 with the same s
 samples came out the same is checked from the logs by ``stapo-verl report --grid``). A run's raw logs
 go to ``OUT/runs/<method>_seed<seed>/``: verl's metrics (``metrics.jsonl``), STAPO's silenced-token
 dump (``dump/``), verl's output (``train.log.gz``) and, written last, ``run.json`` (the command,
-the overrides, wall time, exit code). A run with a ``run.json`` of exit 0 and the same overrides
-is finished and skipped, so an interrupted grid resumes where it stopped (``--commit`` commits each
+the overrides, the precision it trained in, wall time, exit code). A run with a ``run.json`` of
+exit 0 and the same overrides is finished and skipped, so an interrupted grid resumes where it stopped (``--commit`` commits each
 finished run's directory to git at once). A run saves a checkpoint every ``--checkpoint-every``
 steps (the last two are kept, under ``--scratch``, outside the results): an interrupted run goes on
 from its newest checkpoint whose step was logged (verl saves a step's checkpoint before it logs the
-step), its metrics up to that step kept, the later ones logged again.
+step), its metrics up to that step kept, the later ones logged again. A grid's runs share one
+precision: ``stapo.cpu_precision=auto`` gives bf16 or fp32 by the CPU, so a grid with a run left to
+train refuses where its finished or started runs trained in another one.
 ``OUT/plan.json``, written at the start, lists the runs in order (``stapo-verl report --grid``
 counts what remains against it). Every run validates before training, although every method of a
 seed starts from the same model: each run then has its own starting accuracy (the stability
