@@ -8,7 +8,7 @@ Without native bf16 instructions the bf16 products fall back to slow kernels: a 
 bf16 there (``stapo.cpu_precision=bf16``) is that much slower than fp32.
 
     python benchmarks/matrix_rate.py [--seconds 2]
-        [--out benchmarks/results/matrix_rate_{native_bf16,no_native_bf16}.json]
+        [--out benchmarks/results/matrix_rate_{amx_bf16,avx512_bf16,no_native_bf16}.json]
 """
 
 import argparse
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument(
-        "--out", default=None, help="default benchmarks/results/matrix_rate_<native_bf16 or no_native_bf16>.json"
+        "--out", default=None, help="default benchmarks/results/matrix_rate_<bf16 flag or no_native_bf16>.json"
     )
     args = parser.parse_args()
     gflops = {
@@ -59,7 +59,7 @@ def main() -> None:
         "gflops": gflops,
         "bf16_over_fp32": {rows: round(gflops["bf16"][rows] / gflops["fp32"][rows], 3) for rows in gflops["fp32"]},
     }
-    name = "matrix_rate_" + ("native_bf16" if native_bf16() else "no_native_bf16") + ".json"
+    name = f"matrix_rate_{flags[0] if flags else 'no_native_bf16'}.json"
     write_result(record, args.out or os.path.join(os.path.dirname(__file__), "results", name))
 
 

@@ -29,6 +29,11 @@ class Touchpoint:
     use: str  # reads, writes, replaces, overrides
     why: str
     source_has: str = ""  # for an instance attribute: what the named function's source must contain
+    needs: str = ""  # a library the module imports beyond its own (verl's vLLM modules need vLLM)
+
+    @property
+    def libraries(self) -> tuple[str, ...]:
+        return (self.module.split(".")[0], *((self.needs,) if self.needs else ()))
 
 
 TOUCHPOINTS = (
@@ -95,6 +100,7 @@ TOUCHPOINTS = (
         "vLLMColocateWorkerExtension._iter_all_models_with_config",
         "reads",
         "the models a CPU weight sync reloads layer by layer (vLLM-CPU repacks its weights)",
+        needs="vllm",
     ),
     Touchpoint(
         "vllm.v1.sample.ops.topk_topp_sampler",
@@ -135,7 +141,8 @@ def lookup(touchpoint: Touchpoint):
 
 def check() -> None:
     """Raise if an installed verl, Ray or vLLM is outside :data:`CHECKED` or a touched name is
-    gone; a library that is not installed (vLLM on a machine without it) is skipped."""
+    gone; a touchpoint whose libraries are not all installed (vLLM on a machine without it) is
+    skipped."""
     installed = {name: installed_version(name) for name in CHECKED}
     for name, version in installed.items():
         if version is None:
@@ -147,7 +154,7 @@ def check() -> None:
                 f"checked against (>={low},<{high}): stapo_verl/compat.py"
             )
     for touchpoint in TOUCHPOINTS:
-        if installed.get(touchpoint.module.split(".")[0]) is None:
+        if any(installed.get(library) is None for library in touchpoint.libraries):
             continue
         try:
             found = lookup(touchpoint)
