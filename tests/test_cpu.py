@@ -291,32 +291,41 @@ ALLOCATOR_PROBE = """
 """
 
 
-# the faster allocator's opt-in (docs/cpu.md, "The allocator"): glibc's own mmap threshold, 2 MiB pages
-FAST_ALLOCATOR = [
-    "~ray_kwargs.ray_init.runtime_env.env_vars.MALLOC_MMAP_THRESHOLD_",
-    "++ray_kwargs.ray_init.runtime_env.env_vars.GLIBC_TUNABLES='glibc.malloc.hugetlb=1'",
-]
+def workers_env(overrides: list[str]) -> dict:
+    """The environment a CPU preset's Ray workers start with (``ray_kwargs...env_vars``)."""
+    from stapo_verl.experiments.launch import compose_config
+
+    return dict(compose_config("stapo", "smollm2_135m", overrides).ray_kwargs.ray_init.runtime_env.env_vars)
+
+
+def test_the_experiments_that_have_the_machine_alone_use_the_fast_allocator():
+    """cpu_allocator=memory is the presets' default (README's first command within 8 GiB); the
+    experiments run alone switch to fast, and either is one override away."""
+    memory, fast = {"MALLOC_MMAP_THRESHOLD_": "131072"}, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+    def allocator(overrides):
+        return {k: v for k, v in workers_env(overrides).items() if k.startswith(("MALLOC_MMAP", "GLIBC"))}
+
+    assert allocator([]) == memory
+    assert allocator(["experiment=cpu_comparison"]) == allocator(["experiment=cpu_stability"]) == fast
+    assert allocator(["cpu_allocator=fast"]) == fast
+    assert allocator(["experiment=cpu_stability", "cpu_allocator=memory"]) == memory
+    assert workers_env(["cpu_allocator=fast"])["MALLOC_ARENA_MAX"] == "2"  # the rest of cpu_base's env stays
 
 
 @pytest.mark.slow
 def test_the_allocator_settings_do_what_the_docs_say_in_the_workers_environment():
-    """In a process started with the Ray workers' environment: the presets' setting (memory first)
-    faults every freed tensor in afresh; the documented opt-in reuses freed chunks and maps large
-    ones in huge pages (benchmarks/results/malloc_settings.json: the page faults cost the update)."""
+    """In a process started with the Ray workers' environment: cpu_allocator=memory (the presets')
+    faults every freed tensor in afresh; cpu_allocator=fast reuses freed chunks and maps large ones
+    in huge pages (benchmarks/results/malloc_settings.json: the page faults cost the update)."""
     import platform
 
     import verl  # noqa: F401
 
-    from stapo_verl.experiments.launch import compose_config
-
-    def worker_env(overrides):
-        return dict(compose_config("stapo", "smollm2_135m", overrides).ray_kwargs.ray_init.runtime_env.env_vars)
-
     pages = 50 * (4 << 20) // 4096  # 4 KiB pages the 50 allocations touch
-    unmapped, _ = map(int, run_python(ALLOCATOR_PROBE, **worker_env([])).split())
+    unmapped, _ = map(int, run_python(ALLOCATOR_PROBE, **workers_env([])).split())
     assert unmapped >= pages // 2, unmapped  # the presets: every allocation faulted in again
-    fast = worker_env(FAST_ALLOCATOR)
-    assert "MALLOC_MMAP_THRESHOLD_" not in fast and fast["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    fast = workers_env(["cpu_allocator=fast"])
     reused, huge_kib = map(int, run_python(ALLOCATOR_PROBE, **fast).split())
     assert reused < pages // 10, (reused, pages)  # freed chunks reused, not faulted in afresh
     thp_path = "/sys/kernel/mm/transparent_hugepage/enabled"
