@@ -190,6 +190,7 @@ def test_ablations_compose_with_algorithm_stapo(ablation, expected):
 def test_silenced_token_dump(tmp_path):
     """Every dump_every-th mini-batch, the silenced tokens are written decoded, with context."""
     import json
+    import time
     from functools import partial
     from unittest import mock
 
@@ -221,6 +222,7 @@ def test_silenced_token_dump(tmp_path):
     kept = [line for line in every if line["group"] == "kept_candidate"]
     assert [line["update"] for line in lines] == [1] * 3 + [3] * 3  # updates 1 and 3, 3 tokens each
     assert [line["update"] for line in kept] == [1] * 3 + [3] * 3
+    assert all(abs(line["time"] - time.time()) < 600 for line in every)  # when written: a resumed run trims by it
     assert all(line["advantage"] > 0 and line["prob"] < 0.05 for line in kept)  # candidates
     # kept candidates are at or above tau_h, silenced ones below it
     assert min(line["entropy"] for line in kept) > max(line["entropy"] for line in lines[:3])

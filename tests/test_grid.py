@@ -165,6 +165,29 @@ def test_a_run_goes_on_from_its_newest_checkpoint_whose_step_was_logged(tmp_path
     assert grid.resume_point(str(checkpoints), set(range(0, 31))) == 20  # the old attempt's step 30 is gone
 
 
+def test_a_resumed_run_drops_the_dump_records_of_the_steps_it_computes_again(tmp_path):
+    """Records written after the checkpoint a run goes on from belong to steps the new attempt
+    computes again (and dumps again, its update counter starting afresh)."""
+    checkpoint = tmp_path / "checkpoints" / "global_step_20"
+    (checkpoint / "actor").mkdir(parents=True)
+    (checkpoint / "actor" / "model.pt").write_text("weights")
+    os.utime(checkpoint / "actor" / "model.pt", (1000.0, 1000.0))  # saved at t = 1000
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    records = [{"update": 1, "token": "older dump, no time"}]
+    records += [{"update": u, "time": t, "token": f"t{t}"} for u, t in ((75, 990.0), (79, 999.5), (81, 1010.0))]
+    for rank in (0, 1):
+        (dump / f"silenced_tokens.rank{rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (dump / "notes.txt").write_text("not a dump")
+
+    assert grid.drop_dump_records_after(str(dump), str(checkpoint)) == 2  # t = 1010 on each rank
+    for rank in (0, 1):
+        kept = [json.loads(line) for line in (dump / f"silenced_tokens.rank{rank}.jsonl").read_text().splitlines()]
+        assert [r["token"] for r in kept] == ["older dump, no time", "t990.0", "t999.5"]
+    assert (dump / "notes.txt").read_text() == "not a dump"
+    assert grid.drop_dump_records_after(str(tmp_path / "no_dump"), str(checkpoint)) == 0
+
+
 def test_progress_names_the_run_the_step_and_the_etas():
     progress = grid.Progress(total_steps=30, runs_left=4)
     line = progress.line(2, 4, Run("stapo", 1), {"step": 10, "timing_s/step": 40.0}, 500.0)

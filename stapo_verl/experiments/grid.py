@@ -221,6 +221,32 @@ def drop_checkpoints_after(checkpoints: str, step: int) -> None:
             shutil.rmtree(path)
 
 
+def drop_dump_records_after(dump_dir: str, checkpoint: str) -> int:
+    """Remove from a run's silenced-token dumps (``silenced_tokens.rank*.jsonl``) the records
+    written after ``checkpoint`` (a ``global_step_<k>`` folder) was saved: the updates of the steps
+    a resumed attempt computes again. The update counter restarts with each attempt, so the time a
+    record was written is what places it; records without one (older dumps) stay. Returns how
+    many it removed."""
+    saved_at = max(
+        (os.path.getmtime(os.path.join(folder, name)) for folder, _, names in os.walk(checkpoint) for name in names),
+        default=None,
+    )
+    if saved_at is None or not os.path.isdir(dump_dir):
+        return 0
+    removed = 0
+    for name in sorted(os.listdir(dump_dir)):
+        if not (name.startswith("silenced_tokens.rank") and name.endswith(".jsonl")):
+            continue
+        path = os.path.join(dump_dir, name)
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+        kept = [line for line in lines if json.loads(line).get("time", saved_at) <= saved_at]
+        removed += len(lines) - len(kept)
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+    return removed
+
+
 def merged_metrics(attempt_logs: list[str], resumed_from: list[int]) -> dict[int, dict]:
     """A run's metrics by step, from its attempts' logs (verl file-logger JSONL, in the order they
     ran; attempt i > 0 went on from the checkpoint of step ``resumed_from[i - 1]``): each attempt's
@@ -415,6 +441,7 @@ def train_one(
         attempt["resumed_from"].append(resume_step)
         print(f"stapo-verl grid: {run.name}: going on from its checkpoint of step {resume_step}", flush=True)
         drop_checkpoints_after(checkpoints, resume_step)
+        drop_dump_records_after(os.path.join(run_dir, "dump"), checkpoint_folders(checkpoints)[resume_step])
     os.makedirs(run_scratch, exist_ok=True)
     with open(attempt_path, "w") as f:
         json.dump(attempt, f, indent=1)
@@ -428,7 +455,7 @@ def train_one(
         attempt_overrides += [
             "trainer.val_before_train=false",
             "trainer.resume_mode=resume_path",
-            f"trainer.resume_from_path={os.path.join(checkpoints, f'global_step_{resume_step}')}",
+            f"trainer.resume_from_path={checkpoint_folders(checkpoints)[resume_step]}",
         ]
     command = [sys.executable, "-m", "stapo_verl", "train", run.verl_method, model, *attempt_overrides]
     # verl's file logger starts its file afresh: each attempt logs to its own

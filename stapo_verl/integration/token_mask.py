@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import verl  # noqa: F401  isort: skip  (verl first: see stapo_verl/integration/worker.py)
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -224,4 +225,5 @@ def write_token_dump(path, data, groups, log_prob, entropy, advantages, decode, 
             config.dump_context_tokens,
             config.dump_max_tokens,
         )
-        append_jsonl(path, records, update=update, group=group)
+        # the time lets a resumed run drop the records of the steps it computes again
+        append_jsonl(path, records, update=update, group=group, time=round(time.time(), 3))
