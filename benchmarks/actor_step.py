@@ -14,6 +14,7 @@ statistics pass (where STAPO's extra cost goes); ``--profile`` then profiles tha
     python benchmarks/actor_step.py          # GPU: Qwen3-1.7B-shaped random bf16 model, 4 x 16 x (512 + 1536)
     python benchmarks/actor_step.py --tiny   # anywhere (CPU: VERL_PLATFORM=cpu): the plumbing only
     python benchmarks/actor_step.py --smollm2  # CPU: SmolLM2-135M (the real-model preset), fp32
+    python benchmarks/actor_step.py --smollm2 --bf16  # ... in the presets' bf16 (stapo.cpu_precision=bf16)
 
 On CPU, memory is the peak resident set size during the call (sampled every 5 ms), minus the
 size before it: what the update adds on top of the model and optimizer.
@@ -93,6 +94,11 @@ FP32_OVERRIDES = [  # what the CPU presets set (config/cpu_base.yaml): verl's de
     "actor_rollout_ref.actor.fsdp_config.dtype=float32",
     "actor_rollout_ref.actor.fsdp_config.model_dtype=fp32",
     "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype: fp32, reduce_dtype: fp32, buffer_dtype: fp32}",
+]
+BF16_OVERRIDES = [  # the CPU presets in bf16: bf16 compute, fp32 master weights and reduction
+    "actor_rollout_ref.actor.fsdp_config.dtype=bfloat16",
+    "actor_rollout_ref.actor.fsdp_config.model_dtype=fp32",
+    "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype: bf16, reduce_dtype: fp32, buffer_dtype: fp32}",
 ]
 
 
@@ -292,6 +298,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny preset's shape and a small batch")
     parser.add_argument("--smollm2", action="store_true", help="SmolLM2-135M (the smollm2_135m preset's model), fp32")
+    parser.add_argument("--bf16", action="store_true", help="with --smollm2: in the presets' bf16 instead")
     parser.add_argument("--mini-batches", type=int, help="PPO mini-batches per step (default 4; --tiny 2)")
     parser.add_argument("--rows", type=int, help="responses per mini-batch, a multiple of 8 (default 16; --tiny 8)")
     parser.add_argument("--prompt", type=int, help="prompt tokens (default 512; --tiny 16, --smollm2 109)")
@@ -314,6 +321,8 @@ def main():
         if getattr(args, name) is None:
             setattr(args, name, default)
     variants = args.variants.split(",")
+    if args.bf16 and not args.smollm2:
+        parser.error("--bf16 goes with --smollm2 (the GPU default is bf16 already)")
     if "grpo" not in variants or not set(variants) <= set(VARIANTS) or args.rows % GROUP:
         parser.error(f"--variants must include grpo and come from {list(VARIANTS)}; --rows a multiple of {GROUP}")
     args.max_token_len = (args.prompt + args.response) * 2
@@ -334,7 +343,7 @@ def main():
     else:
         model_dir = tempfile.mkdtemp(prefix="stapo_actor_step_")
         make_model_dir(model_dir, args.tiny, device)
-    cfg = actor_section(model_dir, args, tuple(FP32_OVERRIDES) if args.smollm2 else ())
+    cfg = actor_section(model_dir, args, tuple(BF16_OVERRIDES if args.bf16 else FP32_OVERRIDES) if args.smollm2 else ())
     worker = build_worker(cfg)
     vocab = 260 if args.tiny else 49152 if args.smollm2 else 151936
     old_pass = old_log_prob_pass(worker, args, vocab)
@@ -399,7 +408,7 @@ def main():
         },
         "model": "tiny (Qwen3 shape, 90k params)"
         if args.tiny
-        else "SmolLM2-135M-Instruct, fp32"
+        else f"SmolLM2-135M-Instruct, {'bf16' if args.bf16 else 'fp32'}"
         if args.smollm2
         else "Qwen3-1.7B shape, random bf16",
         "memory": "peak CUDA allocation" if device == "cuda" else "peak RSS added during the step (5 ms samples)",

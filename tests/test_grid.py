@@ -305,6 +305,21 @@ def test_the_report_states_the_runs_precision_and_flags_a_mix(tmp_path):
     assert "- precision: every run trained in bf16" in report_with({"justrl": "bf16", "stapo": "bf16"})
     mixed = report_with({"stapo": "fp32"})
     assert "- precision: MIXED, runs of a seed do not pair: bf16: justrl_seed0; fp32: stapo_seed0" in mixed
+    assert "- why (each run's first line): not in its output" in mixed
+
+
+def test_the_report_names_the_cpu_kind_each_run_trained_on(tmp_path):
+    """From the first line each run printed: runs on CPUs of other kinds are named apart."""
+    for method, why in (("justrl", "this CPU has AMX-BF16"), ("stapo", "this CPU has AVX512-BF16")):
+        run_dir = fake_run(tmp_path, method, 0, [1.0, 1.0], {0: 0.2, 2: 0.25})
+        with gzip.open(run_dir / "train.log.gz", "wt") as f:
+            f.write(f"stapo-verl train: smollm2_135m on CPU in bf16: {why}\nstep:1 ...\n")
+    report = grid_report.markdown(grid_report.build(grid_report.load_runs(str(tmp_path))))
+    assert (
+        "- why (each run's first line; step times compare only within one): "
+        "this CPU has AMX-BF16: justrl_seed0; this CPU has AVX512-BF16: stapo_seed0"
+    ) in report
+    assert "- precision: every run trained in bf16" in report  # read from the same line
 
 
 def test_paired_t_matches_the_textbook():

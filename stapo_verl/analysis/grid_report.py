@@ -34,7 +34,7 @@ import numpy as np
 from stapo_verl.analysis import grid_docs, stability
 from stapo_verl.analysis.report import METHOD_NAMES, TARGET, silenced_fraction, token_category
 from stapo_verl.analysis.stats import paired_t, seed_interval
-from stapo_verl.experiments.grid import read_plan, run_precision
+from stapo_verl.experiments.grid import precision_line, read_plan, run_precision
 from stapo_verl.runlog import read_metrics
 
 VAL_KEY = re.compile(r"^val-core/(?P<source>[^/]+)/acc/mean@(?P<k>\d+)$")
@@ -56,7 +56,7 @@ TRAINING_CURVES = (
 
 
 def load_runs(grid_dir: str) -> dict[tuple[str, int], dict]:
-    """Finished runs: (method, seed) -> {"record", "rows", "dump", "precision"}."""
+    """Finished runs: (method, seed) -> {"record", "rows", "dump", "precision", "why_precision"}."""
     runs_dir = os.path.join(grid_dir, "runs")
     if not os.path.isdir(runs_dir):
         raise FileNotFoundError(f"{runs_dir} not found: give the --out directory of `stapo-verl grid`")
@@ -76,6 +76,7 @@ def load_runs(grid_dir: str) -> dict[tuple[str, int], dict]:
             "rows": read_metrics(os.path.join(path, "metrics.jsonl")),
             "dump": dump if os.path.isdir(dump) and os.listdir(dump) else None,
             "precision": run_precision(path, record),
+            "why_precision": match.group(2) if (match := precision_line(path)) else None,  # the CPU's bf16 kind
         }
     if not runs:
         raise ValueError(f"no finished run in {runs_dir}")
@@ -219,6 +220,7 @@ def build(runs: dict[tuple[str, int], dict], planned: list[str] | None = None) -
         "paired": paired,
         "step1_identical": step1,
         "precisions": {f"{m}_seed{s}": run["precision"] for (m, s), run in sorted(runs.items())},
+        "why_precisions": {f"{m}_seed{s}": run["why_precision"] for (m, s), run in sorted(runs.items())},
         "silenced_tokens": tokens,
         "runs": {f"{m}_seed{s}": summary for (m, s), summary in per_run.items()},
     }
@@ -458,6 +460,16 @@ def markdown(report: dict) -> str:
             "- precision: MIXED, runs of a seed do not pair: "
             + "; ".join(f"{p}: {', '.join(names)}" for p, names in sorted(by_precision.items()))
         )
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in report.get("why_precisions", {}).items():
+        by_reason.setdefault(reason or "not in its output", []).append(name)
+    if len(by_reason) > 1:  # runs on CPUs of other kinds: their step times do not compare
+        lines.append(
+            "- why (each run's first line; step times compare only within one): "
+            + "; ".join(f"{reason}: {', '.join(names)}" for reason, names in sorted(by_reason.items()))
+        )
+    elif by_reason:
+        lines.append(f"- why (each run's first line): {next(iter(by_reason))}")
     lines += [
         "",
         "## Instability criteria per run (step first met; examples/results/cpu_stability/README.md)",

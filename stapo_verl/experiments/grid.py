@@ -68,8 +68,9 @@ SAVE_KEYS = ("trainer.save_freq=", "trainer.max_actor_ckpt_to_keep=", "trainer.r
 # the precision setting is not compared either: `auto` gives bf16 or fp32 by the CPU, so the
 # precision a run trained in is recorded (run.json, attempt.json) and compared instead
 PRECISION_KEY = "stapo.cpu_precision="
-# what `stapo-verl train` prints first, in the output of runs recorded before run.json held it
-PRECISION_LINE = re.compile(r"stapo-verl train: \S+ on CPU in (bf16|fp32):")
+# what `stapo-verl train` prints first: the precision (read for runs recorded before run.json held
+# it) and why, which names the CPU's bf16 instructions (step times compare only within one kind)
+PRECISION_LINE = re.compile(r"stapo-verl train: \S+ on CPU in (bf16|fp32): ([^\n]*)")
 
 
 @dataclass(frozen=True)
@@ -161,13 +162,20 @@ def run_precision(run_dir: str, record: dict) -> str | None:
     output; None where neither says."""
     if record.get("precision"):
         return record["precision"]
+    match = precision_line(run_dir)
+    return match.group(1) if match else None
+
+
+def precision_line(run_dir: str) -> re.Match | None:
+    """The first line ``stapo-verl train`` printed into a run's output (``train.log.gz``), as
+    :data:`PRECISION_LINE` matches it: the precision and why (``this CPU has AMX-BF16``)."""
     path = os.path.join(run_dir, "train.log.gz")
     if os.path.exists(path):
         with gzip.open(path, "rt", errors="replace") as f:
             for line in f:
                 match = PRECISION_LINE.search(line)
                 if match:
-                    return match.group(1)
+                    return match
     return None
 
 
