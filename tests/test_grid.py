@@ -177,10 +177,12 @@ def test_a_resumed_run_drops_the_dump_records_of_the_steps_it_computes_again(tmp
     records = [{"update": 1, "token": "older dump, no time"}]
     records += [{"update": u, "time": t, "token": f"t{t}"} for u, t in ((75, 990.0), (79, 999.5), (81, 1010.0))]
     for rank in (0, 1):
-        (dump / f"silenced_tokens.rank{rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        (dump / f"silenced_tokens.rank{rank}.jsonl").write_text(lines + ('{"update": 85, "ti' if rank else ""))
     (dump / "notes.txt").write_text("not a dump")
 
-    assert grid.drop_dump_records_after(str(dump), str(checkpoint)) == 2  # t = 1010 on each rank
+    # t = 1010 on each rank, and rank 1's last record, cut short when the run was stopped
+    assert grid.drop_dump_records_after(str(dump), str(checkpoint)) == 3
     for rank in (0, 1):
         kept = [json.loads(line) for line in (dump / f"silenced_tokens.rank{rank}.jsonl").read_text().splitlines()]
         assert [r["token"] for r in kept] == ["older dump, no time", "t990.0", "t999.5"]

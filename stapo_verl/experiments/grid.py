@@ -248,11 +248,20 @@ def drop_dump_records_after(dump_dir: str, checkpoint: str) -> int:
         path = os.path.join(dump_dir, name)
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
-        kept = [line for line in lines if json.loads(line).get("time", saved_at) <= saved_at]
+        kept = [line for line in lines if record_time(line, saved_at) <= saved_at]
         removed += len(lines) - len(kept)
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(kept)
     return removed
+
+
+def record_time(line: str, default: float) -> float:
+    """A dump record's ``time`` (``default`` where it has none); a line cut short by a stopped
+    run (its last) counts as infinitely late."""
+    try:
+        return json.loads(line).get("time", default)
+    except json.JSONDecodeError:
+        return float("inf")
 
 
 def merged_metrics(attempt_logs: list[str], resumed_from: list[int]) -> dict[int, dict]:
