@@ -209,6 +209,9 @@ def test_a_resumed_grid_has_etas_before_its_first_step(tmp_path):
     line = resumed.line(1, 2, Run("stapo", 1), {"step": 0}, 60.0)
     # this run: 30 steps of 40 s; the next: 30 steps + 400 s
     assert "40 s/step" in line and "ETA run 20 min 00 s, grid 46 min 40 s" in line
+    # its own first step, twice as slow (another machine): its ETAs go by its own steps only
+    line = resumed.line(1, 2, Run("stapo", 1), {"step": 1, "timing_s/step": 80.0}, 200.0)
+    assert "80 s/step" in line and "ETA run 38 min 40 s, grid 1 h 25 min" in line  # 400 s beside the next
 
 
 def test_the_grid_refuses_bad_input_naming_the_field(capsys):

@@ -331,14 +331,17 @@ class Progress:
     """One line per logged step: the run, its step, and ETAs from the step times seen so far.
 
     ``finished_runs``: (step times, wall time) of the runs an earlier, interrupted grid finished,
-    so that a resumed grid's first lines already have an ETA."""
+    so that a resumed grid's first lines already have an ETA. Once this grid has timed steps of
+    its own, its ETAs use only those: an earlier grid may have run on another machine."""
 
     def __init__(self, total_steps: int, runs_left: int, finished_runs: Sequence[tuple[list[float], float]] = ()):
         self.total_steps, self.runs_left = total_steps, runs_left
-        self.step_times: list[float] = [t for steps, _ in finished_runs for t in steps]  # every run's
-        self.run_step_times: list[float] = []  # this run's
+        self.earlier_step_times = [t for steps, _ in finished_runs for t in steps]
         # per run: wall time outside its steps (start-up, validation)
-        self.overheads: list[float] = [max(wall - sum(steps), 0.0) for steps, wall in finished_runs]
+        self.earlier_overheads = [max(wall - sum(steps), 0.0) for steps, wall in finished_runs]
+        self.step_times: list[float] = []  # this grid's
+        self.overheads: list[float] = []  # this grid's finished runs'
+        self.run_step_times: list[float] = []  # this run's
 
     def line(self, index: int, count: int, run: Run, row: dict, elapsed: float) -> str:
         if "timing_s/step" in row:
@@ -346,10 +349,12 @@ class Progress:
             self.run_step_times.append(row["timing_s/step"])
         head = f"step {row['step']}/{self.total_steps}" if row["step"] > 0 else "validation before training"
         head = f"[{index}/{count} {run.method} seed {run.seed}] {head}"
-        if not self.step_times:
+        step_times = self.step_times or self.earlier_step_times
+        if not step_times:
             return f"{head}, run {_duration(elapsed)} so far, ETA after the first step"
-        per_step = sum(self.step_times) / len(self.step_times)
-        overhead = sum(self.overheads) / len(self.overheads) if self.overheads else 3 * per_step
+        per_step = sum(step_times) / len(step_times)
+        overheads = self.overheads or self.earlier_overheads
+        overhead = sum(overheads) / len(overheads) if overheads else 3 * per_step
         run_left = (self.total_steps - row["step"]) * per_step
         grid_left = run_left + (self.runs_left - 1) * (self.total_steps * per_step + overhead)
         return (
