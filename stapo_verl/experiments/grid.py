@@ -463,7 +463,8 @@ def train_one(
         attempt["resumed_from"].append(resume_step)
         print(f"stapo-verl grid: {run.name}: going on from its checkpoint of step {resume_step}", flush=True)
         drop_checkpoints_after(checkpoints, resume_step)
-        drop_dump_records_after(os.path.join(run_dir, "dump"), checkpoint_folders(checkpoints)[resume_step])
+        resumed_checkpoint = checkpoint_folders(checkpoints)[resume_step]
+        drop_dump_records_after(os.path.join(run_dir, "dump"), resumed_checkpoint)
     os.makedirs(run_scratch, exist_ok=True)
     with open(attempt_path, "w") as f:
         json.dump(attempt, f, indent=1)
@@ -477,7 +478,7 @@ def train_one(
         attempt_overrides += [
             "trainer.val_before_train=false",
             "trainer.resume_mode=resume_path",
-            f"trainer.resume_from_path={checkpoint_folders(checkpoints)[resume_step]}",
+            f"trainer.resume_from_path={resumed_checkpoint}",
         ]
     command = [sys.executable, "-m", "stapo_verl", "train", run.verl_method, model, *attempt_overrides]
     # verl's file logger starts its file afresh: each attempt logs to its own
