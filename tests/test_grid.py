@@ -409,6 +409,23 @@ def test_a_partial_grid_without_stapo_reports_and_says_no_claim_is_decidable(tmp
     assert not [w for w in recwarn if "legend" in str(w.message)]  # no empty legend on the silenced panel
 
 
+def test_a_grid_whose_methods_finished_other_seeds_says_so_and_pairs_only_shared_seeds(tmp_path):
+    # JustRL has finished seeds 0 and 1, STAPO only seed 0 (a grid still running): each row names
+    # its seeds, the page warns against comparing rows, the paired difference uses seed 0 alone
+    fake_run(tmp_path, "justrl", 0, [1.0, 0.8], {0: 0.2, 2: 0.6})
+    fake_run(tmp_path, "justrl", 1, [1.0, 0.8], {0: 0.2, 2: 0.2})
+    fake_run(tmp_path, "stapo", 0, [1.0, 0.9], {2: 0.7})
+    report = grid_report.build(grid_report.load_runs(str(tmp_path)))
+    assert report["method_seeds"] == {"justrl": [0, 1], "stapo": [0]}
+    assert report["paired"]["justrl"]["held_out_end/sums-aligned avg@4"]["per_seed"] == pytest.approx([10.0])
+    text = grid_report.markdown(report)
+    assert "| JustRL | 0, 1 | 40 [" in text and "| STAPO | 0 | 70 |" in text
+    assert "have not finished the same seeds" in text
+    fake_run(tmp_path, "stapo", 1, [1.0, 0.9], {2: 0.3})
+    text = grid_report.markdown(grid_report.build(grid_report.load_runs(str(tmp_path))))
+    assert "have not finished the same seeds" not in text and "| STAPO | 0, 1 | 50 [" in text
+
+
 def test_the_silenced_fraction_claim_is_judged_run_by_run(tmp_path):
     """Two seeds both 40x above the paper's 0.01%: contradicted (a t interval over two seeds
     would reach below zero and decide nothing); seeds on both sides of it: not decidable."""

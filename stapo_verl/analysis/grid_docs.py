@@ -33,10 +33,6 @@ def _cell(interval, scale: float = 1.0, digits: int = 1) -> str:
     return f"{mean} [{interval['low'] * scale:.{digits}f}, {interval['high'] * scale:.{digits}f}]"
 
 
-def _seeds_of(report: dict, method: str) -> list[int]:
-    return [s for s in report["seeds"] if f"{method}_seed{s}" in report["runs"]]
-
-
 def _by_finish(report: dict) -> list[str]:
     return sorted(report["runs"], key=lambda name: report["runs"][name].get("finished") or "")
 
@@ -66,7 +62,7 @@ def headline(report: dict) -> str:
         "|---" * (len(labels) + 4) + "|",
     ]
     for method in report["methods"]:
-        seeds = _seeds_of(report, method)
+        seeds = report["method_seeds"][method]
         table = report["table"][method]
         cells = []
         for label in labels:

@@ -212,6 +212,7 @@ def build(runs: dict[tuple[str, int], dict], planned: list[str] | None = None) -
     report = {
         "methods": methods,
         "seeds": seeds,
+        "method_seeds": {m: [s for s in seeds if (m, s) in per_run] for m in methods},
         "planned": planned,
         "labels": labels,
         "label_names": label_names,
@@ -372,6 +373,11 @@ def multiplicity_note(report: dict) -> str:
     )
 
 
+def uneven_seeds(report: dict) -> bool:
+    """Whether the methods' means are over different seeds (a grid still running)."""
+    return len({tuple(seeds) for seeds in report["method_seeds"].values()}) > 1
+
+
 def _interval_text(interval: dict | None, unit: str) -> str:
     if interval is None:
         return "-"
@@ -397,22 +403,29 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Grid report: {', '.join(names.values())} x seeds {report['seeds']}",
         "",
-        "Mean over seeds [95% t interval]. Held-out accuracy in %, at the last step; change from "
-        "before training in points.",
+        "Mean over the method's seeds [95% t interval]. Held-out accuracy in %, at the last step; change "
+        "from before training in points.",
         "",
     ]
+    if uneven_seeds(report):  # a partial grid: one method's mean holds a seed another's lacks
+        lines += [
+            "The methods have not finished the same seeds: compare them through the paired differences "
+            "below (the seeds both finished), not across the rows of this table.",
+            "",
+        ]
     columns = (
         [f"held_out_end/{label}" for label in report["labels"]]
         + [f"held_out_change/{label}" for label in report["labels"]]
         + ["entropy_end", "entropy_max_drift", "response_length_end", "clip_frac_mean", "silenced_frac_mean"]
     )
     lines += [
-        "| method | " + " | ".join(c.replace("/", ": ") for c in columns) + " |",
-        "|---" * (len(columns) + 1) + "|",
+        "| method | seeds | " + " | ".join(c.replace("/", ": ") for c in columns) + " |",
+        "|---" * (len(columns) + 2) + "|",
     ]
     for method in report["methods"]:
         cells = [_cell(report["table"][method].get(c), 100.0 if c == "silenced_frac_mean" else 1.0) for c in columns]
-        lines.append(f"| {names[method]} | " + " | ".join(cells) + " |")
+        seeds = ", ".join(map(str, report["method_seeds"][method]))
+        lines.append(f"| {names[method]} | {seeds} | " + " | ".join(cells) + " |")
     lines += ["", "(silenced fraction in % of response tokens; 20-Entropy silences 80% by construction)", ""]
     if report["paired"]:
         lines += [
@@ -565,7 +578,12 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:  # a panel no method has values for (silenced, JustRL alone)
                 ax.legend(fontsize=8)
-        fig.suptitle(f"mean over seeds {report['seeds']}; band: lowest to highest seed", fontsize=9)
+        over = (
+            "; ".join(f"{METHOD_NAMES.get(m, m)} {seeds}" for m, seeds in report["method_seeds"].items())
+            if uneven_seeds(report)
+            else report["seeds"]
+        )
+        fig.suptitle(f"mean over seeds {over}; band: lowest to highest seed", fontsize=9)
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, f"{name}.png"))
         plt.close(fig)
