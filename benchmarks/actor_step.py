@@ -313,6 +313,14 @@ def main():
         help="then profile one `current` statistics pass (diagnostics on and off) and one GRPO "
         "mini-batch update (torch.profiler, top operators), into <out>_profile.json",
     )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override of the composed config on top of the others (repeatable), e.g. "
+        "actor_rollout_ref.actor.fsdp_config.reshard_after_forward=false; recorded in the result",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     # --smollm2: the preset's prompts (109 tokens) and answers (<= 64 tokens)
@@ -343,7 +351,8 @@ def main():
     else:
         model_dir = tempfile.mkdtemp(prefix="stapo_actor_step_")
         make_model_dir(model_dir, args.tiny, device)
-    cfg = actor_section(model_dir, args, tuple(BF16_OVERRIDES if args.bf16 else FP32_OVERRIDES) if args.smollm2 else ())
+    precision = tuple(BF16_OVERRIDES if args.bf16 else FP32_OVERRIDES) if args.smollm2 else ()
+    cfg = actor_section(model_dir, args, precision + tuple(args.override))
     worker = build_worker(cfg)
     vocab = 260 if args.tiny else 49152 if args.smollm2 else 151936
     old_pass = old_log_prob_pass(worker, args, vocab)
@@ -422,6 +431,7 @@ def main():
             "positive_advantage_share": positive_share,
         },
         "rounds": args.rounds,
+        "overrides": args.override,
         "results": results,
     }
     suffix = f"{device}_tiny" if args.tiny else f"{device}_smollm2" if args.smollm2 else device

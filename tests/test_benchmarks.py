@@ -23,8 +23,10 @@ def run(script: str, *args: str) -> None:
 @pytest.mark.slow
 def test_actor_step_runs_every_variant_through_verls_engine(tmp_path):
     out = tmp_path / "actor_step.json"
-    run("actor_step.py", "--tiny", "--rounds", "1", "--profile", "--out", str(out))
+    override = "actor_rollout_ref.actor.fsdp_config.reshard_after_forward=false"
+    run("actor_step.py", "--tiny", "--rounds", "1", "--profile", "--override", override, "--out", str(out))
     record = json.loads(out.read_text())
+    assert record["overrides"] == [override]
     results = record["results"]
     assert set(results) == {"grpo", "stapo_current", "stapo_old", "entropy20", "entropy20_micro_batch"}
     assert results["grpo"]["time_vs_grpo"] == 1.0

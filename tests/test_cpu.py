@@ -303,14 +303,15 @@ def test_the_experiments_that_have_the_machine_alone_use_the_fast_allocator():
     experiments run alone switch to fast, and either is one override away."""
     memory, fast = {"MALLOC_MMAP_THRESHOLD_": "131072"}, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
-    def allocator(overrides):
-        return {k: v for k, v in workers_env(overrides).items() if k.startswith(("MALLOC_MMAP", "GLIBC"))}
+    def allocator(env):
+        return {k: v for k, v in env.items() if k.startswith(("MALLOC_MMAP", "GLIBC"))}
 
-    assert allocator([]) == memory
-    assert allocator(["experiment=cpu_comparison"]) == allocator(["experiment=cpu_stability"]) == fast
-    assert allocator(["cpu_allocator=fast"]) == fast
-    assert allocator(["experiment=cpu_stability", "cpu_allocator=memory"]) == memory
-    assert workers_env(["cpu_allocator=fast"])["MALLOC_ARENA_MAX"] == "2"  # the rest of cpu_base's env stays
+    assert allocator(workers_env([])) == memory
+    assert allocator(workers_env(["experiment=cpu_comparison"])) == fast
+    assert allocator(workers_env(["experiment=cpu_stability"])) == fast
+    assert allocator(workers_env(["experiment=cpu_stability", "cpu_allocator=memory"])) == memory
+    switched = workers_env(["cpu_allocator=fast"])
+    assert allocator(switched) == fast and switched["MALLOC_ARENA_MAX"] == "2"  # the rest of cpu_base's env stays
 
 
 @pytest.mark.slow
