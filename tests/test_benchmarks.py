@@ -43,6 +43,15 @@ def test_actor_step_runs_every_variant_through_verls_engine(tmp_path):
 
 
 @pytest.mark.slow
+def test_packed_attention_benchmark_gives_the_same_outputs_both_ways(tmp_path):
+    out = tmp_path / "packed.json"
+    run("packed_attention.py", "--responses", "3", "--length", "16", "--rounds", "1", "--out", str(out))
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["packed_tokens"] == 48 and row["max_abs_difference"] < 0.02  # bf16 rounding, not a wrong mask
+    assert len(row["dense_masked_s"]) == len(row["per_response_s"]) == 1
+
+
+@pytest.mark.slow
 def test_loss_benchmark_writes_its_ratio(tmp_path):
     out = tmp_path / "loss.json"
     run("loss_cpu.py", "--rows", "8", "--length", "128", "--rounds", "1", "--out", str(out))
