@@ -166,11 +166,12 @@ def build(runs: dict[tuple[str, int], dict], planned: list[str] | None = None) -
         head, _, label = metric.partition("/")
         return summary[head].get(label) if label else summary[head]
 
+    method_seeds = {m: [s for s in seeds if (m, s) in per_run] for m in methods}
     table = {}
     for method in methods:
         table[method] = {}
         for metric in metrics:
-            values = [value(per_run[(method, s)], metric) for s in seeds if (method, s) in per_run]
+            values = [value(per_run[(method, s)], metric) for s in method_seeds[method]]
             values = [v for v in values if v is not None]
             table[method][metric] = seed_interval(values) if values else None
     paired = {}
@@ -212,7 +213,7 @@ def build(runs: dict[tuple[str, int], dict], planned: list[str] | None = None) -
     report = {
         "methods": methods,
         "seeds": seeds,
-        "method_seeds": {m: [s for s in seeds if (m, s) in per_run] for m in methods},
+        "method_seeds": method_seeds,
         "planned": planned,
         "labels": labels,
         "label_names": label_names,
@@ -278,8 +279,7 @@ def claims(report: dict) -> list[dict]:
         def unstable(method: str) -> list[bool]:
             return [
                 any(report["runs"][f"{method}_seed{seed}"]["stability"]["steps"][c] is not None for c in criteria)
-                for seed in report["seeds"]
-                if f"{method}_seed{seed}" in report["runs"]
+                for seed in report["method_seeds"].get(method, [])  # the control may not be in the grid
             ]
 
         return unstable
@@ -509,6 +509,11 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
+    over = (  # the seeds behind each figure's means
+        "; ".join(f"{METHOD_NAMES.get(m, m)} {seeds}" for m, seeds in report["method_seeds"].items())
+        if uneven_seeds(report)
+        else report["seeds"]
+    )
     panels = {
         "held_out_accuracy": [
             (label, lambda rows, label=label: held_out(rows).get(label, {}), "held-out accuracy (%)")
@@ -554,12 +559,11 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
         for ax, (title, get, ylabel) in zip(axes.flat, series):
             for method in report["methods"]:
                 per_seed = []
-                for seed in report["seeds"]:
-                    if (method, seed) in runs:
-                        points = dict(get(runs[(method, seed)]["rows"]))
-                        if name == "held_out_accuracy" and 0 not in points and seed in report["step0"]:
-                            points[0] = report["step0"][seed].get(title)  # the seed's shared step 0
-                        per_seed.append({k: v for k, v in points.items() if v is not None})
+                for seed in report["method_seeds"][method]:
+                    points = dict(get(runs[(method, seed)]["rows"]))
+                    if name == "held_out_accuracy" and 0 not in points and seed in report["step0"]:
+                        points[0] = report["step0"][seed].get(title)  # the seed's shared step 0
+                    per_seed.append({k: v for k, v in points.items() if v is not None})
                 steps = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
                 if not steps:
                     continue
@@ -578,11 +582,6 @@ def plot(report: dict, runs: dict, out_dir: str) -> list[str]:
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:  # a panel no method has values for (silenced, JustRL alone)
                 ax.legend(fontsize=8)
-        over = (
-            "; ".join(f"{METHOD_NAMES.get(m, m)} {seeds}" for m, seeds in report["method_seeds"].items())
-            if uneven_seeds(report)
-            else report["seeds"]
-        )
         fig.suptitle(f"mean over seeds {over}; band: lowest to highest seed", fontsize=9)
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, f"{name}.png"))
